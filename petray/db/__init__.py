@@ -1,0 +1,1 @@
+"""Persistence: models, engine and data-access functions (callers own the transaction)."""
