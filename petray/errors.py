@@ -47,3 +47,11 @@ class ArchiveRejected(PermanentError):
 
 class DeliveryRefused(PermanentError):
     """A DICOM destination refused the series permanently."""
+
+
+class UnknownTask(PetrayError):
+    """No task has this id."""
+
+
+class InvalidTransition(PetrayError):
+    """The task is not in a stage or state that allows the requested change."""

@@ -202,6 +202,10 @@ class SiteConfig(Base):
     abort_timeout_s: Mapped[float] = mapped_column(Float, default=600.0)
     reply_to_sender: Mapped[bool] = mapped_column(Boolean, default=False)
     restrict_sources: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Overrides of the process settings that staff may change at run time (issue 5).
+    ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH), nullable=True)
+    dicom_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    remote_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class Radiopharmaceutical(Base):

@@ -22,9 +22,7 @@ def run_migrations_online() -> None:
             with context.begin_transaction():
                 context.run_migrations()
         return
-    context.configure(
-        connection=connection, target_metadata=target_metadata, render_as_batch=True
-    )
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 

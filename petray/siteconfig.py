@@ -1,0 +1,119 @@
+"""Run-time site configuration (one database row) and the devices table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from petray.db.models import Device, SiteConfig
+from petray.errors import ConfigurationError
+from petray.settings import AE_TITLE_MAX_LENGTH, Settings
+
+SITE_CONFIG_ID = 1
+
+
+def get_site_config(*, session: Session) -> SiteConfig:
+    """The configuration row, created with defaults the first time."""
+    config = session.get(SiteConfig, SITE_CONFIG_ID)
+    if config is None:
+        config = SiteConfig(
+            id=SITE_CONFIG_ID,
+            min_images=10,
+            slice_gap_tolerance=1.5,
+            inactivity_wait_s=5.0,
+            abort_timeout_s=600.0,
+            reply_to_sender=False,
+            restrict_sources=False,
+        )
+        session.add(config)
+        session.flush()
+    return config
+
+
+@dataclass(frozen=True)
+class Listener:
+    ae_title: str
+    port: int
+    bind: str
+
+
+def effective_listener(settings: Settings, *, session: Session) -> Listener:
+    config = get_site_config(session=session)
+    return Listener(
+        ae_title=config.ae_title or settings.ae_title,
+        port=config.dicom_port or settings.dicom_port,
+        bind=settings.dicom_bind,
+    )
+
+
+def effective_remote_url(settings: Settings, *, session: Session) -> str:
+    return get_site_config(session=session).remote_url or settings.remote_url
+
+
+def validate_ae_title(value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:
+        raise ConfigurationError("AE title must be 1-16 characters without backslash (PS3.5 6.2)")
+    return value
+
+
+def add_device(
+    *,
+    session: Session,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    is_source: bool,
+    is_destination: bool,
+) -> Device:
+    if not name.strip():
+        raise ConfigurationError("device name must not be empty")
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(f"port {port} out of range 1-65535")
+    if not host.strip():
+        raise ConfigurationError("host must not be empty")
+    if not (is_source or is_destination):
+        raise ConfigurationError("a device must be a source, a destination or both")
+    if session.scalar(select(Device).where(Device.name == name)) is not None:
+        raise ConfigurationError(f"a device named {name!r} already exists")
+    device = Device(
+        name=name.strip(),
+        ae_title=validate_ae_title(ae_title),
+        host=host.strip(),
+        port=port,
+        is_source=is_source,
+        is_destination=is_destination,
+    )
+    session.add(device)
+    session.flush()
+    return device
+
+
+def list_devices(*, session: Session) -> list[Device]:
+    return list(session.scalars(select(Device).order_by(Device.name)))
+
+
+def remove_device(name: str, *, session: Session) -> None:
+    device = session.scalar(select(Device).where(Device.name == name))
+    if device is None:
+        raise ConfigurationError(f"no device named {name!r}")
+    session.delete(device)
+
+
+def destinations(*, session: Session) -> list[Device]:
+    return list(
+        session.scalars(select(Device).where(Device.is_destination.is_(True)).order_by(Device.name))
+    )
+
+
+def is_allowed_source(calling_ae: str, *, session: Session) -> bool:
+    """With ``restrict_sources`` on, only AE titles of source devices may store to us."""
+    if not get_site_config(session=session).restrict_sources:
+        return True
+    found = session.scalar(
+        select(Device.id).where(Device.is_source.is_(True)).where(Device.ae_title == calling_ae)
+    )
+    return found is not None

@@ -1,0 +1,224 @@
+"""Task lifecycle: creation, stage transitions, failures, retries and listings.
+
+Data-access functions take ``*, session`` and never commit: the actor method or request
+handler that calls them owns the unit of work, and commits before telling the next stage.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from petray.db.models import Instance, Series, Study, Task, TaskDestination, TaskEvent
+from petray.domain import FINAL_STATES, Stage, State
+from petray.errors import InvalidTransition, UnknownTask
+
+# Stages whose work is done by an actor when the task is active in them; PROCESSING is the
+# remote service's time and COMPILING belongs to the Compilator's own bookkeeping.
+ACTOR_STAGES = frozenset(
+    {
+        Stage.VALIDATING,
+        Stage.PACKING,
+        Stage.UPLOADING,
+        Stage.DOWNLOADING,
+        Stage.UNPACKING,
+        Stage.SENDING,
+    }
+)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_task(
+    *, session: Session, series_pk: int, calling_ae: str, peer_host: str, expected: int | None
+) -> Task:
+    task = Task(
+        id=new_task_id(),
+        series_pk=series_pk,
+        calling_ae=calling_ae,
+        peer_host=peer_host,
+        stage=Stage.COMPILING,
+        state=State.ACTIVE,
+        expected_images=expected,
+        details={},
+    )
+    session.add(task)
+    session.add(TaskEvent(task_id=task.id, stage=task.stage, state=task.state))
+    return task
+
+
+def get_task(task_id: str, *, session: Session, lock: bool = False) -> Task:
+    stmt = select(Task).where(Task.id == task_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    task = session.scalars(stmt).one_or_none()
+    if task is None:
+        raise UnknownTask(f"unknown task {task_id}")
+    return task
+
+
+def move_to(
+    task: Task, stage: Stage, *, session: Session, state: State = State.ACTIVE, message: str = ""
+) -> None:
+    """Record a stage/state change and its event; ``reason`` is cleared unless waiting or failed."""
+    task.stage = stage
+    task.state = state
+    task.reason = message if state in (State.WAITING, State.FAILED, State.CANCELLED) else ""
+    task.updated = datetime.now(UTC)
+    session.add(TaskEvent(task_id=task.id, stage=stage, state=state, message=message))
+
+
+def fail(task: Task, reason: str, *, session: Session) -> None:
+    move_to(task, Stage(task.stage), session=session, state=State.FAILED, message=reason)
+
+
+def wait(task: Task, reason: str, *, session: Session) -> None:
+    """Keep the task in its stage while something outside petray is away (it resumes by itself)."""
+    if task.state != State.WAITING or task.reason != reason:
+        move_to(task, Stage(task.stage), session=session, state=State.WAITING, message=reason)
+
+
+def complete(task: Task, *, session: Session) -> None:
+    move_to(task, Stage.DONE, session=session, state=State.DONE)
+
+
+def unfinished_tasks(*, session: Session) -> list[tuple[str, Stage]]:
+    """Tasks an actor must (re)start on: active or waiting in a stage that an actor owns."""
+    rows = session.execute(
+        select(Task.id, Task.stage)
+        .where(Task.stage.in_([s.value for s in ACTOR_STAGES]))
+        .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+        .order_by(Task.created)
+    ).all()
+    return [(task_id, Stage(stage)) for task_id, stage in rows]
+
+
+def accept_result_callback(task_id: str, *, session: Session) -> bool:
+    """Handle ``POST /process_ready``: True when the download must start, False for a repeat.
+
+    Raises UnknownTask (404) or InvalidTransition (409) as REMOTE_PROTOCOL.md requires.
+    """
+    task = get_task(task_id, session=session, lock=True)
+    stage, state = Stage(task.stage), State(task.state)
+    if stage == Stage.PROCESSING and state in (State.ACTIVE, State.WAITING):
+        move_to(task, Stage.DOWNLOADING, session=session)
+        return True
+    already_past = {Stage.DOWNLOADING, Stage.UNPACKING, Stage.SENDING, Stage.DONE}
+    if stage in already_past and state not in (State.FAILED, State.CANCELLED):
+        return False
+    raise InvalidTransition(f"task {task_id} is not waiting for a result ({stage}, {state})")
+
+
+def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
+    """Put a failed or cancelled task back to work; returns the stage it restarts in."""
+    task = get_task(task_id, session=session, lock=True)
+    if State(task.state) not in (State.FAILED, State.CANCELLED) and not from_start:
+        raise InvalidTransition(f"task {task_id} is {task.state}; only failed tasks are retried")
+    if Stage(task.stage) == Stage.COMPILING:
+        raise InvalidTransition(f"task {task_id} never finished compiling; resend the series")
+    stage = Stage.VALIDATING if from_start else Stage(task.stage)
+    if stage == Stage.PROCESSING:
+        # The service's answer was lost or late: upload again (the service is idempotent).
+        stage = Stage.UPLOADING
+    if stage == Stage.DONE:
+        stage = Stage.SENDING
+    task.attempts += 1
+    task.deadline = None
+    if from_start:
+        for destination in task.destinations:
+            destination.state, destination.sent, destination.reason = "waiting", 0, ""
+    move_to(task, stage, session=session, message="retry from start" if from_start else "retry")
+    return stage
+
+
+def cancel(task_id: str, *, session: Session) -> None:
+    task = get_task(task_id, session=session, lock=True)
+    if State(task.state) in FINAL_STATES:
+        raise InvalidTransition(f"task {task_id} is already {task.state}")
+    move_to(task, Stage(task.stage), session=session, state=State.CANCELLED, message="cancelled")
+
+
+def is_cancelled(task_id: str, *, session: Session) -> bool:
+    state = session.scalar(select(Task.state).where(Task.id == task_id))
+    return state == State.CANCELLED
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    id: str
+    stage: str
+    state: str
+    images: int
+    expected_images: int | None
+    series_instance_uid: str
+    study_instance_uid: str
+    calling_ae: str
+    reason: str
+    created: str
+    updated: str
+    destinations: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def summarize(task: Task) -> TaskSummary:
+    return TaskSummary(
+        id=task.id,
+        stage=task.stage,
+        state=task.state,
+        images=task.images,
+        expected_images=task.expected_images,
+        series_instance_uid=task.series.series_instance_uid,
+        study_instance_uid=task.series.study.study_instance_uid,
+        calling_ae=task.calling_ae,
+        reason=task.reason,
+        created=task.created.isoformat(),
+        updated=task.updated.isoformat(),
+        destinations=[
+            {
+                "name": d.name,
+                "ae_title": d.ae_title,
+                "state": d.state,
+                "sent": d.sent,
+                "total": d.total,
+                "reason": d.reason,
+            }
+            for d in task.destinations
+        ],
+    )
+
+
+def list_tasks(*, session: Session, limit: int = 200, offset: int = 0) -> list[TaskSummary]:
+    tasks = session.scalars(
+        select(Task)
+        .join(Series)
+        .join(Study)
+        .order_by(Task.created.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [summarize(t) for t in tasks]
+
+
+def instance_paths(task_id: str, *, session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(Instance.path).where(Instance.task_id == task_id).order_by(Instance.id)
+        )
+    )
+
+
+def count_images(task_id: str, *, session: Session) -> int:
+    return session.scalar(select(func.count()).where(Instance.task_id == task_id)) or 0
+
+
+def destinations_of(task: Task) -> list[TaskDestination]:
+    return list(task.destinations)
