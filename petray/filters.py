@@ -1,0 +1,121 @@
+"""Gaussian post-filters applied to the denoised volume before it is rebuilt as DICOM (issue 4).
+
+A filter is site configuration (``petray.db.models.PostFilter``); :class:`FilterSpec` is its
+validated, picklable value that travels to a FilterWorker. The arithmetic lives here so that the
+worker is a thin shell and the tests compare against scipy without Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+FilterMode = Literal["append", "replace"]
+FILTER_MODES: tuple[FilterMode, ...] = ("append", "replace")
+
+LO_MAX_LENGTH = 64  # PS3.5 6.2, VR LO (SeriesDescription)
+IS_MAX = 2**31 - 1  # PS3.5 6.2, VR IS (SeriesNumber)
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # ~2.3548 for a Gaussian
+# "nearest" repeats the edge voxel: the volume edge is not followed by zeros (that would dim the
+# outer slices of the field of view) nor by a mirror (which invents structure at the edge).
+GAUSSIAN_MODE = "nearest"
+
+
+def _check_lo(value: str, what: str) -> None:
+    if len(value) > LO_MAX_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters; VR LO allows {LO_MAX_LENGTH}")
+    if "\\" in value or any(ord(ch) < 0x20 for ch in value):
+        raise ValueError(f"{what} must not contain a backslash or control characters (VR LO)")
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpec:
+    """One post-filter: what it does to the voxels and how its output series is named.
+
+    ``noise_pct`` blends that percentage of the service's noise estimate back into the denoised
+    volume (0 = none, 100 = the whole noise, i.e. roughly the original image), before smoothing.
+    """
+
+    id: int | None
+    description: str
+    series_number: int
+    fwhm_mm: float = 0.0
+    noise_pct: float = 0.0
+    mode: FilterMode = "append"
+
+    def __post_init__(self) -> None:
+        if not self.description.strip():
+            raise ValueError("filter description must not be empty")
+        _check_lo(self.description, "filter description")
+        if isinstance(self.series_number, bool) or not isinstance(self.series_number, int):
+            raise ValueError("series number must be an integer")
+        if not 0 <= self.series_number <= IS_MAX:
+            raise ValueError(f"series number must be between 0 and {IS_MAX} (VR IS)")
+        if not math.isfinite(self.fwhm_mm) or self.fwhm_mm < 0:
+            raise ValueError("FWHM must be a finite number of millimetres >= 0")
+        if not math.isfinite(self.noise_pct) or not 0 <= self.noise_pct <= 100:
+            raise ValueError("noise blending must be a percentage between 0 and 100")
+        if self.mode not in FILTER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(FILTER_MODES)}, not {self.mode!r}")
+
+    @property
+    def smooths(self) -> bool:
+        return self.fwhm_mm > 0
+
+
+def fwhm_to_sigma_voxels(
+    fwhm_mm: float, spacing_zyx: Sequence[float]
+) -> tuple[float, float, float]:
+    """Sigma per axis, in voxels, of an isotropic Gaussian of ``fwhm_mm`` on this voxel grid."""
+    if not math.isfinite(fwhm_mm) or fwhm_mm < 0:
+        raise ValueError("FWHM must be a finite number of millimetres >= 0")
+    if len(spacing_zyx) != 3:
+        raise ValueError("voxel spacing must have three values (z, y, x)")
+    if any(not math.isfinite(s) or s <= 0 for s in spacing_zyx):
+        raise ValueError("voxel spacing must be positive millimetres")
+    sigma_mm = fwhm_mm / FWHM_PER_SIGMA
+    z, y, x = (sigma_mm / float(s) for s in spacing_zyx)
+    return (z, y, x)
+
+
+def apply_post_filter(
+    denoised: np.ndarray,
+    noise: np.ndarray | None,
+    spec: FilterSpec,
+    spacing_zyx: Sequence[float],
+) -> np.ndarray:
+    """Return a new float32 volume: ``denoised + noise_pct/100 * noise``, then the Gaussian.
+
+    Blending comes first so that the Gaussian smooths the re-added noise as well: the output is
+    what the site would get by filtering an image with that much noise left in. The inputs are
+    never written to; they may be read-only views from the Ray object store.
+    """
+    if denoised.ndim != 3:
+        raise ValueError(f"expected a 3-D (z, y, x) volume, got {denoised.ndim} dimensions")
+    sigma = fwhm_to_sigma_voxels(spec.fwhm_mm, spacing_zyx)
+    if noise is not None and spec.noise_pct > 0:
+        if noise.shape != denoised.shape:
+            raise ValueError(f"noise shape {noise.shape} differs from volume {denoised.shape}")
+        # One new float32 array; in-place ops afterwards touch only it, never the inputs.
+        blended = np.multiply(noise, np.float32(spec.noise_pct / 100.0), dtype=np.float32)
+        blended += denoised
+    else:
+        blended = np.array(denoised, dtype=np.float32, copy=True)
+    if not spec.smooths:
+        return blended
+    return ndimage.gaussian_filter(blended, sigma=sigma, mode=GAUSSIAN_MODE, output=np.float32)
+
+
+def series_description(original: str, spec: FilterSpec) -> str:
+    """The output SeriesDescription: appended to or replacing the original, cut to VR LO."""
+    if spec.mode == "replace":
+        return spec.description
+    # The original is shortened, not the filter's text: that is what tells the series apart.
+    room = LO_MAX_LENGTH - len(spec.description) - 1
+    head = original.replace("\\", " ").strip()[: max(room, 0)].rstrip()
+    return f"{head} {spec.description}" if head else spec.description
