@@ -1,0 +1,207 @@
+"""Console users, roles, password hashing and API tokens (issue 5).
+
+Passwords are hashed with argon2id (memory-hard, argon2-cffi's defaults follow RFC 9106's second
+recommended option). API tokens are long random strings, so a plain SHA-256 is enough to store
+them: there is nothing to brute-force, and a lookup by hash stays one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from petray.db.models import ApiToken, User
+from petray.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+NAME_MAX_LENGTH = 64
+MIN_PASSWORD_LENGTH = 10
+TOKEN_PREFIX = "ptr_"
+# Lockout: the first few mistakes are free (typos), then each further failure doubles the wait.
+FREE_FAILURES = 4
+LOCKOUT_BASE = timedelta(seconds=30)
+LOCKOUT_MAX = timedelta(minutes=15)
+
+_hasher = PasswordHasher()
+# Verifying against a real hash when the user does not exist keeps the response time the same,
+# so the login form does not reveal which user names exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+def has_role(role: str, needed: Role) -> bool:
+    """Admin may do everything an operator may, an operator everything a viewer may."""
+    try:
+        return ROLE_RANK[Role(role)] >= ROLE_RANK[needed]
+    except ValueError:
+        return False
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ConfigurationError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def validate_user_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > NAME_MAX_LENGTH or any(ch.isspace() for ch in name):
+        raise ConfigurationError(f"user name must be 1-{NAME_MAX_LENGTH} characters, no spaces")
+    return name
+
+
+def create_user(*, session: Session, name: str, password: str, role: Role | str) -> User:
+    name = validate_user_name(name)
+    try:
+        role = Role(role)
+    except ValueError:
+        raise ConfigurationError(f"unknown role {role!r}") from None
+    check_password_policy(password)
+    if get_user_by_name(name, session=session) is not None:
+        raise ConfigurationError(f"a user named {name!r} already exists")
+    user = User(name=name, password_hash=hash_password(password), role=role, failed_logins=0)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(user: User, password: str) -> None:
+    check_password_policy(password)
+    user.password_hash = hash_password(password)
+    user.failed_logins = 0
+    user.locked_until = None
+
+
+def get_user_by_name(name: str, *, session: Session) -> User | None:
+    return session.scalar(select(User).where(User.name == name))
+
+
+def list_users(*, session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+def remove_user(user_id: int, *, session: Session) -> None:
+    user = session.get(User, user_id)
+    if user is None:
+        raise ConfigurationError(f"no user with id {user_id}")
+    session.delete(user)
+
+
+class LoginOutcome(StrEnum):
+    OK = "ok"
+    INVALID = "invalid"
+    LOCKED = "locked"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    outcome: LoginOutcome
+    user: User | None = None
+    retry_after_s: int = 0
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns; they were stored as UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def lockout_delay(failed_logins: int) -> timedelta:
+    extra = failed_logins - FREE_FAILURES
+    if extra <= 0:
+        return timedelta(0)
+    return min(LOCKOUT_BASE * (2 ** min(extra - 1, 16)), LOCKOUT_MAX)
+
+
+def authenticate(
+    name: str, password: str, *, session: Session, now: datetime | None = None
+) -> LoginResult:
+    """Check a login; counts failures and locks the account with a growing delay.
+
+    While locked, even the right password is refused, so guessing cannot go faster than the delay.
+    """
+    now = now or datetime.now(UTC)
+    user = get_user_by_name(name.strip(), session=session)
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        return LoginResult(LoginOutcome.INVALID)
+    if user.locked_until is not None and _aware(user.locked_until) > now:
+        wait = _aware(user.locked_until) - now
+        return LoginResult(LoginOutcome.LOCKED, retry_after_s=int(wait.total_seconds()) + 1)
+    if not verify_password(user.password_hash, password):
+        user.failed_logins += 1
+        delay = lockout_delay(user.failed_logins)
+        if delay:
+            user.locked_until = now + delay
+            log.warning(
+                "login locked for user id %s after %d failures", user.id, user.failed_logins
+            )
+        return LoginResult(LoginOutcome.INVALID)
+    user.failed_logins = 0
+    user.locked_until = None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    return LoginResult(LoginOutcome.OK, user=user)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_token(user: User, *, session: Session, label: str = "") -> tuple[ApiToken, str]:
+    """A new token for scripts; the clear text is returned once and never stored."""
+    clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(user_pk=user.id, token_hash=hash_token(clear), label=label.strip()[:64])
+    session.add(token)
+    session.flush()
+    return token, clear
+
+
+def user_for_token(clear: str, *, session: Session) -> User | None:
+    if not clear.startswith(TOKEN_PREFIX):
+        return None
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(clear)))
+    if row is None:
+        return None
+    return session.get(User, row.user_pk)
+
+
+def list_api_tokens(user: User, *, session: Session) -> list[ApiToken]:
+    return list(
+        session.scalars(select(ApiToken).where(ApiToken.user_pk == user.id).order_by(ApiToken.id))
+    )
+
+
+def revoke_api_token(token_id: int, *, session: Session, user: User | None = None) -> None:
+    """Delete a token; with ``user`` given, only that user's own token."""
+    row = session.get(ApiToken, token_id)
+    if row is None or (user is not None and row.user_pk != user.id):
+        raise ConfigurationError(f"no API token with id {token_id}")
+    session.delete(row)
