@@ -338,8 +338,15 @@ class StoreSCP:
         return self.log_path.read_text(errors="replace")
 
     def association_count(self) -> int:
-        """Associations accepted so far, from storescp's verbose log."""
-        return self.log_text().count("Association Received")
+        """Associations accepted so far, from storescp's verbose log.
+
+        "Association Received" is also logged for bare TCP connections (the start-up probe),
+        so count acknowledgements instead.
+        """
+        return self.log_text().count("Association Acknowledged")
+
+    def store_request_count(self) -> int:
+        return self.log_text().count("Received Store Request")
 
     def wait_received(self, count: int, timeout_s: float = 10.0) -> list[Path]:
         """storescp writes a file after answering, so the sender may return slightly earlier."""
