@@ -141,9 +141,10 @@ def _association_failure(node: DicomNode, assoc: Association) -> Exception:
         # Negotiation finished and the destination said no to every SOP class/transfer syntax:
         # the same files will be refused again, so retrying cannot help.
         return DeliveryRefused(f"{node} accepts none of the proposed SOP classes/transfer syntaxes")
-    if assoc.is_aborted:
-        return TransientError(f"{node} aborted the association request")
-    return TransientError(f"cannot associate with {node}: connection refused or timed out")
+    if assoc.acceptor.primitive is None:
+        # No A-ASSOCIATE response at all: nothing listening, unreachable, or no answer in time.
+        return TransientError(f"cannot associate with {node}: connection refused or timed out")
+    return TransientError(f"{node} aborted the association request")
 
 
 @contextmanager
