@@ -59,7 +59,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def _cmd_user(args: argparse.Namespace) -> int:
-    from petray.commands.admin import run_user
+    from petray.commands.users import run_user
 
     return run_user(args)
 

@@ -22,7 +22,7 @@ class ActorStatus:
 
 class PipelineControl(Protocol):
     async def result_ready(self, task_id: str) -> None:
-        """The remote service has a result: start the download (task already moved to downloading)."""
+        """The service has a result: start the download (the task is already downloading)."""
 
     async def resume(self, task_id: str) -> None:
         """Dispatch a task to the actor owning its current (committed) stage, e.g. after a retry."""

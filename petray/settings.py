@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     zip_compression_level: int = Field(default=1, ge=0, le=9)
     processing_deadline_s: float = Field(default=6 * 3600, gt=0)
     filter_workers: int = Field(default=2, ge=1)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_cap_s: float = Field(default=60.0, gt=0)
+    fsync: bool = True
     dashboard: bool = True
     secret_key: str | None = None
     production: bool = False

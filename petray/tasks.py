@@ -18,13 +18,14 @@ from petray.db.models import Instance, Series, Study, Task, TaskDestination, Tas
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition, UnknownTask
 
-# Stages whose work is done by an actor when the task is active in them; PROCESSING is the
-# remote service's time and COMPILING belongs to the Compilator's own bookkeeping.
+# Stages an actor looks after when the task is active or waiting in them (PROCESSING: the
+# Uploader watches the deadline); COMPILING belongs to the Compilator's own bookkeeping.
 ACTOR_STAGES = frozenset(
     {
         Stage.VALIDATING,
         Stage.PACKING,
         Stage.UPLOADING,
+        Stage.PROCESSING,
         Stage.DOWNLOADING,
         Stage.UNPACKING,
         Stage.SENDING,

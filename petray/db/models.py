@@ -6,6 +6,7 @@ Schema changes go through Alembic (``petray/db/migrations``); keep both in step.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -106,7 +107,7 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     date_shift_days: Mapped[int] = mapped_column(Integer, default=0)
     radiopharmaceutical: Mapped[str] = mapped_column(String(64), default="")
-    details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     deadline: Mapped[datetime | None] = mapped_column(nullable=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     updated: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

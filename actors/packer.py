@@ -1,0 +1,60 @@
+"""PackerActor: the series as one float32 volume, de-identified into ``{task_id}.zip``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+
+from actors.stage import StageWorker
+from petray.archive import write_upload_archive
+from petray.db.engine import unit_of_work
+from petray.domain import Stage
+from petray.tasks import get_task, instance_paths
+from petray.volume import load_series_volume
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class PackerActor(StageWorker):
+    stage = Stage.PACKING
+    concurrency = 1  # one 645x440x440 volume (0.5 GB) in memory at a time
+
+    def handle(self, task_id: str) -> Stage | None:
+        with unit_of_work(self.sessions) as session:
+            paths = [Path(p) for p in instance_paths(task_id, session=session)]
+            details = dict(get_task(task_id, session=session).details)
+        volume = load_series_volume(paths)
+        # The volume goes into the object store once; what is archived is the read-only,
+        # zero-copy view of it, and the private copy is dropped straight away.
+        volume_ref = ray.put(volume.data)
+        shape, spacing = volume.shape, volume.spacing_zyx
+        slice_paths = [str(p) for p in volume.slice_paths]
+        del volume
+        view = ray.get(volume_ref)
+        archive = self.settings.work_dir / f"{task_id}.zip"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            **details["processing"],
+            "task_id": task_id,
+            "client_id": self.settings.client_id,
+        }
+        sha256 = write_upload_archive(
+            archive,
+            task_id=task_id,
+            volume=view,
+            voxel_spacing_zyx=spacing,
+            metadata=metadata,
+            compresslevel=self.settings.zip_compression_level,
+        )
+        del view, volume_ref
+        with unit_of_work(self.sessions) as session:
+            task = get_task(task_id, session=session, lock=True)
+            task.details = {
+                **task.details,
+                "archive": str(archive),
+                "sha256": sha256,
+                "shape": list(shape),
+                "spacing_zyx": list(spacing),
+                "slice_paths": slice_paths,
+            }
+        return Stage.UPLOADING

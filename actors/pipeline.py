@@ -1,0 +1,81 @@
+"""The one place that builds and wires the pipeline's actors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors import names
+from actors.compilator import CompilatorActor
+from actors.downloader import DownloaderActor
+from actors.filter_worker import FilterWorker
+from actors.packer import PackerActor
+from actors.runtime import Dispatcher
+from actors.store_scp import StoreScpActor
+from actors.store_scu import StoreScuActor
+from actors.unpacker import UnpackerActor
+from actors.uploader import UploaderActor
+from actors.validator import ValidatorActor
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.settings import Settings
+from petray.tasks import unfinished_tasks
+
+logger = logging.getLogger(__name__)
+START_TIMEOUT_S = 120
+
+STAGE_ACTOR_CLASSES: tuple[tuple[str, Any], ...] = (
+    (names.VALIDATOR, ValidatorActor),
+    (names.PACKER, PackerActor),
+    (names.UPLOADER, UploaderActor),
+    (names.DOWNLOADER, DownloaderActor),
+    (names.STORE_SCU, StoreScuActor),
+)
+
+
+@dataclass
+class Pipeline:
+    handles: dict[str, Any]
+    listener: dict[str, Any]
+    resumed: int
+
+    def stop(self) -> None:
+        scp = self.handles.get(names.STORE_SCP)
+        if scp is not None:
+            ray.get(scp.stop.remote(), timeout=30)
+        for handle in self.handles.values():
+            ray.kill(handle, no_restart=True)
+
+
+def _named(actor_class: Any, name: str, **options: Any) -> Any:
+    return actor_class.options(name=name, namespace=names.NAMESPACE, **options)
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """Start every actor, rebuild state from the database, resume unfinished tasks, listen."""
+    handles: dict[str, Any] = {}
+    for index in range(settings.filter_workers):
+        name = names.filter_worker_name(index)
+        handles[name] = _named(FilterWorker, name, resources={names.FILTER_RESOURCE: 1}).remote()
+    for name, actor_class in STAGE_ACTOR_CLASSES:
+        handles[name] = _named(actor_class, name).remote(settings)
+    # The Unpacker looks the filter workers up by name when it starts.
+    handles[names.UNPACKER] = _named(UnpackerActor, names.UNPACKER).remote(settings)
+    handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
+    ray.get([h.__ray_ready__.remote() for h in handles.values()], timeout=START_TIMEOUT_S)
+    ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
+
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        pending = unfinished_tasks(session=session)
+    dispatcher = Dispatcher()
+    for task_id, stage in pending:
+        dispatcher.submit(stage, task_id)
+    if pending:
+        logger.info("resumed %d unfinished tasks", len(pending))
+
+    handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
+    listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
+    return Pipeline(handles=handles, listener=listener, resumed=len(pending))

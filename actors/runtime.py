@@ -1,0 +1,47 @@
+"""What every actor process does first, and how actors find each other."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from actors.names import NAMESPACE, STAGE_ACTORS
+from petray.db.engine import make_engine, make_sessionmaker
+from petray.domain import Stage
+from petray.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def init_actor_process(settings: Settings) -> Any:
+    """Logging and the process's one engine; returns its session factory."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return make_sessionmaker(make_engine(settings.resolved_database_url))
+
+
+class Dispatcher:
+    """Tells the actor that owns a stage about a task; fire and forget (the db holds the truth)."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    def handle(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+            self._handles[name] = handle
+        return handle
+
+    def submit(self, stage: Stage, task_id: str) -> None:
+        name = STAGE_ACTORS.get(stage)
+        if name is None:
+            return
+        try:
+            self.handle(name).submit.remote(task_id)
+        except ValueError:
+            # Not running (yet): the task stays committed in its stage and is picked up on start.
+            logger.warning("no actor %s for task %s in %s", name, task_id, stage)

@@ -1,0 +1,96 @@
+"""UploaderActor: archive into the shared folder, then ``POST /processing``; watches deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.stage import StageWorker
+from petray.db.engine import unit_of_work
+from petray.domain import Stage, State
+from petray.remote import RemoteClient
+from petray.shared_folder import upload
+from petray.siteconfig import effective_remote_url
+from petray.tasks import fail, get_task, move_to
+
+logger = logging.getLogger(__name__)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class UploaderActor(StageWorker):
+    stage = Stage.UPLOADING
+    concurrency = 2
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+
+    async def submit(self, task_id: str) -> None:
+        with unit_of_work(self.sessions) as session:
+            stage = get_task(task_id, session=session).stage
+        if stage == Stage.PROCESSING.value:
+            self._watch_deadline(task_id)
+            return
+        await super().submit(task_id)
+
+    def handle(self, task_id: str) -> Stage | None:
+        with unit_of_work(self.sessions) as session:
+            task = get_task(task_id, session=session)
+            archive = Path(task.details["archive"])
+            metadata = task.details["processing"]
+            remote_url = effective_remote_url(self.settings, session=session)
+        upload(archive, self.settings.resolved_shared_dir, task_id)
+        with RemoteClient(
+            remote_url, self.settings.remote_token, timeout_s=self.settings.remote_timeout_s
+        ) as client:
+            client.start_processing(
+                task_id=task_id, client_id=self.settings.client_id, metadata=metadata
+            )
+        return Stage.PROCESSING
+
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
+        task.deadline = datetime.now(UTC) + timedelta(seconds=self.settings.processing_deadline_s)
+        move_to(
+            task, target, session=session, state=State.WAITING, message="waiting for the result"
+        )
+
+    def _watch_deadline(self, task_id: str) -> None:
+        with unit_of_work(self.sessions) as session:
+            deadline = get_task(task_id, session=session).deadline
+        if deadline is None:
+            return
+        remaining = (_utc(deadline) - datetime.now(UTC)).total_seconds()
+        old = self._deadlines.pop(task_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._deadlines[task_id] = loop.call_later(max(remaining, 0.0), self._expire, task_id)
+
+    def _expire(self, task_id: str) -> None:
+        self._deadlines.pop(task_id, None)
+        with unit_of_work(self.sessions) as session:
+            task = get_task(task_id, session=session, lock=True)
+            if task.stage != Stage.PROCESSING.value or task.state != State.WAITING.value:
+                return
+            hours = self.settings.processing_deadline_s / 3600
+            fail(
+                task,
+                f"no result from the processing service within {hours:g} h; retry to upload again",
+                session=session,
+            )
+        logger.warning("task %s: processing deadline passed", task_id)
+
+    async def status(self) -> dict[str, Any]:
+        info = await super().status()
+        info["awaiting_results"] = len(self._deadlines)
+        return info

@@ -1,0 +1,60 @@
+"""ValidatorActor: can this task be processed? Destination, header, tracer, remote licence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import median
+
+import ray
+from pydicom import dcmread
+from sqlalchemy import select
+
+from actors.stage import StageWorker
+from petray.db.engine import unit_of_work
+from petray.db.models import Instance
+from petray.deid import choose_date_shift_days
+from petray.destinations import assign_destinations
+from petray.domain import Stage
+from petray.radiopharm import load_table
+from petray.remote import RemoteClient
+from petray.siteconfig import effective_remote_url
+from petray.tasks import get_task, instance_paths
+from petray.validation import build_processing_header, check_model_payload, processing_metadata
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ValidatorActor(StageWorker):
+    stage = Stage.VALIDATING
+    concurrency = 4
+
+    def handle(self, task_id: str) -> Stage | None:
+        with unit_of_work(self.sessions) as session:
+            task = get_task(task_id, session=session, lock=True)
+            assign_destinations(task, session=session)
+            positions = sorted(
+                session.scalars(select(Instance.slice_position).where(Instance.task_id == task_id))
+            )
+            steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+            spacing = float(median(steps)) if steps else 0.0
+            first = Path(instance_paths(task_id, session=session)[0])
+            header = build_processing_header(
+                dcmread(first, stop_before_pixels=True),
+                slice_spacing_mm=spacing,
+                table=load_table(session=session),
+            )
+            shift = choose_date_shift_days(task_id)
+            payload = check_model_payload(header, client_id=self.settings.client_id)
+            task.date_shift_days = shift
+            task.radiopharmaceutical = header.radiopharmaceutical
+            task.details = {
+                **task.details,
+                "check_model": payload,
+                "processing": processing_metadata(header, date_shift_days=shift),
+            }
+            remote_url = effective_remote_url(self.settings, session=session)
+        # Committed before the call, so a crash here repeats only this idempotent request.
+        with RemoteClient(
+            remote_url, self.settings.remote_token, timeout_s=self.settings.remote_timeout_s
+        ) as client:
+            client.check_model(payload)
+        return Stage.PACKING

@@ -1,0 +1,145 @@
+"""``petray device``, ``petray filter`` and ``petray tasks``: site administration from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.models import PostFilter
+from petray.errors import ConfigurationError
+from petray.filters import FilterSpec
+from petray.settings import load_settings
+from petray.siteconfig import add_device, list_devices, remove_device
+from petray.tasks import list_tasks
+
+
+@contextmanager
+def admin_session() -> Iterator[Session]:
+    settings = load_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        migrate(engine)
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def run_device(args: argparse.Namespace) -> int:
+    with admin_session() as session:
+        if args.action == "add":
+            device = add_device(
+                session=session,
+                name=args.name,
+                ae_title=args.ae_title,
+                host=args.host,
+                port=args.port,
+                is_source=args.source,
+                is_destination=args.destination,
+            )
+            print(f"added device {device.name}: {device.ae_title}@{device.host}:{device.port}")
+        elif args.action == "remove":
+            remove_device(args.name, session=session)
+            print(f"removed device {args.name}")
+        else:
+            rows = [
+                {
+                    "name": d.name,
+                    "ae_title": d.ae_title,
+                    "host": d.host,
+                    "port": d.port,
+                    "source": d.is_source,
+                    "destination": d.is_destination,
+                }
+                for d in list_devices(session=session)
+            ]
+            if getattr(args, "json", False):
+                print(json.dumps(rows, indent=2))
+            for row in [] if getattr(args, "json", False) else rows:
+                roles = ",".join(r for r in ("source", "destination") if row[r])
+                print(
+                    f"{row['name']:<20} {row['ae_title']:<16} {row['host']}:{row['port']}  {roles}"
+                )
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    with admin_session() as session:
+        if args.action == "add":
+            try:
+                spec = FilterSpec(
+                    id=None,
+                    description=args.description,
+                    series_number=args.series_number,
+                    fwhm_mm=args.fwhm,
+                    noise_pct=args.noise,
+                    mode=args.mode,
+                )
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+            row = PostFilter(
+                description=spec.description,
+                series_number=spec.series_number,
+                fwhm_mm=spec.fwhm_mm,
+                noise_pct=spec.noise_pct,
+                mode=spec.mode,
+                scanner_model=args.scanner_model,
+                radiopharmaceutical=args.radiopharmaceutical,
+                enabled=not args.disabled,
+            )
+            session.add(row)
+            session.flush()
+            print(f"added filter {row.id}: {row.description} (FWHM {row.fwhm_mm:g} mm)")
+        elif args.action == "remove":
+            found = session.get(PostFilter, args.id)
+            if found is None:
+                raise ConfigurationError(f"no filter with id {args.id}")
+            session.delete(found)
+            print(f"removed filter {args.id}")
+        else:
+            rows = [
+                {
+                    "id": f.id,
+                    "description": f.description,
+                    "series_number": f.series_number,
+                    "fwhm_mm": f.fwhm_mm,
+                    "noise_pct": f.noise_pct,
+                    "mode": f.mode,
+                    "scanner_model": f.scanner_model,
+                    "radiopharmaceutical": f.radiopharmaceutical,
+                    "enabled": f.enabled,
+                }
+                for f in session.scalars(select(PostFilter).order_by(PostFilter.id))
+            ]
+            if getattr(args, "json", False):
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    print(
+                        f"{r['id']:>4} {r['description']:<24} #{r['series_number']:<6} "
+                        f"FWHM {r['fwhm_mm']:g} mm noise {r['noise_pct']:g}% {r['mode']}"
+                        f"{'' if r['enabled'] else ' (disabled)'}"
+                    )
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    with admin_session() as session:
+        tasks = list_tasks(session=session, limit=args.limit)
+        if args.json:
+            print(json.dumps([t.as_dict() for t in tasks], indent=2))
+            return 0
+        for t in tasks:
+            expected = t.expected_images if t.expected_images is not None else "?"
+            line = f"{t.id}  {t.stage:<11} {t.state:<9} {t.images}/{expected} images"
+            if t.reason:
+                line += f"  {t.reason}"
+            print(line)
+    return 0

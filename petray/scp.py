@@ -1,0 +1,251 @@
+"""The Store SCP: accepts PET instances over DICOM and stores them durably before answering.
+
+Dependencies reach the handlers through pynetdicom's handler binding (no globals). The SCP stores
+only PET; other storage SOP classes are accepted at association level so that a PACS forwarding
+a whole PET/CT study is not made to retry forever, but their instances are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from petray.db.engine import unit_of_work
+from petray.db.models import AssociationLog
+from petray.dicom.header import extract_instance_header, is_pet
+from petray.dicom.status import StoreStatus
+from petray.errors import InvalidInstance
+from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
+from petray.siteconfig import Listener, get_site_config, list_devices
+
+logger = logging.getLogger(__name__)
+
+# Uncompressed and the lossless compressed syntaxes a PACS may forward (issue 2); decoders for
+# the compressed ones are installed with petray, and nothing is decoded on the ingest path.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+]
+assert set(ACCEPTED_TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES)
+MAX_PDU_BYTES = 262_144
+MAX_ASSOCIATIONS = 32
+
+
+@dataclass
+class IngestCounters:
+    received: int = 0
+    ignored: int = 0
+    refused: int = 0
+    associations: int = 0
+    last_received: str = ""
+
+
+@dataclass
+class _OpenAssociation:
+    log: AssociationLog
+    instances: int = 0
+    refused: int = 0
+    ignored: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _failure(status: StoreStatus, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = int(status)
+    # ErrorComment is LO: 64 characters at most (PS3.7 C.4.2.1.4).
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+class StoreService:
+    """C-STORE and C-ECHO handlers plus association bookkeeping for one listener."""
+
+    def __init__(
+        self,
+        store: InstanceStore,
+        sessions: sessionmaker[Session],
+        *,
+        on_instance: Callable[[ReceivedInstance], None],
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._on_instance = on_instance
+        self._open: dict[int, _OpenAssociation] = {}
+        self._lock = threading.Lock()
+        self.counters = IngestCounters()
+
+    def make_ae(self, ae_title: str) -> AE:
+        ae = AE(ae_title=ae_title)
+        ae.maximum_pdu_size = MAX_PDU_BYTES
+        ae.maximum_associations = MAX_ASSOCIATIONS
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self, listener: Listener) -> ThreadedAssociationServer:
+        ae = self.make_ae(listener.ae_title)
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_CONN_OPEN, self._on_conn_open, [ae]),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed, ["released"]),
+            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
+        ]
+        server = ae.start_server((listener.bind, listener.port), block=False, evt_handlers=handlers)
+        assert server is not None  # non-blocking start always returns the server
+        logger.info(
+            "Store SCP %s listening on %s:%d", listener.ae_title, listener.bind, listener.port
+        )
+        return server
+
+    # -- association events -------------------------------------------------------------
+
+    def _on_conn_open(self, event: evt.Event, ae: AE) -> None:
+        # pynetdicom checks require_calling_aet when the association request arrives, which is
+        # after this event, so the whitelist follows the device table without a restart.
+        with unit_of_work(self._sessions) as session:
+            restrict = get_site_config(session=session).restrict_sources
+            allowed = [d.ae_title for d in list_devices(session=session) if d.is_source]
+        ae.require_calling_aet = allowed if restrict else []
+        if restrict and not allowed:
+            logger.warning("source restriction is on but no source device is configured")
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        log = AssociationLog(
+            direction="in",
+            calling_ae=requestor.ae_title,
+            called_ae=event.assoc.acceptor.ae_title,
+            peer_host=str(requestor.address),
+            started=datetime.now(UTC),
+        )
+        with self._lock:
+            self._open[id(event.assoc)] = _OpenAssociation(log=log)
+            self.counters.associations += 1
+
+    def _on_closed(self, event: evt.Event, outcome: str) -> None:
+        with self._lock:
+            record = self._open.pop(id(event.assoc), None)
+        if record is None:
+            return
+        log = record.log
+        log.ended = datetime.now(UTC)
+        log.instances = record.instances
+        log.refused = record.refused
+        parts = [outcome]
+        if record.ignored:
+            parts.append(f"{record.ignored} non-PET ignored")
+        parts.extend(sorted(set(record.problems))[:3])
+        log.outcome = "; ".join(parts)[:255]
+        try:
+            with unit_of_work(self._sessions) as session:
+                session.add(log)
+        except Exception:
+            logger.exception("could not record the association log")
+
+    # -- DIMSE handlers ------------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return int(StoreStatus.SUCCESS)
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        record = self._open.get(id(event.assoc))
+        requestor = event.assoc.requestor
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            # Only the header is parsed: pixel data stay encoded as the sender sent them.
+            ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            if not is_pet(ds):
+                self._count(record, ignored=True)
+                logger.info(
+                    "ignored a non-PET instance (SOP class %s) from %s",
+                    event.context.abstract_syntax,
+                    requestor.ae_title,
+                )
+                return int(StoreStatus.SUCCESS)
+            header = extract_instance_header(ds)
+            received = self._store.store(
+                encoded,
+                header,
+                calling_ae=requestor.ae_title,
+                peer_host=str(requestor.address),
+            )
+        except DiskFull as exc:
+            logger.error("refusing an instance: %s", exc)
+            self._count(record, refused=True, problem="disk below floor")
+            return _failure(StoreStatus.OUT_OF_RESOURCES, "petray: free disk below floor")
+        except InvalidInstance as exc:
+            logger.warning("refused an invalid instance from %s: %s", requestor.ae_title, exc)
+            self._count(record, refused=True, problem=str(exc))
+            return _failure(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+        except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+            # pydicom decodes lazily, so a corrupt element surfaces only when it is touched.
+            logger.warning("could not parse an instance from %s: %s", requestor.ae_title, exc)
+            self._count(record, refused=True, problem="unparseable dataset")
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}")
+        except Exception:
+            logger.exception("failed to store an instance")
+            self._count(record, refused=True, problem="processing failure")
+            return _failure(StoreStatus.PROCESSING_FAILURE, "petray could not store the instance")
+        self._count(record)
+        self._on_instance(received)
+        return int(StoreStatus.SUCCESS)
+
+    def _count(
+        self,
+        record: _OpenAssociation | None,
+        *,
+        ignored: bool = False,
+        refused: bool = False,
+        problem: str = "",
+    ) -> None:
+        with self._lock:
+            if ignored:
+                self.counters.ignored += 1
+            elif refused:
+                self.counters.refused += 1
+            else:
+                self.counters.received += 1
+                self.counters.last_received = datetime.now(UTC).isoformat()
+            if record is not None:
+                if ignored:
+                    record.ignored += 1
+                elif refused:
+                    record.refused += 1
+                    if problem:
+                        record.problems.append(problem[:80])
+                else:
+                    record.instances += 1

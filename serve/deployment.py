@@ -1,0 +1,38 @@
+"""The Ray Serve application: the FastAPI app of serve/app.py, built on its replica."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from petray.settings import Settings
+
+APP_NAME = "petray"
+DEPLOYMENT_NAME = "petray_http"
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class PetrayHttp:
+    """The HTTP ingress; the app is built on the replica, where its engine and handles live."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        from actors.control import RayPipelineControl
+        from petray.db.engine import make_engine, make_sessionmaker
+        from serve.app import create_app
+
+        sessions = make_sessionmaker(make_engine(self._settings.resolved_database_url))
+        return create_app(
+            self._settings, session_factory=sessions, pipeline=RayPipelineControl(sessions)
+        )
+
+
+def start_http(settings: Settings) -> Any:
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    application = PetrayHttp.bind(settings)  # type: ignore[attr-defined]
+    return serve.run(application, name=APP_NAME, route_prefix="/")
