@@ -43,7 +43,7 @@ from pydicom.uid import (
 from scipy.ndimage import gaussian_filter
 
 from petray.dicom.uids import validate_uid
-from petray.errors import ConfigurationError
+from petray.errors import ConfigurationError, InvalidInstance
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,10 @@ class SynthSpec:
             raise ConfigurationError("spacings must be positive")
         for uid in (self.study_instance_uid, self.series_instance_uid):
             if uid is not None:
-                validate_uid(uid)
+                try:
+                    validate_uid(uid)
+                except InvalidInstance as exc:
+                    raise ConfigurationError(f"invalid UID override: {exc}") from None
 
     @property
     def pixel_spacing(self) -> float:
@@ -648,7 +651,8 @@ def _encode(datasets: list[Dataset], syntax: UID) -> list[Dataset]:
         return datasets
     if syntax in PYDICOM_ENCODED:
         for ds in datasets:
-            ds.compress(syntax)
+            # Lossless: the same instance, so the same SOP Instance UID (and the same bytes).
+            ds.compress(syntax, generate_instance_uid=False)
         return datasets
     with tempfile.TemporaryDirectory(prefix="petray-synth-") as tmp:
         out: list[Dataset] = []

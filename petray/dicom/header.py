@@ -1,0 +1,294 @@
+"""What petray reads from each received instance's header, checked once on the Store SCP hot path.
+
+Nothing here touches pixel data: the SCP parses with ``dcmread(..., stop_before_pixels=True)``.
+Every missing or invalid attribute is named in one InvalidInstance so the sender's operator can
+fix them all at once; values are never echoed back, since they may be patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import PositronEmissionTomographyImageStorage
+
+from petray.dicom.uids import validate_uid
+from petray.errors import InvalidInstance
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PET_MODALITY = "PT"
+ACCEPTED_SOP_CLASSES = frozenset({PositronEmissionTomographyImageStorage})
+# Attributes the later stages cannot do without (issue 2: UIDs, geometry, rescale).
+MANDATORY_KEYWORDS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleSlope",
+)
+UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Direction cosines from real scanners are unit vectors to a few decimals; anything further off
+# means a broken header, not rounding.
+ORIENTATION_TOLERANCE = 1e-2
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    study_date: str
+    accession_number: str
+    study_description: str
+    series_description: str
+    series_number: int | None
+    manufacturer: str
+    model_name: str
+    instance_number: int | None
+    # Projection of ImagePositionPatient on the slice normal (row x column direction cosines):
+    # the coordinate that orders slices whatever the scanner's InstanceNumber convention.
+    slice_position: float
+    slice_thickness: float | None
+    number_of_slices: int | None
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
+    image_orientation: tuple[float, float, float, float, float, float] = AXIAL
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+
+
+class _Problems:
+    """Collects what is missing or invalid while reading, element by element."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+        self.missing: list[str] = []
+        self.invalid: list[str] = []
+
+    def raw(self, keyword: str) -> Any:
+        """The element's value, None when absent or empty; a decoding failure is recorded."""
+        try:
+            # pydicom decodes lazily, so a corrupt element raises only now, with whatever
+            # exception its VR converter happens to raise; all of them mean "undecodable".
+            value = self._ds.get(keyword)
+        except Exception:
+            self.invalid.append(f"{keyword} (undecodable)")
+            return None
+        if value is None or value == "" or (isinstance(value, list | tuple) and not value):
+            return None
+        return value
+
+    def required(self, keyword: str, convert: Callable[[Any], T], default: T) -> T:
+        value = self.raw(keyword)
+        if value is None:
+            if not any(entry.startswith(keyword + " ") for entry in self.invalid):
+                self.missing.append(keyword)
+            return default
+        return self._convert(keyword, value, convert, default)
+
+    def optional(self, keyword: str, convert: Callable[[Any], T]) -> T | None:
+        value = self.raw(keyword)
+        if value is None:
+            return None
+        return self._convert(keyword, value, convert, None)
+
+    def _convert(self, keyword: str, value: Any, convert: Callable[[Any], T], default: T) -> T:
+        try:
+            return convert(value)
+        except (ValueError, TypeError, OverflowError, IndexError) as exc:
+            self.invalid.append(f"{keyword} ({exc})")
+            return default
+
+    def raise_if_any(self) -> None:
+        parts = []
+        if self.missing:
+            parts.append("missing mandatory attributes: " + ", ".join(self.missing))
+        if self.invalid:
+            parts.append("invalid attributes: " + ", ".join(self.invalid))
+        if parts:
+            raise InvalidInstance("; ".join(parts))
+
+
+def _text(value: Any) -> str:
+    return str(value).strip()
+
+
+def _uid(value: Any) -> str:
+    try:
+        return validate_uid(str(value))
+    except InvalidInstance as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _float(value: Any) -> float:
+    # Our own message: Python's would repeat the value, which may be patient data.
+    try:
+        return float(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError("not a number") from None
+
+
+def _integer(value: Any) -> int:
+    number = _float(value)
+    if not number.is_integer():
+        raise ValueError("not an integer")
+    return int(number)
+
+
+def _positive_int(value: Any) -> int:
+    number = _integer(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def _finite(value: Any) -> float:
+    number = _float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _numbers(count: int) -> Callable[[Any], tuple[float, ...]]:
+    def convert(value: Any) -> tuple[float, ...]:
+        if not isinstance(value, MultiValue | list | tuple) or len(value) != count:
+            raise ValueError(f"needs {count} numbers")
+        return tuple(_finite(item) for item in value)
+
+    return convert
+
+
+def _spacing(value: Any) -> tuple[float, float]:
+    row, col = _numbers(2)(value)
+    if row <= 0 or col <= 0:
+        raise ValueError("spacing must be positive")
+    return (row, col)
+
+
+def _orientation(value: Any) -> tuple[float, float, float, float, float, float]:
+    cosines = _numbers(6)(value)
+    row, col = cosines[:3], cosines[3:]
+    for vector in (row, col):
+        if abs(math.sqrt(sum(c * c for c in vector)) - 1.0) > ORIENTATION_TOLERANCE:
+            raise ValueError("direction cosines are not unit vectors")
+    if abs(sum(r * c for r, c in zip(row, col, strict=True))) > ORIENTATION_TOLERANCE:
+        raise ValueError("row and column directions are not orthogonal")
+    return (cosines[0], cosines[1], cosines[2], cosines[3], cosines[4], cosines[5])
+
+
+def _slope(value: Any) -> float:
+    slope = _finite(value)
+    if slope == 0:
+        raise ValueError("must not be zero")
+    return slope
+
+
+def slice_normal(orientation: tuple[float, ...]) -> tuple[float, float, float]:
+    """Unit normal of the image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
+    rx, ry, rz, cx, cy, cz = orientation
+    nx, ny, nz = ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx
+    norm = math.sqrt(nx * nx + ny * ny + nz * nz)
+    return (nx / norm, ny / norm, nz / norm)
+
+
+def is_pet(ds: Dataset) -> bool:
+    """PET Image Storage whose Modality, when present, is PT.
+
+    Enhanced PET is not accepted. A PET Image Storage instance without Modality counts as PET so
+    that extract_instance_header refuses it with a precise reason instead of it being ignored.
+    """
+    try:
+        sop_class = ds.get("SOPClassUID")
+        if not sop_class:
+            sop_class = getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", None)
+        modality = ds.get("Modality")
+    except Exception:  # pydicom decodes lazily: an undecodable header is not PET
+        return False
+    if str(sop_class or "").rstrip("\x00 ") not in ACCEPTED_SOP_CLASSES:
+        return False
+    return not modality or str(modality).strip() == PET_MODALITY
+
+
+def extract_instance_header(ds: Dataset) -> InstanceHeader:
+    """The header of one received instance, or InvalidInstance naming every problem."""
+    p = _Problems(ds)
+    uids = {keyword: p.required(keyword, _uid, "") for keyword in UID_KEYWORDS}
+    modality = p.required("Modality", _text, "")
+    rows = p.required("Rows", _positive_int, 0)
+    columns = p.required("Columns", _positive_int, 0)
+    spacing = p.required("PixelSpacing", _spacing, (1.0, 1.0))
+    position: tuple[float, ...] = p.required("ImagePositionPatient", _numbers(3), (0.0,) * 3)
+    orientation = p.required("ImageOrientationPatient", _orientation, AXIAL)
+    slope = p.required("RescaleSlope", _slope, 1.0)
+    intercept = p.optional("RescaleIntercept", _finite)
+    number_of_slices = p.optional("NumberOfSlices", _positive_int)
+    slice_thickness = p.optional("SliceThickness", _finite)
+    series_number = p.optional("SeriesNumber", _integer)
+    instance_number = p.optional("InstanceNumber", _integer)
+    text = {
+        keyword: p.optional(keyword, _text) or ""
+        for keyword in (
+            "PatientID",
+            "PatientName",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "AccessionNumber",
+            "StudyDescription",
+            "SeriesDescription",
+            "Manufacturer",
+            "ManufacturerModelName",
+        )
+    }
+    p.raise_if_any()
+    normal = slice_normal(orientation)
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        modality=modality,
+        patient_id=text["PatientID"],
+        patient_name=text["PatientName"],
+        patient_birth_date=text["PatientBirthDate"],
+        patient_sex=text["PatientSex"],
+        study_date=text["StudyDate"],
+        accession_number=text["AccessionNumber"],
+        study_description=text["StudyDescription"],
+        series_description=text["SeriesDescription"],
+        series_number=series_number,
+        manufacturer=text["Manufacturer"],
+        model_name=text["ManufacturerModelName"],
+        instance_number=instance_number,
+        slice_position=sum(a * b for a, b in zip(position, normal, strict=True)),
+        slice_thickness=slice_thickness,
+        number_of_slices=number_of_slices,
+        rows=rows,
+        columns=columns,
+        pixel_spacing=spacing,
+        image_orientation=orientation,
+        rescale_slope=slope,
+        rescale_intercept=intercept if intercept is not None else 0.0,
+    )
