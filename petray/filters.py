@@ -7,6 +7,7 @@ worker is a thin shell and the tests compare against scipy without Ray.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+
+log = logging.getLogger(__name__)
 
 FilterMode = Literal["append", "replace"]
 FILTER_MODES: tuple[FilterMode, ...] = ("append", "replace")
@@ -105,6 +108,9 @@ def apply_post_filter(
         blended = np.multiply(noise, np.float32(spec.noise_pct / 100.0), dtype=np.float32)
         blended += denoised
     else:
+        if spec.noise_pct > 0:
+            # The service's noise.npy is optional; the series is still useful without the blend.
+            log.warning("filter %s asks for noise blending but the result has no noise", spec.id)
         blended = np.array(denoised, dtype=np.float32, copy=True)
     if not spec.smooths:
         return blended

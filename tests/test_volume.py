@@ -196,3 +196,32 @@ def test_single_slice_uses_slice_thickness(tmp_path: Path) -> None:
     volume = load_series_volume(_write_series(tmp_path, 1))
     assert volume.shape == (1, ROWS, COLS)
     assert volume.spacing_zyx[0] == pytest.approx(2.0)  # SliceThickness of the test builder
+
+
+@pytest.mark.parametrize(
+    ("vendor", "syntax"),
+    [
+        ("siemens", "1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
+        ("ge", "1.2.840.10008.1.2.4.70"),  # JPEG Lossless SV1, made by DCMTK
+        ("siemens", "1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
+        ("ge", "1.2.840.10008.1.2.4.90"),  # JPEG 2000 lossless
+    ],
+)
+def test_synthetic_vendor_series(tmp_path: Path, vendor: str, syntax: str) -> None:
+    from petray.synth import make_pet_series, write_series
+
+    paths = write_series(
+        make_pet_series(slices=9, rows=32, cols=40, seed=5, vendor=vendor, transfer_syntax=syntax),
+        tmp_path,
+    )
+    random.Random(1).shuffle(paths)
+    volume = load_series_volume(paths)
+    assert volume.shape == (9, 32, 40)
+    assert (np.diff(volume.positions[:, 2]) > 0).all()
+    for z, path in enumerate(volume.slice_paths):
+        ds = pydicom.dcmread(path)
+        assert str(ds.file_meta.TransferSyntaxUID) == syntax
+        expected = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope)
+        expected += float(ds.RescaleIntercept)
+        np.testing.assert_allclose(volume.data[z], expected, rtol=1e-6, atol=1e-3)
+    assert volume.data.max() > 0
