@@ -83,6 +83,11 @@ def _check_volume(volume: np.ndarray, voxel_spacing_zyx: Sequence[float]) -> Non
         raise ValueError("voxel spacing must be three positive millimetre values (z, y, x)")
 
 
+def _normalised(value: Any) -> Any:
+    # JSON has no tuples: (6, 10, 12) and [6, 10, 12] are the same shape.
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def write_upload_archive(
     path: Path,
     *,
@@ -101,9 +106,20 @@ def write_upload_archive(
     _check_volume(volume, voxel_spacing_zyx)
     if not 0 <= compresslevel <= 9:
         raise ValueError("compression level must be between 0 and 9")
-    clashes = [key for key in COMPUTED_FIELDS if key in metadata]
+    computed: dict[str, Any] = {
+        "task_id": task_id,
+        "shape": list(volume.shape),
+        "dtype": "float32",
+        "voxel_spacing_mm": [float(s) for s in voxel_spacing_zyx],
+    }
+    # Callers may repeat a computed field (the packer passes task_id) but never contradict one.
+    clashes = [
+        key
+        for key in COMPUTED_FIELDS
+        if key in metadata and (key == "sha256" or _normalised(metadata[key]) != computed[key])
+    ]
     if clashes:
-        raise ValueError(f"metadata may not set computed fields: {', '.join(clashes)}")
+        raise ValueError(f"metadata contradicts computed fields: {', '.join(clashes)}")
     compression = zipfile.ZIP_DEFLATED if compresslevel > 0 else zipfile.ZIP_STORED
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -124,14 +140,7 @@ def write_upload_archive(
                             raise ValueError(f"volume has NaN or infinite values in slice {z}")
                         writer.write(plane.data.cast("B"))
                 digest = writer.sha256.hexdigest()
-                document = {
-                    **metadata,
-                    "task_id": task_id,
-                    "shape": list(volume.shape),
-                    "dtype": "float32",
-                    "voxel_spacing_mm": [float(s) for s in voxel_spacing_zyx],
-                    "sha256": digest,
-                }
+                document = {**metadata, **computed, "sha256": digest}
                 zf.writestr(
                     METADATA_NAME, json.dumps(document, indent=2, sort_keys=True, allow_nan=False)
                 )

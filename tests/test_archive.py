@@ -52,13 +52,14 @@ def _read(path: Path, **kwargs: object) -> object:
 
 def test_upload_archive_round_trip(tmp_path: Path) -> None:
     volume = _volume()
+    volume.setflags(write=False)  # as it comes from the Ray object store
     target = tmp_path / "to_process" / "t1.zip"
     digest = write_upload_archive(
         target,
         task_id="t1",
         volume=volume,
         voxel_spacing_zyx=(3.0, 2.0, 2.0),
-        metadata={"client_id": "site-a", "Radiofarmaco": "FDG"},
+        metadata={"client_id": "site-a", "Radiofarmaco": "FDG", "task_id": "t1"},
         compresslevel=1,
     )
     with zipfile.ZipFile(target) as zf:
@@ -111,6 +112,8 @@ def test_upload_archive_failure_leaves_previous_file_and_no_temp(tmp_path: Path)
         (np.zeros(SHAPE, np.float64), {}),
         (np.zeros((4, 4), np.float32), {}),
         (np.zeros(SHAPE, np.float32), {"sha256": "x"}),
+        (np.zeros(SHAPE, np.float32), {"task_id": "another"}),
+        (np.zeros(SHAPE, np.float32), {"shape": [1, 2, 3]}),
     ],
 )
 def test_upload_archive_rejects_bad_input(
