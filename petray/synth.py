@@ -581,7 +581,7 @@ def _bed_timing(spec: SynthSpec, index: int) -> int:
     return index // step
 
 
-def make_pet_series(spec: SynthSpec | None = None, **overrides: object) -> list[Dataset]:
+def make_pet_series(spec: SynthSpec | None = None, /, **overrides: object) -> list[Dataset]:
     """One synthetic PET series, in InstanceNumber order, each dataset ready for ``save_as``."""
     spec = replace(spec or SynthSpec(), **overrides)  # type: ignore[arg-type]
     tracer = find_tracer(spec.radiopharmaceutical)
