@@ -20,6 +20,8 @@ def init_actor_process(settings: Settings) -> Any:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pynetdicom logs every PDU at INFO: one line per instance is noise, not operations data.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     return make_sessionmaker(make_engine(settings.resolved_database_url))
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+import pydicom.config
 import ray
 from pynetdicom.transport import ThreadedAssociationServer
 from ray.util import metrics
@@ -26,6 +27,9 @@ class StoreScpActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._sessions = init_actor_process(settings)
+        # pydicom's own validation warnings quote offending values (possibly patient data);
+        # extract_instance_header reports the problems without them.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         settings.instances_dir.mkdir(parents=True, exist_ok=True)
         store = InstanceStore(
             settings.instances_dir,

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--drop", default="", help="comma-separated 0-based slice indices to leave out"
     )
+    synth.add_argument(
+        "--transfer-syntax", default=None, help="transfer syntax UID (default Explicit VR LE)"
+    )
     synth.set_defaults(func=_cmd_synth)
 
     ref = sub.add_parser("reference-server", help="the stand-in remote processing service")

@@ -50,6 +50,10 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (idempotent)."""
+    import logging
+
+    # Alembic narrates every migration step at INFO; a gateway start is not the place for it.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
 
