@@ -298,3 +298,38 @@ def test_verify_zip_limit(tmp_path: Path) -> None:
     verify_zip(path, max_uncompressed_bytes=LIMIT)
     with pytest.raises(ArchiveRejected, match="over the limit"):
         verify_zip(path, max_uncompressed_bytes=100)
+
+
+# --- against petray's reference service (the other side of the protocol) --------------------
+
+
+def test_reference_service_reads_our_upload(tmp_path: Path) -> None:
+    from serve.reference.archive import read_upload
+
+    volume = _volume()
+    path = tmp_path / "t9.zip"
+    write_upload_archive(
+        path, task_id="t9", volume=volume, voxel_spacing_zyx=(3, 2, 2),
+        metadata={"client_id": "site"}, compresslevel=1,
+    )  # fmt: skip
+    uploaded = read_upload(path, task_id="t9", max_bytes=LIMIT)
+    np.testing.assert_array_equal(uploaded.volume, volume)
+
+
+@pytest.mark.parametrize("mode", [None, "traversal", "wrong_shape", "nan", "oversized", "symlink",
+                                  "wrong_dtype"])  # fmt: skip
+def test_reference_service_results(tmp_path: Path, mode: str | None) -> None:
+    from serve.reference.archive import MaliciousMode, ResultSpec, write_result
+
+    spec = ResultSpec(
+        task_id="t8", algorithm="guided", algorithm_version="1", compress_level=1,
+        malicious=MaliciousMode(mode) if mode else None, oversized_bytes=LIMIT + 1,
+    )  # fmt: skip
+    path = write_result(tmp_path, spec, _volume(1), _volume(2) - 600)
+    if mode is None:
+        result = _read(path)
+        np.testing.assert_array_equal(result.denoised, _volume(1))  # type: ignore[attr-defined]
+        assert result.algorithm == "guided 1"  # type: ignore[attr-defined]
+    else:
+        with pytest.raises(ArchiveRejected):
+            _read(path)
