@@ -76,33 +76,35 @@ class EchoResult:
 
 
 @dataclass(frozen=True)
-class _Outgoing:
+class OutgoingInstance:
+    """What planning an association needs to know about one file."""
+
     path: Path
     sop_class_uid: UID
     sop_instance_uid: UID
     transfer_syntax_uid: UID
 
-
-def _read_meta(path: Path) -> _Outgoing:
-    # Only the File Meta Information is read here: planning the association must not cost a
-    # full read of every file (the 645-slice series is ~250 MB).
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-        return _Outgoing(
-            path=path,
-            sop_class_uid=UID(meta.MediaStorageSOPClassUID),
-            sop_instance_uid=UID(meta.MediaStorageSOPInstanceUID),
-            transfer_syntax_uid=UID(meta.TransferSyntaxUID),
-        )
-    except (OSError, InvalidDicomError, AttributeError) as exc:
-        raise PermanentError(f"cannot send {path.name}: not a readable DICOM file") from exc
+    @classmethod
+    def from_file(cls, path: Path) -> OutgoingInstance:
+        # Only the File Meta Information is read: planning the association must not cost a
+        # full read of every file (the 645-slice series is ~250 MB).
+        try:
+            meta = pydicom.filereader.read_file_meta_info(path)
+            return cls(
+                path=path,
+                sop_class_uid=UID(meta.MediaStorageSOPClassUID),
+                sop_instance_uid=UID(meta.MediaStorageSOPInstanceUID),
+                transfer_syntax_uid=UID(meta.TransferSyntaxUID),
+            )
+        except (OSError, InvalidDicomError, AttributeError) as exc:
+            raise PermanentError(f"cannot send {path.name}: not a readable DICOM file") from exc
 
 
 def _is_uncompressed_le(transfer_syntax: UID) -> bool:
     return transfer_syntax in UNCOMPRESSED_LITTLE_ENDIAN
 
 
-def presentation_contexts(outgoing: Sequence[_Outgoing]) -> list[PresentationContext]:
+def presentation_contexts(outgoing: Sequence[OutgoingInstance]) -> list[PresentationContext]:
     """One context per SOP class for uncompressed files, one per (SOP class, TS) otherwise.
 
     Compressed files are proposed only in their own transfer syntax because sending them any
@@ -185,7 +187,7 @@ def open_association(
             assoc.release()
 
 
-def _accepts(assoc: Association, item: _Outgoing) -> bool:
+def _accepts(assoc: Association, item: OutgoingInstance) -> bool:
     for context in assoc.accepted_contexts:
         if context.abstract_syntax != item.sop_class_uid:
             continue
@@ -204,12 +206,14 @@ def _status_meaning(code: int) -> str:
     return f"{category}: {meaning} (0x{code:04X})"
 
 
-def _plan(paths: Sequence[Path], skip_sop_uids: Collection[str]) -> tuple[list[_Outgoing], int]:
+def _plan(
+    paths: Sequence[Path], skip_sop_uids: Collection[str]
+) -> tuple[list[OutgoingInstance], int]:
     skip = set(skip_sop_uids)
-    outgoing: list[_Outgoing] = []
+    outgoing: list[OutgoingInstance] = []
     skipped = 0
     for path in paths:
-        item = _read_meta(Path(path))
+        item = OutgoingInstance.from_file(Path(path))
         if item.sop_instance_uid in skip:
             skipped += 1
             continue

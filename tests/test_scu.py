@@ -1,0 +1,301 @@
+"""petray.scu against real peers: DCMTK storescp, Orthanc, and pynetdicom SCPs for statuses."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from pynetdicom import AE, build_context, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    PositronEmissionTomographyImageStorage,
+    Verification,
+)
+from pynetdicom.status import Status
+
+from petray.errors import DeliveryRefused, PermanentError, TransientError
+from petray.scu import (
+    DicomNode,
+    OutgoingInstance,
+    echo,
+    open_association,
+    presentation_contexts,
+    send_instances,
+)
+from tests.peers import (
+    LOOPBACK,
+    OrthancPeer,
+    StoreSCP,
+    free_port,
+    start_orthanc,
+    start_storescp,
+    write_pet_series,
+)
+
+# The fixtures (orthanc, dcmtk_storescp); harmless once tests/conftest.py loads the plugin too.
+pytest_plugins = ["tests.peers"]
+pytestmark = pytest.mark.peers
+
+CALLING_AE = "PETRAY"
+OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 "Refused: Out of Resources"
+COERCION_OF_DATA_ELEMENTS = 0xB000  # PS3.4 B.2.3 warning
+
+
+def _node(peer: StoreSCP | OrthancPeer) -> DicomNode:
+    port = peer.port if isinstance(peer, StoreSCP) else peer.dicom_port
+    return DicomNode(peer.aet, peer.host, port)
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@contextmanager
+def pynetdicom_scp(
+    status: int, *, sop_class: str = PositronEmissionTomographyImageStorage
+) -> Iterator[tuple[DicomNode, list[str]]]:
+    """An in-process Store SCP answering every C-STORE with ``status``; yields received UIDs."""
+    received: list[str] = []
+
+    def handle_store(event: evt.Event) -> int:
+        request = event.request
+        assert isinstance(request, C_STORE)
+        received.append(str(request.AffectedSOPInstanceUID))
+        return status
+
+    ae = AE(ae_title="TESTSCP")
+    ae.add_supported_context(sop_class)
+    ae.add_supported_context(Verification)
+    server = ae.start_server(
+        (LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
+    )
+    assert server is not None  # block=False returns the running server
+    try:
+        yield DicomNode("TESTSCP", LOOPBACK, server.server_address[1]), received
+    finally:
+        server.shutdown()
+
+
+def test_sends_every_instance_over_one_association(
+    dcmtk_storescp: StoreSCP, tmp_path: Path
+) -> None:
+    paths = write_pet_series(tmp_path / "series", 12)
+    recorded: list[str] = []
+
+    report = send_instances(
+        _node(dcmtk_storescp), paths, calling_ae=CALLING_AE, on_sent=recorded.append
+    )
+
+    assert report.sent == 12
+    assert report.skipped == 0
+    assert recorded == [_uid(p) for p in paths]
+    assert {_uid(p) for p in dcmtk_storescp.wait_received(12)} == set(recorded)
+    assert dcmtk_storescp.association_count() == 1
+    assert dcmtk_storescp.store_request_count() == 12
+
+
+def test_orthanc_receives_all_but_the_skipped(orthanc: OrthancPeer, tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 8)
+    already = {_uid(p) for p in paths[:3]}
+    recorded: list[str] = []
+
+    report = send_instances(
+        _node(orthanc),
+        paths,
+        calling_ae=CALLING_AE,
+        skip_sop_uids=already,
+        on_sent=recorded.append,
+    )
+
+    assert (report.sent, report.skipped) == (5, 3)
+    assert orthanc.sop_instance_uids() == {_uid(p) for p in paths[3:]}
+    assert set(recorded).isdisjoint(already)
+
+
+def test_resuming_after_an_interruption_sends_no_instance_twice(
+    dcmtk_storescp: StoreSCP, tmp_path: Path
+) -> None:
+    paths = write_pet_series(tmp_path / "series", 6)
+    durable: list[str] = []
+
+    def crash_after_three(sop_uid: str) -> None:
+        durable.append(sop_uid)
+        if len(durable) == 3:
+            raise KeyboardInterrupt  # the gateway killed mid-send
+
+    node = _node(dcmtk_storescp)
+    with pytest.raises(KeyboardInterrupt):
+        send_instances(node, paths, calling_ae=CALLING_AE, on_sent=crash_after_three)
+    report = send_instances(
+        node, paths, calling_ae=CALLING_AE, skip_sop_uids=durable, on_sent=durable.append
+    )
+
+    assert (report.sent, report.skipped) == (3, 3)
+    assert sorted(durable) == sorted(_uid(p) for p in paths)
+    assert dcmtk_storescp.store_request_count() == 6
+    assert dcmtk_storescp.association_count() == 2
+
+
+def test_nothing_to_send_opens_no_association(dcmtk_storescp: StoreSCP, tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+
+    report = send_instances(
+        _node(dcmtk_storescp), paths, calling_ae=CALLING_AE, skip_sop_uids=[_uid(p) for p in paths]
+    )
+
+    assert (report.sent, report.skipped) == (0, 2)
+    assert dcmtk_storescp.association_count() == 0
+
+
+def test_a_repeated_file_is_sent_once(dcmtk_storescp: StoreSCP, tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+
+    report = send_instances(_node(dcmtk_storescp), [*paths, paths[0]], calling_ae=CALLING_AE)
+
+    assert (report.sent, report.skipped) == (2, 1)
+    assert dcmtk_storescp.store_request_count() == 2
+
+
+def test_destination_down_is_transient_and_names_it(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    node = DicomNode("PACS", LOOPBACK, free_port())
+
+    with pytest.raises(TransientError) as caught:
+        send_instances(node, paths, calling_ae=CALLING_AE, timeout_s=5)
+
+    assert f"PACS@{LOOPBACK}:{node.port}" in str(caught.value)
+    assert "Test^Peer" not in str(caught.value)
+
+
+def test_rejected_association_is_transient(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    with (
+        start_storescp(tmp_path / "scp", extra_args=["--refuse"]) as scp,
+        pytest.raises(TransientError) as caught,
+    ):
+        send_instances(_node(scp), paths, calling_ae=CALLING_AE, timeout_s=5)
+    assert scp.aet in str(caught.value)
+
+
+def test_orthanc_refusing_by_abort_is_transient(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 3)
+    sent: list[str] = []
+    # An unknown calling AE may not store when DicomAlwaysAllowStore is off: Orthanc aborts.
+    overrides = {"DicomAlwaysAllowStore": False}
+    with start_orthanc(tmp_path / "orthanc", config_overrides=overrides) as peer:
+        with pytest.raises(TransientError, match="aborted"):
+            send_instances(
+                _node(peer), paths, calling_ae=CALLING_AE, on_sent=sent.append, timeout_s=5
+            )
+        assert peer.instances() == []
+    assert sent == []
+
+
+def test_storescp_aborting_mid_series_is_transient(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    with (
+        start_storescp(tmp_path / "scp", extra_args=["--abort-after"]) as scp,
+        pytest.raises(TransientError, match="0 of 2"),
+    ):
+        send_instances(_node(scp), paths, calling_ae=CALLING_AE, timeout_s=5)
+
+
+def test_failure_status_is_a_permanent_refusal(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 3)
+    sent: list[str] = []
+    with (
+        pynetdicom_scp(OUT_OF_RESOURCES) as (node, received),
+        pytest.raises(DeliveryRefused, match="Out of Resources") as caught,
+    ):
+        send_instances(node, paths, calling_ae=CALLING_AE, on_sent=sent.append)
+    assert isinstance(caught.value, PermanentError)
+    assert len(received) == 1  # stopped at the first refusal
+    assert sent == []
+
+
+def test_warning_status_counts_as_sent(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    sent: list[str] = []
+    with pynetdicom_scp(COERCION_OF_DATA_ELEMENTS) as (node, received):
+        report = send_instances(node, paths, calling_ae=CALLING_AE, on_sent=sent.append)
+    assert report.sent == 2
+    assert [uid for uid, _ in report.warnings] == sent == received
+    assert "Coercion" in report.warnings[0][1]
+
+
+def test_destination_accepting_no_proposed_context_is_refused(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    with (
+        pynetdicom_scp(Status.SUCCESS, sop_class=CTImageStorage) as (node, received),
+        pytest.raises(DeliveryRefused, match="none of the proposed"),
+    ):
+        send_instances(node, paths, calling_ae=CALLING_AE)
+    assert received == []
+
+
+def test_compressed_files_travel_in_their_own_transfer_syntax(
+    dcmtk_storescp: StoreSCP, tmp_path: Path
+) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    [context] = presentation_contexts([OutgoingInstance.from_file(p) for p in paths])
+    assert context.transfer_syntax == [RLELossless]
+
+    send_instances(_node(dcmtk_storescp), paths, calling_ae=CALLING_AE)
+
+    received = {_uid(p): p for p in dcmtk_storescp.wait_received(2)}
+    for path in paths:
+        original = pydicom.dcmread(path)
+        copy = pydicom.dcmread(received[str(original.SOPInstanceUID)])
+        assert copy.file_meta.TransferSyntaxUID == RLELossless
+        assert copy.PixelData == original.PixelData
+
+
+def test_unreadable_file_is_permanent(dcmtk_storescp: StoreSCP, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"not dicom at all")
+    with pytest.raises(PermanentError, match=r"garbage\.dcm"):
+        send_instances(_node(dcmtk_storescp), [garbage], calling_ae=CALLING_AE)
+    assert dcmtk_storescp.association_count() == 0
+
+
+def test_association_socket_has_nagle_disabled(dcmtk_storescp: StoreSCP) -> None:
+    contexts = [build_context(Verification)]
+    with open_association(
+        _node(dcmtk_storescp), calling_ae=CALLING_AE, contexts=contexts, timeout_s=5
+    ) as assoc:
+        transport = assoc.dul.socket
+        assert transport is not None
+        assert transport.socket is not None
+        assert transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_echo_succeeds_against_storescp(dcmtk_storescp: StoreSCP) -> None:
+    result = echo(_node(dcmtk_storescp), calling_ae=CALLING_AE)
+    assert result.ok
+    assert result.status == Status.SUCCESS
+    assert dcmtk_storescp.association_count() == 1
+
+
+def test_echo_succeeds_against_orthanc(orthanc: OrthancPeer) -> None:
+    result = echo(_node(orthanc), calling_ae=CALLING_AE)
+    assert result.ok
+    assert result.status == Status.SUCCESS
+    assert result.latency_s > 0
+
+
+def test_echo_reports_an_unreachable_destination() -> None:
+    node = DicomNode("PACS", LOOPBACK, free_port())
+    result = echo(node, calling_ae=CALLING_AE, timeout_s=5)
+    assert not result.ok
+    assert result.status is None
+    assert str(node) in result.message
