@@ -1,0 +1,204 @@
+"""The HTTP app: callback API, REST API and web console (issues 4 and 5).
+
+``create_app`` builds everything from its arguments; nothing happens at import time, so the
+Ray Serve replica, the tests and the benchmark each build their own app with their own database
+and pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request, status
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import petray
+from petray.errors import InvalidTransition, UnknownTask
+from petray.ports import PipelineControl
+from petray.settings import Settings
+from serve.deps import AppContext, CsrfRejected, LoginRequired, PageForbidden, login_url
+from serve.routes import (
+    activity,
+    auth,
+    callback,
+    config,
+    dashboard,
+    devices,
+    filters,
+    health,
+    radiopharmaceuticals,
+    tasks,
+)
+from serve.routes.common import render
+from serve.security import resolve_secret_key
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "petray_session"
+SESSION_MAX_AGE_S = 12 * 3600
+# Everything is served from this origin (the hospital network has no internet); the policy
+# makes a stray CDN reference fail loudly in tests instead of silently in the field.
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+# Swagger UI boots with an inline script and inline styles; only /docs gets them.
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """Adds the headers every response of the console needs (plain ASGI, cheap per request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        policy = DOCS_CSP if scope["path"].startswith("/docs") else CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"content-security-policy", policy.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _wants_json(request: Request) -> bool:
+    path = request.url.path
+    return path.startswith("/api/") or path == "/process_ready"
+
+
+def _install_handlers(app: FastAPI) -> None:
+    async def login_required(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        return Response(
+            status_code=status.HTTP_303_SEE_OTHER, headers={"Location": login_url(exc.next_url)}
+        )
+
+    async def forbidden(request: Request, exc: Exception) -> Response:
+        ctx: AppContext = request.app.state.petray
+        return render(
+            request,
+            ctx,
+            "error.html",
+            user=None,
+            status_code=status.HTTP_403_FORBIDDEN,
+            message="You do not have permission to do this.",
+        )
+
+    async def csrf_rejected(request: Request, exc: Exception) -> Response:
+        ctx: AppContext = request.app.state.petray
+        return render(
+            request,
+            ctx,
+            "error.html",
+            user=None,
+            status_code=status.HTTP_403_FORBIDDEN,
+            message="The form expired or did not come from this site. Go back, reload and retry.",
+        )
+
+    async def unknown_task(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": "unknown task"}, status_code=status.HTTP_404_NOT_FOUND)
+
+    async def invalid_transition(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(PageForbidden, forbidden)
+    app.add_exception_handler(CsrfRejected, csrf_rejected)
+    app.add_exception_handler(UnknownTask, unknown_task)
+    app.add_exception_handler(InvalidTransition, invalid_transition)
+
+
+def _install_docs(app: FastAPI) -> bool:
+    """Swagger UI from the locally installed ``swagger-ui-bundle`` package, if present.
+
+    FastAPI's default /docs loads Swagger UI from a CDN, which the hospital network cannot
+    reach; without the package /docs is off and /openapi.json remains.
+    """
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        log.info("swagger-ui-bundle not installed: /docs disabled, /openapi.json available")
+        return False
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="petray API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+    return True
+
+
+def create_app(
+    settings: Settings,
+    *,
+    session_factory: sessionmaker[Session],
+    pipeline: PipelineControl,
+) -> FastAPI:
+    """The whole HTTP app. Raises ConfigurationError for an unsafe production setup."""
+    secret = resolve_secret_key(settings)
+    app = FastAPI(
+        title="petray",
+        version=petray.__version__,
+        description="DICOM gateway for PET imaging: callback API, REST API and web console.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.petray = AppContext(
+        settings=settings,
+        session_factory=session_factory,
+        pipeline=pipeline,
+        templates=Jinja2Templates(directory=HERE / "templates"),
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret,
+        session_cookie=SESSION_COOKIE,
+        max_age=SESSION_MAX_AGE_S,
+        same_site="lax",
+        # The console is plain HTTP on loopback by default; behind a TLS proxy in production
+        # the cookie must not travel in clear.
+        https_only=settings.production,
+    )
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _install_handlers(app)
+    _install_docs(app)
+    app.include_router(callback.router)
+    app.include_router(health.api)
+    app.include_router(auth.api)
+    app.include_router(auth.pages)
+    app.include_router(dashboard.pages)
+    for module in (tasks, devices, filters, radiopharmaceuticals, config, activity):
+        app.include_router(module.api)
+        app.include_router(module.pages)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; each module has an ``api`` and/or ``pages`` router."""

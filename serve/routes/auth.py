@@ -1,0 +1,165 @@
+"""Login, logout and API tokens (issue 5)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
+
+from petray.db.models import User
+from petray.errors import ConfigurationError
+from petray.users import (
+    LoginOutcome,
+    authenticate,
+    create_api_token,
+    list_api_tokens,
+    revoke_api_token,
+)
+from serve.deps import (
+    SESSION_USER_KEY,
+    SESSION_VERSION_KEY,
+    ApiViewer,
+    ContextDep,
+    FormDep,
+    OptionalUser,
+    PageViewer,
+    Principal,
+    SessionDep,
+)
+from serve.routes.common import flash, redirect, render
+from serve.schemas import TokenCreate, TokenCreated
+from serve.security import csrf_valid, password_version
+
+log = logging.getLogger(__name__)
+
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: an open redirect after login would be a phishing aid."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+@pages.get("/login", response_class=HTMLResponse)
+def login_page(
+    request: Request, ctx: ContextDep, user: OptionalUser, next: str = "/"
+) -> HTMLResponse:
+    return render(request, ctx, "login.html", user=user, next=safe_next(next), errors={}, name="")
+
+
+@pages.post("/login", response_model=None)
+def login(
+    request: Request,
+    ctx: ContextDep,
+    session: SessionDep,
+    username: Annotated[str, Form(max_length=64)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> HTMLResponse | RedirectResponse:
+    target = safe_next(next)
+
+    def again(message: str, code: int) -> HTMLResponse:
+        errors = {"__all__": message}
+        return render(
+            request,
+            ctx,
+            "login.html",
+            user=None,
+            status_code=code,
+            next=target,
+            errors=errors,
+            name=username,
+        )
+
+    if not csrf_valid(request.session, csrf_token):
+        return again("Your session expired; please try again.", status.HTTP_403_FORBIDDEN)
+    if not username or not password:
+        return again("Enter your user name and password.", status.HTTP_422_UNPROCESSABLE_CONTENT)
+    result = authenticate(username, password, session=session)
+    if result.outcome == LoginOutcome.LOCKED:
+        return again(
+            f"Too many failed attempts. Try again in {result.retry_after_s} seconds.",
+            status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+    if result.outcome != LoginOutcome.OK or result.user is None:
+        return again("Wrong user name or password.", status.HTTP_401_UNAUTHORIZED)
+    user = result.user
+    # A fresh session (and with it a fresh CSRF token) at every login.
+    request.session.clear()
+    request.session[SESSION_USER_KEY] = user.id
+    request.session[SESSION_VERSION_KEY] = password_version(user.password_hash)
+    log.info("user id %s logged in", user.id)
+    return redirect(target)
+
+
+@pages.post("/logout")
+def logout(request: Request, _form: FormDep) -> RedirectResponse:
+    request.session.clear()
+    return redirect("/login")
+
+
+def _user_row(user: Principal, session: Session) -> User:
+    row = session.get(User, user.id)
+    if row is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "user no longer exists")
+    return row
+
+
+@pages.get("/account", response_class=HTMLResponse)
+def account_page(
+    request: Request, ctx: ContextDep, session: SessionDep, user: PageViewer
+) -> HTMLResponse:
+    tokens = list_api_tokens(_user_row(user, session), session=session)
+    new_token = request.session.pop("new_token", None)
+    return render(request, ctx, "account.html", user=user, tokens=tokens, new_token=new_token)
+
+
+@pages.post("/account/tokens")
+def account_token_create(
+    request: Request, session: SessionDep, user: PageViewer, form: FormDep
+) -> RedirectResponse:
+    row, clear = create_api_token(
+        _user_row(user, session), session=session, label=form.get("label", "")
+    )
+    # Shown once on the next page, then gone from the session.
+    request.session["new_token"] = clear
+    flash(request, f"API token {row.id} created; copy it now, it is not shown again.")
+    return redirect("/account")
+
+
+@pages.post("/account/tokens/{token_id}/delete")
+def account_token_delete(
+    request: Request, token_id: int, session: SessionDep, user: PageViewer, _form: FormDep
+) -> RedirectResponse:
+    try:
+        revoke_api_token(token_id, session=session, user=_user_row(user, session))
+        flash(request, f"API token {token_id} revoked.")
+    except ConfigurationError as exc:
+        flash(request, str(exc), kind="error")
+    return redirect("/account")
+
+
+@api.get("/me")
+def me(user: ApiViewer) -> dict[str, str]:
+    return {"name": user.name, "role": user.role}
+
+
+@api.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
+def create_token(body: TokenCreate, session: SessionDep, user: ApiViewer) -> TokenCreated:
+    row, clear = create_api_token(_user_row(user, session), session=session, label=body.label)
+    return TokenCreated(id=row.id, label=row.label, token=clear)
+
+
+@api.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_token(token_id: int, session: SessionDep, user: ApiViewer) -> None:
+    try:
+        revoke_api_token(token_id, session=session, user=_user_row(user, session))
+    except ConfigurationError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such token") from None

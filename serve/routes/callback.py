@@ -1,0 +1,78 @@
+"""``POST /process_ready``: the remote service says a result is waiting (REMOTE_PROTOCOL.md).
+
+The handler only records the transition and tells the pipeline; the Downloader does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from petray.errors import InvalidTransition, UnknownTask
+from petray.tasks import accept_result_callback
+from serve.deps import ContextDep, run_db
+from serve.schemas import Acknowledge, Message, ProcessReady
+from serve.security import bearer_token, tokens_equal
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["callback"])
+
+
+def require_callback_token(
+    ctx: ContextDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    # A dependency runs before the body is validated, so a caller without the token learns
+    # nothing (not even whether its body was well-formed) and changes nothing.
+    token = bearer_token(authorization)
+    if token is None or not tokens_equal(token, ctx.settings.callback_token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or missing callback token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@router.post(
+    "/process_ready",
+    response_model=Acknowledge,
+    dependencies=[Depends(require_callback_token)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ProcessReady.model_json_schema()}},
+        }
+    },
+    responses={
+        401: {"model": Message},
+        404: {"model": Message},
+        409: {"model": Message},
+    },
+)
+async def process_ready(request: Request, ctx: ContextDep) -> Acknowledge:
+    # The body is parsed here, after the token check: with a body parameter FastAPI would read
+    # and reject malformed JSON before any dependency runs, answering 422 to a caller with no
+    # token, where REMOTE_PROTOCOL.md says every unauthenticated request gets 401.
+    try:
+        body = ProcessReady.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    task_id = body.task_id
+    try:
+        # Committed before the pipeline hears of it: a crash in between is healed by the
+        # restart scan (the task is in stage downloading), never by a second callback.
+        start = await run_db(ctx, lambda s: accept_result_callback(task_id, session=s))
+    except UnknownTask:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown task") from None
+    except InvalidTransition:
+        raise HTTPException(status.HTTP_409_CONFLICT, "task is not waiting for a result") from None
+    if start:
+        log.info("result ready for task %s; starting download", task_id)
+        await ctx.pipeline.result_ready(task_id)
+    else:
+        log.info("repeated result callback for task %s ignored", task_id)
+    return Acknowledge()

@@ -1,0 +1,389 @@
+"""Pydantic schemas of the HTTP API: separate create, update and public shapes per resource.
+
+The console's forms validate with the same create/update schemas, so a rule lives in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from petray.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
+from petray.settings import AE_TITLE_MAX_LENGTH
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _ae_title(value: str) -> str:
+    value = value.strip()
+    if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:
+        raise ValueError("AE title must be 1-16 characters without backslash (PS3.5 6.2)")
+    if not value.isascii() or any(ord(ch) < 0x20 for ch in value):
+        raise ValueError("AE title must be printable ASCII (PS3.5 6.2)")
+    return value
+
+
+def _http_url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("http://", "https://")) or len(value) < 10 or " " in value:
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --- callback and health -------------------------------------------------------------------
+
+
+class ProcessReady(BaseModel):
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
+
+
+class Acknowledge(BaseModel):
+    message: Literal["Acknowledge"] = "Acknowledge"
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    database: bool
+
+
+class Message(BaseModel):
+    detail: str
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+class DestinationProgress(BaseModel):
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    state: str
+    sent: int
+    total: int
+    reason: str
+
+
+class TaskPublic(BaseModel):
+    id: str
+    stage: str
+    state: str
+    images: int
+    expected_images: int | None
+    sender: str
+    peer_host: str
+    reason: str
+    created: datetime
+    updated: datetime
+    series_description: str
+    patient_name: str | None = Field(None, description="null for viewers")
+
+
+class TaskList(BaseModel):
+    items: list[TaskPublic]
+    total: int
+    page: int
+    page_size: int
+
+
+class TaskEventPublic(BaseModel):
+    stage: str
+    state: str
+    message: str
+    at: datetime
+
+
+class OutputSeriesPublic(BaseModel):
+    id: int
+    series_instance_uid: str
+    series_number: int
+    description: str
+    instances: int
+
+
+class TaskDetail(TaskPublic):
+    attempts: int
+    radiopharmaceutical: str
+    events: list[TaskEventPublic]
+    destinations: list[DestinationProgress]
+    outputs: list[OutputSeriesPublic]
+
+
+class TaskAction(BaseModel):
+    id: str
+    stage: str
+    state: str
+
+
+# --- devices -------------------------------------------------------------------------------
+
+
+class DeviceCreate(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(ge=1, le=65535)
+    is_source: bool = False
+    is_destination: bool = False
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @model_validator(mode="after")
+    def _some_role(self) -> DeviceCreate:
+        if not (self.is_source or self.is_destination):
+            raise ValueError("a device must be a source, a destination or both")
+        return self
+
+
+class DeviceUpdate(Strict):
+    name: str | None = Field(None, min_length=1, max_length=64)
+    ae_title: str | None = None
+    host: str | None = Field(None, min_length=1, max_length=255)
+    port: int | None = Field(None, ge=1, le=65535)
+    is_source: bool | None = None
+    is_destination: bool | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _ae_title(value)
+
+
+class DevicePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    is_source: bool
+    is_destination: bool
+
+
+class EchoResultPublic(BaseModel):
+    ok: bool
+    status: int | None
+    latency_ms: float | None
+    message: str
+
+
+# --- post-filters --------------------------------------------------------------------------
+
+
+class FilterCreate(Strict):
+    description: str = Field(min_length=1, max_length=LO_MAX_LENGTH)
+    series_number: int = Field(ge=0, le=IS_MAX)
+    fwhm_mm: float = Field(0.0, ge=0, le=100)
+    noise_pct: float = Field(0.0, ge=0, le=100)
+    mode: Literal["append", "replace"] = "append"
+    scanner_model: str = Field("all", min_length=1, max_length=64)
+    radiopharmaceutical: str = Field("all", min_length=1, max_length=64)
+    enabled: bool = True
+
+    @field_validator("description")
+    @classmethod
+    def _lo(cls, value: str) -> str:
+        if "\\" in value or any(ord(ch) < 0x20 for ch in value):
+            raise ValueError("must not contain a backslash or control characters (VR LO)")
+        return value
+
+    @field_validator("fwhm_mm", "noise_pct")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class FilterUpdate(Strict):
+    description: str | None = Field(None, min_length=1, max_length=LO_MAX_LENGTH)
+    series_number: int | None = Field(None, ge=0, le=IS_MAX)
+    fwhm_mm: float | None = Field(None, ge=0, le=100)
+    noise_pct: float | None = Field(None, ge=0, le=100)
+    mode: Literal["append", "replace"] | None = None
+    scanner_model: str | None = Field(None, min_length=1, max_length=64)
+    radiopharmaceutical: str | None = Field(None, min_length=1, max_length=64)
+    enabled: bool | None = None
+
+
+class FilterPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    description: str
+    series_number: int
+    fwhm_mm: float
+    noise_pct: float
+    mode: str
+    scanner_model: str
+    radiopharmaceutical: str
+    enabled: bool
+
+
+assert set(FILTER_MODES) == {"append", "replace"}  # keep the Literal above in step
+
+
+# --- radiopharmaceuticals ------------------------------------------------------------------
+
+
+def _clean_list(values: list[str]) -> list[str]:
+    cleaned = [v.strip() for v in values if v.strip()]
+    if any(len(v) > 64 for v in cleaned):
+        raise ValueError("each entry must have at most 64 characters")
+    return cleaned
+
+
+class RadiopharmaceuticalCreate(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    nuclide: str = Field(min_length=1, max_length=16)
+    half_life_s: float = Field(gt=0, le=1e9)
+    synonyms: list[str] = Field(default_factory=list)
+    codes: list[str] = Field(default_factory=list)
+
+    @field_validator("synonyms", "codes")
+    @classmethod
+    def _lists(cls, value: list[str]) -> list[str]:
+        return _clean_list(value)
+
+
+class RadiopharmaceuticalUpdate(Strict):
+    name: str | None = Field(None, min_length=1, max_length=64)
+    nuclide: str | None = Field(None, min_length=1, max_length=16)
+    half_life_s: float | None = Field(None, gt=0, le=1e9)
+    synonyms: list[str] | None = None
+    codes: list[str] | None = None
+
+    @field_validator("synonyms", "codes")
+    @classmethod
+    def _lists(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _clean_list(value)
+
+
+class RadiopharmaceuticalPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    nuclide: str
+    half_life_s: float
+    synonyms: list[str]
+    codes: list[str]
+
+
+# --- site configuration --------------------------------------------------------------------
+
+
+class ConfigPublic(BaseModel):
+    ae_title: str
+    dicom_port: int
+    remote_url: str
+    min_images: int
+    slice_gap_tolerance: float
+    inactivity_wait_s: float
+    abort_timeout_s: float
+    reply_to_sender: bool
+    restrict_sources: bool
+
+
+class ListenerUpdate(Strict):
+    ae_title: str
+    dicom_port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return _ae_title(value)
+
+
+class ThresholdsUpdate(Strict):
+    min_images: int = Field(ge=1, le=100_000)
+    slice_gap_tolerance: float = Field(gt=0, le=100)
+    inactivity_wait_s: float = Field(gt=0, le=3600)
+    abort_timeout_s: float = Field(gt=0, le=7 * 24 * 3600)
+    reply_to_sender: bool = False
+    restrict_sources: bool = False
+
+
+class RemoteUpdate(Strict):
+    remote_url: str = Field(min_length=1, max_length=255)
+
+    @field_validator("remote_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class ConfigUpdate(Strict):
+    ae_title: str | None = None
+    dicom_port: int | None = Field(None, ge=1, le=65535)
+    remote_url: str | None = None
+    min_images: int | None = Field(None, ge=1, le=100_000)
+    slice_gap_tolerance: float | None = Field(None, gt=0, le=100)
+    inactivity_wait_s: float | None = Field(None, gt=0, le=3600)
+    abort_timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    reply_to_sender: bool | None = None
+    restrict_sources: bool | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _ae_title(value)
+
+    @field_validator("remote_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+
+class RemoteTestPublic(BaseModel):
+    ok: bool
+    url: str
+    latency_ms: float | None
+    message: str
+
+
+# --- activity, metrics, tokens -------------------------------------------------------------
+
+
+class ActivityPublic(BaseModel):
+    at: datetime
+    kind: str
+    who: str
+    what: str
+    instances: int | None
+    outcome: str
+    task_id: str
+
+
+class ActorPublic(BaseModel):
+    name: str
+    alive: bool
+    backlog: int
+    processed: int
+    failed: int
+
+
+class MetricsSummary(BaseModel):
+    tasks_by_state: dict[str, int]
+    actors: list[ActorPublic]
+    free_disk_mb: int
+    min_free_disk_mb: int
+
+
+class TokenCreate(Strict):
+    label: str = Field("", max_length=64)
+
+
+class TokenCreated(BaseModel):
+    id: int
+    label: str
+    token: str = Field(description="shown once; store it now")
