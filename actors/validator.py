@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from statistics import median
 
 import ray
 from pydicom import dcmread
-from sqlalchemy import select
 
 from actors.stage import StageWorker
+from petray.assemblies import slice_spacing_mm
 from petray.db.engine import unit_of_work
-from petray.db.models import Instance
 from petray.deid import choose_date_shift_days
 from petray.destinations import assign_destinations
 from petray.domain import Stage
@@ -31,11 +29,7 @@ class ValidatorActor(StageWorker):
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             assign_destinations(task, session=session)
-            positions = sorted(
-                session.scalars(select(Instance.slice_position).where(Instance.task_id == task_id))
-            )
-            steps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
-            spacing = float(median(steps)) if steps else 0.0
+            spacing = slice_spacing_mm(task_id, session=session)
             first = Path(instance_paths(task_id, session=session)[0])
             header = build_processing_header(
                 dcmread(first, stop_before_pixels=True),

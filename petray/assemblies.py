@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from itertools import pairwise
+from statistics import median
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from petray.compilator import CompilatorConfig, SeriesAssembly
@@ -98,6 +101,10 @@ def restore(*, session: Session) -> tuple[list[SeriesAssembly], list[ReceivedIns
     return assemblies, pending
 
 
-def received_at(instance_pk: int, *, session: Session) -> float:
-    value = session.scalar(select(func.max(Instance.received)).where(Instance.id == instance_pk))
-    return value.timestamp() if value is not None else 0.0
+def slice_spacing_mm(task_id: str, *, session: Session) -> float:
+    """Median distance between neighbouring slices of the task, 0 when it has one slice."""
+    positions = sorted(
+        session.scalars(select(Instance.slice_position).where(Instance.task_id == task_id))
+    )
+    steps = [b - a for a, b in pairwise(positions)]
+    return float(median(steps)) if steps else 0.0

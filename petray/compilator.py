@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import pairwise
 from statistics import median
 
 from petray.ingest import ReceivedInstance
@@ -74,7 +75,7 @@ class SeriesAssembly:
         ordered = sorted(set(round(p, 3) for p in self.positions))
         if len(ordered) < 3:
             return None
-        steps = [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
+        steps = [b - a for a, b in pairwise(ordered)]
         return max(steps), median(steps)
 
     def decide(self, config: CompilatorConfig, now: float) -> Decision:

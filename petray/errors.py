@@ -19,7 +19,7 @@ class TransientError(PetrayError):
 
 
 class PermanentError(PetrayError):
-    """Will fail again the same way; the task fails with this reason and is never retried in a loop."""
+    """Fails the same way every time: the task fails with this reason, never retried in a loop."""
 
 
 class InvalidInstance(PermanentError):
@@ -42,7 +42,7 @@ class RemoteRefused(ValidationFailed):
 
 
 class ArchiveRejected(PermanentError):
-    """A result archive is unsafe or does not match the task (shape, dtype, NaN, traversal, size)."""
+    """A result archive is unsafe or does not match the task (shape, dtype, NaN, links, size)."""
 
 
 class DeliveryRefused(PermanentError):

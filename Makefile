@@ -1,0 +1,20 @@
+# The two commands a new user needs; each sets up what it uses (Debian packages, .venv).
+.PHONY: demo test lint bench
+
+demo:
+	scripts/setup.sh run
+	.venv/bin/petray demo
+
+test:
+	scripts/setup.sh test
+	scripts/test.sh
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+bench:
+	scripts/setup.sh test
+	.venv/bin/python -m bench.ingest
+	.venv/bin/python -m bench.pipeline

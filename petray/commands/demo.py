@@ -1,0 +1,237 @@
+"""``petray demo``: the whole chain on one machine, verified end to end.
+
+Gateway, reference processing service and a real DICOM destination (Orthanc when installed,
+else petray's own receiving SCP) on loopback; a synthetic PET study goes in over DICOM and the
+processed series must come out at the destination with the right identity and values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petray.archive import read_result_archive
+from petray.commands.gateway import prepare_storage
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.db.models import PostFilter
+from petray.demo_check import DestinationSeries, verify_outputs
+from petray.destination_peer import start_destination
+from petray.domain import FINAL_STATES, State
+from petray.filters import FilterSpec
+from petray.scu import DicomNode, send_instances
+from petray.settings import Settings, load_settings
+from petray.siteconfig import add_device
+from petray.synth import make_pet_series, write_series
+from petray.tasks import get_task, list_tasks
+from petray.timings import stage_timings
+
+logger = logging.getLogger(__name__)
+DEMO_TIMEOUT_S = 600
+POLL_S = 0.5
+DEMO_FILTERS = (
+    FilterSpec(id=None, description="Gauss 4mm", series_number=901, fwhm_mm=4.0),
+    FilterSpec(
+        id=None, description="Gauss 6mm noise 20%", series_number=902, fwhm_mm=6.0, noise_pct=20
+    ),
+)
+
+
+def _port_or_free(preferred: int) -> int:
+    """The documented default port when it is free, else any free loopback port."""
+    for candidate in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free TCP port on loopback")
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+@contextlib.contextmanager
+def _home(args: argparse.Namespace) -> Iterator[Path]:
+    if args.home:
+        path = Path(args.home)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="petray-demo-"))
+    try:
+        yield path
+    finally:
+        if not args.keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _demo_settings(home: Path) -> Settings:
+    http_port = _port_or_free(8000)
+    return load_settings(
+        home=home,
+        dicom_port=_port_or_free(11112),
+        http_port=http_port,
+        remote_url=f"http://127.0.0.1:{_port_or_free(8100)}",
+        dashboard=True,
+    )
+
+
+def _configure_site(settings: Settings, destination: DicomNode) -> None:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        add_device(
+            session=session,
+            name="demo-pacs",
+            ae_title=destination.ae_title,
+            host=destination.host,
+            port=destination.port,
+            is_source=False,
+            is_destination=True,
+        )
+        for spec in DEMO_FILTERS:
+            session.add(
+                PostFilter(
+                    description=spec.description,
+                    series_number=spec.series_number,
+                    fwhm_mm=spec.fwhm_mm,
+                    noise_pct=spec.noise_pct,
+                    mode=spec.mode,
+                )
+            )
+
+
+def _wait_for_task(settings: Settings, timeout_s: float) -> str:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        with unit_of_work(sessions) as session:
+            tasks = list_tasks(session=session, limit=5)
+        if tasks:
+            task = tasks[0]
+            progress = f"{task.stage}/{task.state}"
+            sending = [d for d in task.destinations if d["total"]]
+            if sending:
+                progress += " " + ", ".join(
+                    f"{d['name']} {d['sent']}/{d['total']}" for d in sending
+                )
+            if task.reason:
+                progress += f" ({task.reason})"
+            if progress != last:
+                _say(f"  task {task.id[:8]}: {progress}")
+                last = progress
+            if State(task.state) in FINAL_STATES:
+                return task.id
+        time.sleep(POLL_S)
+    raise TimeoutError(f"the task did not finish within {timeout_s:.0f} s")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    with _home(args) as home:
+        settings = _demo_settings(home)
+        prepare_storage(settings)
+        _say(f"petray demo in {home}")
+        with contextlib.ExitStack() as stack:
+            reference = stack.enter_context(_reference_service(settings))
+            _say(f"reference processing service: {reference}")
+            destination = stack.enter_context(start_destination(home / "destination"))
+            _say(f"destination: {destination.describe()}")
+            _configure_site(settings, destination.node)
+            from actors.gateway import Gateway
+
+            started = time.monotonic()
+            gateway = Gateway(settings).start()
+            stack.callback(gateway.stop)
+            listener = gateway.listener
+            _say(
+                f"gateway up in {time.monotonic() - started:.1f} s: DICOM "
+                f"{listener['ae_title']}@127.0.0.1:{listener['port']}, console "
+                f"http://{settings.http_host}:{settings.http_port}/, Ray dashboard "
+                f"{gateway.dashboard_url}"
+            )
+            study = make_pet_series(slices=args.slices, rows=args.size, cols=args.size, seed=7)
+            files = write_series(study, home / "scanner")
+            node = DicomNode(listener["ae_title"], "127.0.0.1", int(listener["port"]))
+            report = send_instances(node, files, calling_ae="DEMO_SCANNER")
+            _say(f"sent {report.sent} PET slices over DICOM in {report.elapsed_s:.2f} s")
+            task_id = _wait_for_task(settings, DEMO_TIMEOUT_S)
+            return _report(settings, task_id, study, destination)
+    return 1
+
+
+@contextlib.contextmanager
+def _reference_service(settings: Settings) -> Iterator[str]:
+    from serve.reference.app import create_reference_app
+    from serve.reference.config import ReferenceConfig
+    from serve.reference.main import start_in_thread
+
+    config = ReferenceConfig(
+        shared_dir=settings.resolved_shared_dir,
+        token=settings.remote_token,
+        callback_token=settings.callback_token,
+        callback_url=settings.resolved_callback_url,
+    )
+    port = int(settings.remote_url.rsplit(":", 1)[1])
+    running = start_in_thread(create_reference_app(config), port=port)
+    try:
+        yield running.url
+    finally:
+        running.stop()
+
+
+def _report(settings: Settings, task_id: str, study: list[Any], destination: Any) -> int:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session)
+        state, reason = task.state, task.reason
+        shape = tuple(task.details.get("shape", ()))
+        timings = stage_timings(task_id, session=session)
+    _say("per-stage timings:")
+    for stage, seconds in timings:
+        _say(f"  {stage:<12} {seconds:7.2f} s")
+    if state != State.DONE:
+        _say(f"FAILED: task ended {state}: {reason}")
+        return 1
+    result = read_result_archive(
+        settings.work_dir / f"{task_id}.result.zip",
+        expected_shape=shape,
+        max_uncompressed_bytes=settings.max_result_bytes,
+    )
+    received: list[DestinationSeries] = destination.series_of(str(study[0].StudyInstanceUID))
+    problems = verify_outputs(
+        received,
+        source=study,
+        denoised=result.denoised,
+        noise=result.noise,
+        filters=DEMO_FILTERS,
+        spacing_zyx=tuple(float(v) for v in np.asarray(_spacing(settings, task_id))),
+    )
+    if problems:
+        _say("FAILED verification:")
+        for problem in problems:
+            _say(f"  - {problem}")
+        return 1
+    _say(
+        f"verified: {len(received)} series x {len(study)} instances at {destination.describe()}, "
+        "same patient and study, new series UIDs, values match the service's result "
+        "filtered with scipy"
+    )
+    return 0
+
+
+def _spacing(settings: Settings, task_id: str) -> list[float]:
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        return list(get_task(task_id, session=session).details["spacing_zyx"])
