@@ -16,7 +16,7 @@ import uvicorn
 
 from petray.errors import ConfigurationError
 from serve.reference.app import create_reference_app
-from serve.reference.config import ReferenceConfig, Switches
+from serve.reference.config import ReferenceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,3 @@ def start_in_thread(
             raise RuntimeError("the reference service did not start")
         time.sleep(0.02)
     return RunningServer(server=server, thread=thread, host=host, port=bound_port)
-
-
-__all__ = [
-    "RunningServer",
-    "Switches",
-    "config_from_args",
-    "create_reference_app",
-    "run_reference_server",
-    "start_in_thread",
-]

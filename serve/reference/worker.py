@@ -25,6 +25,7 @@ from serve.reference.denoise import ALGORITHM_NAME, ALGORITHM_VERSION, guided_de
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2
+_WAKE = ""  # never a task id (the routes only accept hex task ids)
 
 
 class JobState(StrEnum):
@@ -101,6 +102,9 @@ class Worker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        # Wake both threads now instead of after their next poll.
+        self._work.put(_WAKE)
+        self._callbacks.put(_WAKE)
         with self._lock:
             threads, self._threads = self._threads, []
         for thread in threads:
@@ -175,6 +179,8 @@ class Worker:
                 task_id = self._work.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
+            if task_id == _WAKE:
+                continue
             with self._lock:
                 self._busy += 1
             try:
@@ -235,6 +241,8 @@ class Worker:
                 try:
                     task_id = self._callbacks.get(timeout=_POLL_S)
                 except queue.Empty:
+                    continue
+                if task_id == _WAKE:
                     continue
                 with self._lock:
                     self._busy += 1
