@@ -103,10 +103,14 @@ def _bearer(tokens: dict[str, str], role: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/v1/devices", {"name": "d", "ae_title": "A" * 17, "host": "h", "port": 104,
-                             "is_destination": True}),
-        ("/api/v1/devices", {"name": "d", "ae_title": "PACS", "host": "h", "port": 70000,
-                             "is_destination": True}),
+        (
+            "/api/v1/devices",
+            {"name": "d", "ae_title": "A" * 17, "host": "h", "port": 104, "is_destination": True},
+        ),
+        (
+            "/api/v1/devices",
+            {"name": "d", "ae_title": "PACS", "host": "h", "port": 70000, "is_destination": True},
+        ),
         ("/api/v1/devices", {"name": "d", "ae_title": "PACS", "host": "h", "port": 104}),
         ("/api/v1/filters", {"description": "x", "series_number": -1}),
         ("/api/v1/filters", {"description": "x", "series_number": 1, "noise_pct": 150}),
@@ -126,8 +130,13 @@ def test_create_validation_errors(
 def test_config_validation_and_listener_reload(api: tuple[AppHarness, dict[str, str]]) -> None:
     h, tokens = api
     admin = _bearer(tokens, "admin")
-    for body in ({"ae_title": ""}, {"dicom_port": 0}, {"remote_url": "ftp://x"},
-                 {"min_images": 0}, {"unknown": 1}):
+    for body in (
+        {"ae_title": ""},
+        {"dicom_port": 0},
+        {"remote_url": "ftp://x"},
+        {"min_images": 0},
+        {"unknown": 1},
+    ):
         assert h.client.put("/api/v1/config", json=body, headers=admin).status_code == 422
     h.pipeline.calls.clear()
     response = h.client.put("/api/v1/config", json={"min_images": 3}, headers=admin)
@@ -142,11 +151,17 @@ def test_config_validation_and_listener_reload(api: tuple[AppHarness, dict[str, 
 
 def test_task_listing_filters_and_patient_names(api: tuple[AppHarness, dict[str, str]]) -> None:
     h, tokens = api
-    failed = make_task(h.sessions, stage=Stage.SENDING, state=State.FAILED, calling_ae="CT_A",
-                       reason="destination refused")
+    failed = make_task(
+        h.sessions,
+        stage=Stage.SENDING,
+        state=State.FAILED,
+        calling_ae="CT_A",
+        reason="destination refused",
+    )
     make_task(h.sessions, stage=Stage.DONE, state=State.DONE, calling_ae="OTHER")
     listing = h.client.get(
-        "/api/v1/tasks", params={"state": "failed", "sender": "ct_a"},
+        "/api/v1/tasks",
+        params={"state": "failed", "sender": "ct_a"},
         headers=_bearer(tokens, "operator"),
     ).json()
     assert [t["id"] for t in listing["items"]] == [failed]
@@ -154,7 +169,9 @@ def test_task_listing_filters_and_patient_names(api: tuple[AppHarness, dict[str,
     as_viewer = h.client.get(f"/api/v1/tasks/{failed}", headers=_bearer(tokens, "viewer"))
     assert as_viewer.json()["patient_name"] is None
     assert PATIENT_NAME not in as_viewer.text
-    bad = h.client.get("/api/v1/tasks", params={"state": "bogus"}, headers=_bearer(tokens, "viewer"))
+    bad = h.client.get(
+        "/api/v1/tasks", params={"state": "bogus"}, headers=_bearer(tokens, "viewer")
+    )
     assert bad.status_code == 422
     bad = h.client.get("/api/v1/tasks", params={"page": 0}, headers=_bearer(tokens, "viewer"))
     assert bad.status_code == 422
@@ -191,8 +208,16 @@ def test_delete_removes_files(api: tuple[AppHarness, dict[str, str]]) -> None:
     from petray.db.models import OutputSeries
 
     with unit_of_work(h.sessions) as session:
-        session.add(OutputSeries(task_id=task_id, series_instance_uid="1.2", series_number=1,
-                                 description="d", directory=str(out), instances=1))
+        session.add(
+            OutputSeries(
+                task_id=task_id,
+                series_instance_uid="1.2",
+                series_number=1,
+                description="d",
+                directory=str(out),
+                instances=1,
+            )
+        )
     response = h.client.delete(f"/api/v1/tasks/{task_id}", headers=_bearer(tokens, "operator"))
     assert response.status_code == 204
     assert not out.exists()
@@ -201,13 +226,29 @@ def test_delete_removes_files(api: tuple[AppHarness, dict[str, str]]) -> None:
 def test_device_filter_radiopharmaceutical_crud(api: tuple[AppHarness, dict[str, str]]) -> None:
     h, tokens = api
     admin = _bearer(tokens, "admin")
-    device = h.client.post("/api/v1/devices", headers=admin, json={
-        "name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104,
-        "is_destination": True})
+    device = h.client.post(
+        "/api/v1/devices",
+        headers=admin,
+        json={
+            "name": "pacs",
+            "ae_title": "PACS",
+            "host": "127.0.0.1",
+            "port": 104,
+            "is_destination": True,
+        },
+    )
     assert device.status_code == 201
-    dup = h.client.post("/api/v1/devices", headers=admin, json={
-        "name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104,
-        "is_destination": True})
+    dup = h.client.post(
+        "/api/v1/devices",
+        headers=admin,
+        json={
+            "name": "pacs",
+            "ae_title": "PACS",
+            "host": "127.0.0.1",
+            "port": 104,
+            "is_destination": True,
+        },
+    )
     assert dup.status_code == 409
     device_id = device.json()["id"]
     patched = h.client.patch(f"/api/v1/devices/{device_id}", headers=admin, json={"port": 1104})
@@ -216,12 +257,22 @@ def test_device_filter_radiopharmaceutical_crud(api: tuple[AppHarness, dict[str,
     assert echo.status_code == 200 and echo.json()["ok"] is False  # nothing listens there
     assert h.client.delete(f"/api/v1/devices/{device_id}", headers=admin).status_code == 204
 
-    filt = h.client.post("/api/v1/filters", headers=_bearer(tokens, "operator"),
-                         json={"description": "Gauss 4", "series_number": 902, "fwhm_mm": 4})
+    filt = h.client.post(
+        "/api/v1/filters",
+        headers=_bearer(tokens, "operator"),
+        json={"description": "Gauss 4", "series_number": 902, "fwhm_mm": 4},
+    )
     assert filt.status_code == 201 and filt.json()["enabled"] is True
-    rp = h.client.post("/api/v1/radiopharmaceuticals", headers=admin, json={
-        "name": "Test-tracer", "nuclide": "F-18", "half_life_s": 6586.2,
-        "synonyms": ["TT", " "]})
+    rp = h.client.post(
+        "/api/v1/radiopharmaceuticals",
+        headers=admin,
+        json={
+            "name": "Test-tracer",
+            "nuclide": "F-18",
+            "half_life_s": 6586.2,
+            "synonyms": ["TT", " "],
+        },
+    )
     assert rp.status_code == 201 and rp.json()["synonyms"] == ["TT"]
 
 

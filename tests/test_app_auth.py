@@ -30,8 +30,12 @@ def test_pages_redirect_to_login_and_back(harness: AppHarness) -> None:
     token = csrf_of(harness.client.get(response.headers["location"]).text)
     response = harness.client.post(
         "/login",
-        data={"username": "admin", "password": PASSWORDS["admin"], "csrf_token": token,
-              "next": "/tasks?state=failed"},
+        data={
+            "username": "admin",
+            "password": PASSWORDS["admin"],
+            "csrf_token": token,
+            "next": "/tasks?state=failed",
+        },
         follow_redirects=False,
     )
     assert response.status_code == 303
@@ -43,8 +47,12 @@ def test_login_refuses_open_redirect(harness: AppHarness) -> None:
     token = csrf_of(harness.client.get("/login").text)
     response = harness.client.post(
         "/login",
-        data={"username": "admin", "password": PASSWORDS["admin"], "csrf_token": token,
-              "next": "//evil.example/x"},
+        data={
+            "username": "admin",
+            "password": PASSWORDS["admin"],
+            "csrf_token": token,
+            "next": "//evil.example/x",
+        },
         follow_redirects=False,
     )
     assert response.headers["location"] == "/"
@@ -78,7 +86,8 @@ def test_lockout_after_repeated_failures_even_with_right_password(harness: AppHa
 def test_login_without_csrf_token_is_rejected(harness: AppHarness) -> None:
     harness.client.get("/login")
     response = harness.client.post(
-        "/login", data={"username": "admin", "password": PASSWORDS["admin"]},
+        "/login",
+        data={"username": "admin", "password": PASSWORDS["admin"]},
         follow_redirects=False,
     )
     assert response.status_code == 403
@@ -124,7 +133,8 @@ def test_api_token_lifecycle(harness: AppHarness) -> None:
     harness.client.cookies.clear()
     bearer = {"Authorization": f"Bearer {clear}"}
     assert harness.client.get("/api/v1/me", headers=bearer).json() == {
-        "name": "operator", "role": "operator",
+        "name": "operator",
+        "role": "operator",
     }
     # A token is for scripts: it does not open the console pages.
     assert harness.client.get("/", headers=bearer, follow_redirects=False).status_code == 303
