@@ -22,8 +22,9 @@ DASHBOARD_PORT = 8265
 class Gateway:
     """Ray (local, or the cluster at RAY_ADDRESS), the pipeline actors and the HTTP app."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, log_to_driver: bool = True) -> None:
         self.settings = settings
+        self._log_to_driver = log_to_driver
         self._pipeline: Pipeline | None = None
         self._started_ray = False
 
@@ -37,6 +38,7 @@ class Gateway:
             "dashboard_host": "127.0.0.1",
             "dashboard_port": DASHBOARD_PORT,
             "logging_level": logging.WARNING,
+            "log_to_driver": self._log_to_driver,
         }
         if not address:
             # The gateway node offers the filter resource itself; worker nodes add theirs.

@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--host", default="127.0.0.1")
     ref.add_argument("--port", type=int, default=8100)
     ref.add_argument("--licenses", help="JSON file with the licence table")
+    # Test switches (also PETRAY_REFERENCE_* variables and POST /_control at run time).
+    ref.add_argument("--slow", type=float, help="extra seconds per job")
+    ref.add_argument("--delay", type=float, help="seconds before each answer")
+    ref.add_argument("--fail-5xx", action="store_true", default=None, help="answer 503")
+    ref.add_argument("--refuse", type=int, choices=[405, 406, 407], help="refuse check_model")
+    ref.add_argument("--drop-callback", action="store_true", default=None)
+    ref.add_argument(
+        "--malicious",
+        choices=["traversal", "wrong_shape", "nan", "oversized", "symlink", "wrong_dtype"],
+    )
     ref.set_defaults(func=_cmd_reference_server)
 
     device = sub.add_parser("device", help="DICOM sources and destinations")
@@ -157,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Libraries that narrate every request or PDU at INFO.
+    for name in ("httpx", "pynetdicom", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except PetrayError as exc:

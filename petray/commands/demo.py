@@ -152,7 +152,8 @@ def run_demo(args: argparse.Namespace) -> int:
             from actors.gateway import Gateway
 
             started = time.monotonic()
-            gateway = Gateway(settings).start()
+            # Actor logs stay in Ray's session logs; the demo prints its own progress.
+            gateway = Gateway(settings, log_to_driver=False).start()
             stack.callback(gateway.stop)
             listener = gateway.listener
             _say(
