@@ -21,8 +21,6 @@ from tests.peers import (
     write_pet_series,
 )
 
-# The fixtures (orthanc, dcmtk_storescp); harmless once tests/conftest.py loads the plugin too.
-pytest_plugins = ["tests.peers"]
 pytestmark = pytest.mark.peers
 
 
