@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from itertools import pairwise
 from statistics import median
 
@@ -72,6 +73,10 @@ def restore(*, session: Session) -> tuple[list[SeriesAssembly], list[ReceivedIns
             .order_by(Instance.id)
         ).all()
         last = max((r.received for r in rows), default=task.created)
+        if last.tzinfo is None:
+            # SQLite keeps no zone and petray stores UTC: read as local time, the restored
+            # activity would be off by the host's UTC offset (an abort at once east of UTC).
+            last = last.replace(tzinfo=UTC)
         assembly = SeriesAssembly(
             task_id=task.id,
             series_pk=task.series_pk,
