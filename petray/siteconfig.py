@@ -69,7 +69,9 @@ def add_device(
     is_source: bool,
     is_destination: bool,
 ) -> Device:
-    if not name.strip():
+    # The name is stored stripped, so the duplicate check must compare the stripped name too.
+    name = name.strip()
+    if not name:
         raise ConfigurationError("device name must not be empty")
     if not 1 <= port <= 65535:
         raise ConfigurationError(f"port {port} out of range 1-65535")
@@ -80,7 +82,7 @@ def add_device(
     if session.scalar(select(Device).where(Device.name == name)) is not None:
         raise ConfigurationError(f"a device named {name!r} already exists")
     device = Device(
-        name=name.strip(),
+        name=name,
         ae_title=validate_ae_title(ae_title),
         host=host.strip(),
         port=port,
