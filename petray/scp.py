@@ -8,6 +8,7 @@ a whole PET/CT study is not made to retry forever, but their instances are dropp
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -59,6 +61,10 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 assert set(ACCEPTED_TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES)
 MAX_PDU_BYTES = 262_144
 MAX_ASSOCIATIONS = 32
+PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+ITEM_TAG = (0xFFFE, 0xE000)
+SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass
@@ -85,6 +91,55 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
     # ErrorComment is LO: 64 characters at most (PS3.7 C.4.2.1.4).
     ds.ErrorComment = comment[:64]
     return ds
+
+
+def check_pixel_data_complete(encoded: bytes, offset: int, syntax: UID) -> None:
+    """Raise EOFError when the PixelData element at ``offset`` is cut short.
+
+    The header is parsed with ``stop_before_pixels``, so a dataset truncated inside its pixel
+    data would otherwise be stored and acknowledged, and fail only much later in the packer.
+    Only element headers are read (the lengths of the value and of each fragment), never the
+    pixel values. A deflated dataset is not checked here: zlib already fails on a cut stream.
+    """
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return
+    end = len(encoded)
+    order = "<" if syntax.is_little_endian else ">"
+
+    def tag_at(at: int) -> tuple[int, int]:
+        if at + 8 > end:
+            raise EOFError("dataset truncated in an element header")
+        group, element = struct.unpack_from(order + "HH", encoded, at)
+        return group, element
+
+    if offset >= end:
+        raise EOFError("dataset ends before PixelData")
+    if tag_at(offset) != PIXEL_DATA_TAG:
+        return  # another element follows the header; pydicom stopped for another reason
+    if syntax.is_implicit_VR:
+        (length,) = struct.unpack_from(order + "I", encoded, offset + 4)
+        value_at = offset + 8
+    else:
+        if offset + 12 > end:
+            raise EOFError("dataset truncated in the PixelData header")
+        (length,) = struct.unpack_from(order + "I", encoded, offset + 8)
+        value_at = offset + 12
+    if length != UNDEFINED_LENGTH:
+        if value_at + length > end:
+            raise EOFError(f"PixelData truncated: {end - value_at} of {length} bytes")
+        return
+    # Encapsulated (PS3.5 A.4): items, each with its own length, then a sequence delimiter.
+    at = value_at
+    while True:
+        item = tag_at(at)
+        (item_length,) = struct.unpack_from("<I", encoded, at + 4)
+        if item == SEQUENCE_DELIMITER_TAG:
+            return
+        if item != ITEM_TAG or item_length == UNDEFINED_LENGTH:
+            raise EOFError("encapsulated PixelData is malformed")
+        at += 8 + item_length
+        if at > end:
+            raise EOFError("encapsulated PixelData truncated inside a fragment")
 
 
 class StoreService:
@@ -187,7 +242,8 @@ class StoreService:
         try:
             encoded = event.encoded_dataset(include_meta=True)
             # Only the header is parsed: pixel data stay encoded as the sender sent them.
-            ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            buffer = BytesIO(encoded)
+            ds = dcmread(buffer, stop_before_pixels=True)
             if not is_pet(ds):
                 self._count(record, ignored=True)
                 logger.info(
@@ -197,6 +253,7 @@ class StoreService:
                 )
                 return int(StoreStatus.SUCCESS)
             header = extract_instance_header(ds)
+            check_pixel_data_complete(encoded, buffer.tell(), UID(event.context.transfer_syntax))
             received = self._store.store(
                 encoded,
                 header,
