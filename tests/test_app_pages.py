@@ -35,6 +35,9 @@ def test_every_page_renders_with_local_assets_only(harness: AppHarness) -> None:
         response = harness.client.get(path)
         assert response.status_code == 200, path
         assert not EXTERNAL.search(response.text), path
+        # Every form carries the session's CSRF token (macros imported without context lose it).
+        posts = response.text.count('method="post"')
+        assert posts == response.text.count('name="csrf_token" value="'), path
         assert "default-src 'self'" in response.headers["content-security-policy"]
     assert harness.client.get("/static/app.css").status_code == 200
 

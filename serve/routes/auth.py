@@ -31,6 +31,7 @@ from serve.deps import (
 )
 from serve.routes.common import flash, redirect, render
 from serve.schemas import TokenCreate, TokenCreated
+from serve.security import csrf_token as csrf_token_of
 from serve.security import csrf_valid, password_version
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ def login(
     request.session.clear()
     request.session[SESSION_USER_KEY] = user.id
     request.session[SESSION_VERSION_KEY] = password_version(user.password_hash)
+    # Created now rather than on the first page: the session lives in a cookie, so two pages
+    # loading at once would otherwise each mint a token and the last cookie would win.
+    csrf_token_of(request.session)
     log.info("user id %s logged in", user.id)
     return redirect(target)
 
