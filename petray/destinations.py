@@ -29,8 +29,12 @@ def assign_destinations(task: Task, *, session: Session) -> list[TaskDestination
         )
     existing = {(d.ae_title, d.host, d.port) for d in task.destinations}
     for device in targets:
-        if (device.ae_title, device.host, device.port) in existing:
+        peer = (device.ae_title, device.host, device.port)
+        # Two devices may name the same peer; one row keeps it from getting every instance twice
+        # (and keeps the task_destination unique constraint from failing the validation).
+        if peer in existing:
             continue
+        existing.add(peer)
         row = TaskDestination(
             task_id=task.id,
             name=device.name,
