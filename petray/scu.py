@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 # PS3.8 9.3.2.2: a presentation context ID is an odd number 1-255, so at most 128 per association.
 MAX_PRESENTATION_CONTEXTS = 128
+MAX_MESSAGE_ID = 0xFFFF
 # Uncompressed encodings pynetdicom can convert between without touching pixel data values,
 # proposed together so a destination that only speaks Implicit VR still gets the series.
 UNCOMPRESSED_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -291,18 +292,24 @@ def send_instances(
 
 
 def _store(assoc: Association, dataset: Dataset, node: DicomNode, done: int, total: int) -> Dataset:
-    lost = TransientError(
-        f"association with {node} was aborted or timed out after {done} of {total} instances"
-    )
+    def lost(what: str) -> TransientError:
+        return TransientError(f"association with {node} {what} after {done} of {total} instances")
+
+    started = time.monotonic()
     try:
-        status = assoc.send_c_store(dataset)
+        # Message ID is a US, unique among the requests of one association (PS3.7 9.3.1.1).
+        status = assoc.send_c_store(dataset, msg_id=done % MAX_MESSAGE_ID + 1)
     except RuntimeError as exc:
         # pynetdicom raises when the peer has already dropped the association, e.g. Orthanc
         # refusing a store by aborting (ARCHITECTURE.md) between two requests.
-        raise lost from exc
+        raise lost("was aborted") from exc
     # An empty status dataset means no response: aborted, DIMSE timeout or connection lost.
     if "Status" not in status:
-        raise lost
+        # pynetdicom aborts on a DIMSE timeout too, so only the clock tells the two apart.
+        timeout = assoc.dimse_timeout
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise lost(f"got no C-STORE response within {timeout} s")
+        raise lost("was aborted")
     return status
 
 

@@ -96,6 +96,7 @@ def test_sends_every_instance_over_one_association(
     assert {_uid(p) for p in dcmtk_storescp.wait_received(12)} == set(recorded)
     assert dcmtk_storescp.association_count() == 1
     assert dcmtk_storescp.store_request_count() == 12
+    assert "MsgID 12," in dcmtk_storescp.log_text()  # message IDs unique per association
 
 
 def test_orthanc_receives_all_but_the_skipped(orthanc: OrthancPeer, tmp_path: Path) -> None:
@@ -202,6 +203,15 @@ def test_storescp_aborting_mid_series_is_transient(tmp_path: Path) -> None:
         pytest.raises(TransientError, match="0 of 2"),
     ):
         send_instances(_node(scp), paths, calling_ae=CALLING_AE, timeout_s=5)
+
+
+def test_silent_destination_times_out_as_transient(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 1)
+    with (
+        start_storescp(tmp_path / "scp", extra_args=["--sleep-during", "3"]) as scp,
+        pytest.raises(TransientError, match="no C-STORE response within 1"),
+    ):
+        send_instances(_node(scp), paths, calling_ae=CALLING_AE, timeout_s=1)
 
 
 def test_failure_status_is_a_permanent_refusal(tmp_path: Path) -> None:
