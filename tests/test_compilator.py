@@ -187,6 +187,23 @@ def test_recheck_in_is_never_negative_nor_beyond_the_abort_timeout() -> None:
             assert later != decision
 
 
+def test_readiness_depends_on_interior_gaps_only_whatever_the_order() -> None:
+    # A property check without hypothesis (not installed): many random series and arrivals.
+    rng = random.Random(20250302)
+    for _ in range(200):
+        slices = rng.randint(CONFIG.min_images + 3, 60)
+        interior = range(1, slices - 1)
+        missing = set(rng.sample(interior, rng.choice([0, 0, 1, 2, 3])))
+        items = [received(i) for i in range(slices) if i not in missing]
+        rng.shuffle(items)
+        decision = assembled(items).decide(CONFIG, T0 + CONFIG.inactivity_wait_s)
+        if missing:
+            assert decision.verdict == Verdict.WAIT, (slices, missing)
+            assert decision.reason.startswith("gap of"), decision.reason
+        else:
+            assert decision.verdict == Verdict.READY, (slices, missing)
+
+
 # --- routing ---
 
 
