@@ -26,17 +26,14 @@ def init_actor_process(settings: Settings) -> Any:
 
 
 class Dispatcher:
-    """Tells the actor that owns a stage about a task; fire and forget (the db holds the truth)."""
+    """Tells the actor that owns a stage about a task; fire and forget (the db holds the truth).
 
-    def __init__(self) -> None:
-        self._handles: dict[str, Any] = {}
+    Handles are looked up on every call (one GCS lookup) rather than cached, so a pipeline
+    rebuilt after a crash is found without restarting the callers.
+    """
 
     def handle(self, name: str) -> Any:
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = ray.get_actor(name, namespace=NAMESPACE)
-            self._handles[name] = handle
-        return handle
+        return ray.get_actor(name, namespace=NAMESPACE)
 
     def submit(self, stage: Stage, task_id: str) -> None:
         name = STAGE_ACTORS.get(stage)
