@@ -48,12 +48,15 @@ def filters_for(task: Task, *, session: Session) -> list[FilterSpec]:
     return [FilterSpec(id=None, description=DEFAULT_DESCRIPTION, series_number=number)]
 
 
+def _filter_key(spec: FilterSpec) -> str:
+    # Two filters may share a series number; the filter id keeps their outputs apart.
+    return f"{spec.series_number}-{spec.id if spec.id is not None else 'default'}"
+
+
 def output_series_uid(uid_root: str, task_id: str, spec: FilterSpec) -> str:
     """Deterministic per task and filter, so a retried task replaces its series, never adds one."""
     return str(
-        generate_uid(
-            prefix=f"{uid_root.rstrip('.')}.", entropy_srcs=[task_id, str(spec.series_number)]
-        )
+        generate_uid(prefix=f"{uid_root.rstrip('.')}.", entropy_srcs=[task_id, _filter_key(spec)])
     )
 
 
@@ -68,7 +71,7 @@ def derivation_description(spec: FilterSpec, algorithm: str) -> str:
 
 
 def output_dir(root: Path, task_id: str, spec: FilterSpec) -> Path:
-    return root / task_id / f"series-{spec.series_number}"
+    return root / task_id / f"series-{_filter_key(spec)}"
 
 
 def clear_outputs(root: Path, task_id: str, *, session: Session) -> None:

@@ -265,11 +265,6 @@ def test_clear_outputs_of_a_task_without_outputs_is_harmless(
         assert task.outputs == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: nothing stops two enabled filters sharing a series number, and the output "
-    "UID and directory derive from the series number only, so their series overwrite each other",
-)
 def test_two_filters_with_one_series_number_get_distinct_outputs(
     tmp_path: Path, settings: Settings
 ) -> None:
