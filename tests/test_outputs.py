@@ -221,11 +221,11 @@ def test_record_outputs_and_list_their_files(
         )
         files = output_files(stored)
     assert [(f.parent.name, f.name) for f in files] == [
-        ("series-501", "00000.dcm"),
-        ("series-501", "00001.dcm"),
-        ("series-501", "00002.dcm"),
-        ("series-502", "00000.dcm"),
-        ("series-502", "00001.dcm"),
+        ("series-501-default", "00000.dcm"),
+        ("series-501-default", "00001.dcm"),
+        ("series-501-default", "00002.dcm"),
+        ("series-502-default", "00000.dcm"),
+        ("series-502-default", "00001.dcm"),
     ]
 
 
@@ -242,7 +242,7 @@ def test_clear_outputs_forgets_only_that_task(
     with unit_of_work(sessions) as session:
         clear_outputs(tmp_path, task_id, session=session)
     assert not (tmp_path / task_id).exists()
-    assert (tmp_path / other_id / "series-501" / "00000.dcm").exists()
+    assert (tmp_path / other_id / "series-501-default" / "00000.dcm").exists()
     with sessions() as session:
         owners = session.scalars(select(OutputSeries.task_id)).all()
         assert owners == [other_id]
