@@ -10,6 +10,7 @@ from actors.stage import StageWorker
 from petray.archive import write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
+from petray.packing import upload_metadata
 from petray.tasks import get_task, instance_paths
 from petray.volume import load_series_volume
 
@@ -33,11 +34,9 @@ class PackerActor(StageWorker):
         view = ray.get(volume_ref)
         archive = self.settings.work_dir / f"{task_id}.zip"
         archive.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            **details["processing"],
-            "task_id": task_id,
-            "client_id": self.settings.client_id,
-        }
+        metadata = upload_metadata(
+            details["processing"], task_id=task_id, client_id=self.settings.client_id
+        )
         sha256 = write_upload_archive(
             archive,
             task_id=task_id,
