@@ -1,0 +1,172 @@
+"""Pipeline rules that need the real actors: readiness without NumberOfSlices, aborts, licence
+refusals and a service that goes away and comes back. The HTTP app is not needed here: every
+case ends before the service's callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from actors.pipeline import Pipeline, build_pipeline
+from petray.commands.gateway import prepare_storage
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.settings import Settings, load_settings
+from petray.siteconfig import add_device, get_site_config
+from petray.synth import make_pet_series, write_series
+from petray.tasks import TaskSummary, list_tasks
+from serve.reference.app import create_reference_app
+from serve.reference.config import ReferenceConfig
+from serve.reference.main import RunningServer, start_in_thread
+from tests.peers import free_port, run_storescu
+
+pytestmark = [pytest.mark.ray, pytest.mark.peers]
+WAIT_S = 60
+
+
+class Rig:
+    def __init__(self, settings: Settings, reference: RunningServer, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.reference = reference
+        self.pipeline = pipeline
+        self.sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+
+    @property
+    def port(self) -> int:
+        return int(self.pipeline.listener["port"])
+
+    def tasks(self) -> list[TaskSummary]:
+        with unit_of_work(self.sessions) as session:
+            return list_tasks(session=session)
+
+    def wait_for(self, condition: Callable[[list[TaskSummary]], bool], what: str) -> TaskSummary:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            tasks = self.tasks()
+            if tasks and condition(tasks):
+                return tasks[0]
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {[t.as_dict() for t in self.tasks()]}")
+
+    def control(self, **switches: Any) -> None:
+        httpx.post(
+            f"{self.reference.url}/_control",
+            json=switches,
+            headers={"Authorization": f"Bearer {self.settings.remote_token}"},
+        ).raise_for_status()
+
+    def send(self, tmp_path: Path, **spec: Any) -> list[Path]:
+        files = write_series(make_pet_series(**spec), tmp_path / f"series-{spec.get('seed', 0)}")
+        result = run_storescu(files, host="127.0.0.1", port=self.port, called_ae="PETRAY")
+        assert result.returncode == 0, result.stderr
+        return files
+
+
+@pytest.fixture
+def rig(tmp_path: Path, ray_cluster: None) -> Iterator[Rig]:
+    base = load_settings(
+        home=tmp_path / "home",
+        dicom_port=free_port(),
+        http_port=free_port(),
+        dashboard=False,
+        retry_base_s=0.2,
+        retry_cap_s=0.5,
+        fsync=False,
+    )
+    reference = start_in_thread(
+        create_reference_app(
+            ReferenceConfig(
+                shared_dir=base.resolved_shared_dir,
+                token=base.remote_token,
+                callback_token=base.callback_token,
+                callback_url=base.resolved_callback_url,
+            )
+        )
+    )
+    settings = base.model_copy(update={"remote_url": reference.url})
+    prepare_storage(settings)
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with unit_of_work(sessions) as session:
+        config = get_site_config(session=session)
+        config.min_images, config.inactivity_wait_s, config.abort_timeout_s = 5, 1.0, 4.0
+        add_device(
+            session=session,
+            name="pacs",
+            ae_title="PACS",
+            host="127.0.0.1",
+            port=free_port(),
+            is_source=False,
+            is_destination=True,
+        )
+    pipeline = build_pipeline(settings)
+    try:
+        yield Rig(settings, reference, pipeline)
+    finally:
+        pipeline.stop()
+        reference.stop()
+
+
+def test_without_number_of_slices_contiguous_series_goes_after_the_quiet_period(
+    rig: Rig, tmp_path: Path
+) -> None:
+    sent = time.monotonic()
+    rig.send(tmp_path, slices=12, rows=32, cols=32, number_of_slices=False, seed=1)
+    task = rig.wait_for(lambda ts: ts[0].stage != "compiling", "the task to leave compiling")
+    waited = time.monotonic() - sent
+    assert task.state != "failed", task.reason
+    assert task.images == 12 and task.expected_images is None
+    assert waited >= 1.0  # the inactivity wait, not earlier: nothing proved it complete
+
+
+def test_without_number_of_slices_a_gap_is_aborted_with_the_reason(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.send(tmp_path, slices=12, rows=32, cols=32, number_of_slices=False, drop={5, 6}, seed=2)
+    task = rig.wait_for(lambda ts: ts[0].state == "failed", "the abort")
+    assert task.stage == "compiling"
+    assert "gap" in task.reason and "aborted" in task.reason
+
+
+def test_incomplete_series_with_number_of_slices_is_aborted(rig: Rig, tmp_path: Path) -> None:
+    rig.send(tmp_path, slices=12, rows=32, cols=32, drop={3}, seed=3)
+    task = rig.wait_for(lambda ts: ts[0].state == "failed", "the abort")
+    assert "11 of 12 images" in task.reason
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [(405, "licen"), (406, "radiopharmaceutical"), (407, "algorithm")]
+)
+def test_licence_refusals_fail_at_once_with_the_reason(
+    rig: Rig, tmp_path: Path, code: int, words: str
+) -> None:
+    rig.control(refuse=code)
+    rig.send(tmp_path, slices=8, rows=32, cols=32, seed=4)
+    task = rig.wait_for(lambda ts: ts[0].state == "failed", "the refusal")
+    assert task.stage == "validating"
+    assert str(code) in task.reason and words in task.reason.lower()
+
+
+def test_service_down_then_back_the_task_continues_by_itself(rig: Rig, tmp_path: Path) -> None:
+    rig.control(fail_5xx=True)
+    rig.send(tmp_path, slices=8, rows=32, cols=32, seed=5)
+    waiting = rig.wait_for(lambda ts: ts[0].state == "waiting", "the task to wait")
+    assert waiting.stage == "validating" and waiting.reason
+    time.sleep(1.0)
+    assert rig.tasks()[0].state == "waiting"  # still waiting, not failed
+    rig.control(fail_5xx=False)
+    task = rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
+    assert task.state == "waiting"
+    upload = rig.settings.resolved_shared_dir / "to_process" / f"{task.id}.zip"
+    assert upload.exists()
+
+
+def test_slow_service_keeps_the_task_waiting_without_failing(rig: Rig, tmp_path: Path) -> None:
+    rig.control(delay=1.5)
+    rig.send(tmp_path, slices=8, rows=32, cols=32, seed=6)
+    task = rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
+    assert task.state == "waiting" and "result" in task.reason
