@@ -21,11 +21,6 @@ from petray.tasks import fail, get_task, move_to
 logger = logging.getLogger(__name__)
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @ray.remote(num_cpus=0, max_restarts=-1)
 class UploaderActor(StageWorker):
     stage = Stage.UPLOADING
@@ -69,7 +64,7 @@ class UploaderActor(StageWorker):
             deadline = get_task(task_id, session=session).deadline
         if deadline is None:
             return
-        remaining = (_utc(deadline) - datetime.now(UTC)).total_seconds()
+        remaining = (deadline - datetime.now(UTC)).total_seconds()
         old = self._deadlines.pop(task_id, None)
         if old is not None:
             old.cancel()

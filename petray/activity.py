@@ -47,11 +47,6 @@ _SORT_COLUMNS = {
 MAX_PAGE_SIZE = 500
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were stored as UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 @dataclass(frozen=True)
 class TaskQuery:
     state: str | None = None
@@ -155,8 +150,8 @@ def query_tasks(query: TaskQuery, *, session: Session) -> TaskPage:
             calling_ae=r[5],
             peer_host=r[6],
             reason=r[7],
-            created=_aware(r[8]),
-            updated=_aware(r[9]),
+            created=r[8],
+            updated=r[9],
             series_description=r[10],
             modality=r[11],
             patient_name=r[12],
@@ -192,7 +187,7 @@ def tasks_by_state_per_hour(
     }
     rows = session.execute(select(Task.state, Task.updated).where(Task.updated >= first))
     for state, updated in rows:
-        hour = _aware(updated).replace(minute=0, second=0, microsecond=0)
+        hour = updated.replace(minute=0, second=0, microsecond=0)
         if hour in counters:
             counters[hour][state] += 1
     return [HourBucket(start=h, counts=dict(c)) for h, c in counters.items()]
@@ -285,7 +280,7 @@ def list_activity(query: ActivityQuery, *, session: Session) -> list[ActivityEnt
             arrow = "from" if a.direction == "in" else "to"
             entries.append(
                 ActivityEntry(
-                    at=_aware(a.started),
+                    at=a.started,
                     kind="association",
                     who=f"{a.calling_ae}@{a.peer_host}" if a.direction == "in" else a.called_ae,
                     what=f"association {arrow} {a.peer_host} ({a.calling_ae} -> {a.called_ae})",
@@ -313,7 +308,7 @@ def list_activity(query: ActivityQuery, *, session: Session) -> list[ActivityEnt
         for at, task_id, stage, state, message, calling_ae in session.execute(stmt2):
             entries.append(
                 ActivityEntry(
-                    at=_aware(at),
+                    at=at,
                     kind="task",
                     who=calling_ae,
                     what=f"task {stage}",

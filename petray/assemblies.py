@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from itertools import pairwise
 from statistics import median
 
@@ -72,11 +71,8 @@ def restore(*, session: Session) -> tuple[list[SeriesAssembly], list[ReceivedIns
             .where(Instance.task_id == task.id)
             .order_by(Instance.id)
         ).all()
+        # Aware UTC on every database (models.UTCDateTime), so .timestamp() is not local time.
         last = max((r.received for r in rows), default=task.created)
-        if last.tzinfo is None:
-            # SQLite keeps no zone and petray stores UTC: read as local time, the restored
-            # activity would be off by the host's UTC offset (an abort at once east of UTC).
-            last = last.replace(tzinfo=UTC)
         assembly = SeriesAssembly(
             task_id=task.id,
             series_pk=task.series_pk,

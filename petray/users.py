@@ -128,11 +128,6 @@ class LoginResult:
     retry_after_s: int = 0
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone-aware columns; they were stored as UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def lockout_delay(failed_logins: int) -> timedelta:
     extra = failed_logins - FREE_FAILURES
     if extra <= 0:
@@ -152,8 +147,8 @@ def authenticate(
     if user is None:
         verify_password(_DUMMY_HASH, password)
         return LoginResult(LoginOutcome.INVALID)
-    if user.locked_until is not None and _aware(user.locked_until) > now:
-        wait = _aware(user.locked_until) - now
+    if user.locked_until is not None and user.locked_until > now:
+        wait = user.locked_until - now
         return LoginResult(LoginOutcome.LOCKED, retry_after_s=int(wait.total_seconds()) + 1)
     if not verify_password(user.password_hash, password):
         user.failed_logins += 1
