@@ -1,0 +1,118 @@
+"""A technologist's view of a real task: the whole gateway (Ray Serve console included), a
+series sent by DCMTK storescu, watched in Chromium until done, and its MIP preview opened.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.gateway import Gateway
+from petray.commands.gateway import prepare_storage
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.settings import Settings, load_settings
+from petray.siteconfig import add_device, get_site_config
+from petray.synth import make_pet_series, write_series
+from petray.users import Role, create_user
+from serve.reference.app import create_reference_app
+from serve.reference.config import ReferenceConfig
+from serve.reference.main import start_in_thread
+from tests.peers import free_port, run_storescu, start_storescp
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.ray,
+    pytest.mark.peers,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, ray_cluster: None) -> Iterator[tuple[Settings, int]]:
+    base = load_settings(
+        home=tmp_path / "home",
+        dicom_port=free_port(),
+        http_port=free_port(),
+        dashboard=False,
+        fsync=False,
+        retry_base_s=0.2,
+        retry_cap_s=1.0,
+    )
+    reference = start_in_thread(
+        create_reference_app(
+            ReferenceConfig(
+                shared_dir=base.resolved_shared_dir,
+                token=base.remote_token,
+                callback_token=base.callback_token,
+                callback_url=base.resolved_callback_url,
+            )
+        )
+    )
+    settings = base.model_copy(update={"remote_url": reference.url})
+    prepare_storage(settings)
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with start_storescp(tmp_path / "pacs") as pacs:
+        with unit_of_work(sessions) as session:
+            get_site_config(session=session).min_images = 5
+            add_device(
+                session=session,
+                name="pacs",
+                ae_title=pacs.aet,
+                host="127.0.0.1",
+                port=pacs.port,
+                is_source=False,
+                is_destination=True,
+            )
+            create_user(session=session, name="tech", password=PASSWORD, role=Role.OPERATOR)
+        running = Gateway(settings).start()
+        try:
+            yield settings, int(running.listener["port"])
+        finally:
+            running.stop()
+            reference.stop()
+
+
+def test_watch_a_storescu_task_to_done_and_open_its_mip(
+    gateway: tuple[Settings, int], tmp_path: Path
+) -> None:
+    settings, dicom_port = gateway
+    files = write_series(make_pet_series(slices=16, rows=48, cols=48, seed=21), tmp_path / "scan")
+    sent = run_storescu(files, host="127.0.0.1", port=dicom_port, called_ae="PETRAY")
+    assert sent.returncode == 0, sent.stderr
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(base_url=f"http://127.0.0.1:{settings.http_port}")
+        page.set_default_timeout(15_000)
+        page.goto("/login")
+        page.fill("#username", "tech")
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        sync_api.expect(page.locator("h1")).to_have_text(re.compile("Dashboard"))
+        # The dashboard asks the real actors over Ray: the Store SCP must be shown alive.
+        sync_api.expect(page.locator("table").first).to_contain_text("store_scp alive")
+        assert page.locator(".badge.bad").count() == 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            page.goto("/tasks")
+            if page.locator("span.state.done").count() == 1:
+                break
+            time.sleep(1)
+        sync_api.expect(page.locator("span.state.done")).to_have_count(1)
+        page.locator("table a[href^='/tasks/']").first.click()
+        sync_api.expect(page.locator("#mip-source")).to_be_visible()
+        images = page.locator("img.mip")
+        assert images.count() == 2  # the received series and the one denoised output
+        for index in range(images.count()):
+            image = images.nth(index)
+            image.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+            )
+        browser.close()
