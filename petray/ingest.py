@@ -2,6 +2,10 @@
 
 This is the ingest hot path, so it never decodes pixel data and keeps one engine for the process;
 patient/study/series rows are resolved once per series and cached.
+
+Durability: the file is fsynced and the row committed before ``store`` returns, and the row is
+committed only once the file is durable, so a crash never leaves a row without its file. The
+fsync (the slowest step) runs in a writer thread while the row is inserted.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +31,11 @@ from petray.dicom.uids import validate_uid
 from petray.errors import TransientError
 
 logger = logging.getLogger(__name__)
+
+# Parts of one DICOM file (preamble, file meta, dataset), written with one writev, no join copy.
+FileParts = Sequence[bytes | bytearray | memoryview]
+# Concurrent fsyncs in flight; more associations than this just wait their turn for a writer.
+FSYNC_WRITERS = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class InstanceStore:
         self._series_pks: dict[str, int] = {}
         self._lock = threading.Lock()
         self._known_dirs: set[Path] = set()
+        self._writers: ThreadPoolExecutor | None = None
 
     def check_free_space(self) -> None:
         free = shutil.disk_usage(self._root).free
@@ -72,29 +84,43 @@ class InstanceStore:
             )
 
     def store(
-        self, encoded: bytes, header: InstanceHeader, *, calling_ae: str, peer_host: str
+        self,
+        encoded: bytes | FileParts,
+        header: InstanceHeader,
+        *,
+        calling_ae: str,
+        peer_host: str,
     ) -> ReceivedInstance:
+        """Write the file (``encoded``, whole or in parts) and its row, both durable on return."""
         self.check_free_space()
-        path = self._write_file(encoded, header)
+        parts: FileParts = (encoded,) if isinstance(encoded, bytes) else encoded
+        final, temporary = self._paths(header)
+        series_pk = self._series_pk(header)
+        written = self._start_write(parts, temporary, final)
         try:
-            series_pk = self._series_pk(header)
-            with unit_of_work(self._sessions) as session:
-                row = Instance(
-                    series_pk=series_pk,
-                    sop_instance_uid=header.sop_instance_uid,
-                    path=str(path),
-                    calling_ae=calling_ae,
-                    peer_host=peer_host,
-                    instance_number=header.instance_number,
-                    slice_position=header.slice_position,
-                    slice_thickness=header.slice_thickness,
-                    number_of_slices=header.number_of_slices,
-                )
-                session.add(row)
-                session.flush()
-                instance_pk = row.id
+            with self._sessions() as session:
+                instance_pk = session.execute(
+                    insert(Instance)
+                    .values(
+                        series_pk=series_pk,
+                        sop_instance_uid=header.sop_instance_uid,
+                        path=str(final),
+                        calling_ae=calling_ae,
+                        peer_host=peer_host,
+                        instance_number=header.instance_number,
+                        slice_position=header.slice_position,
+                        slice_thickness=header.slice_thickness,
+                        number_of_slices=header.number_of_slices,
+                    )
+                    .returning(Instance.id)
+                ).scalar_one()
+                # The row must never be visible without its file: commit once the file is durable.
+                written.result()
+                session.commit()
         except BaseException:
-            path.unlink(missing_ok=True)
+            _settle(written)
+            temporary.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
             raise
         return ReceivedInstance(
             instance_pk=instance_pk,
@@ -106,28 +132,34 @@ class InstanceStore:
             peer_host=peer_host,
         )
 
-    def _write_file(self, encoded: bytes, header: InstanceHeader) -> Path:
+    def _paths(self, header: InstanceHeader) -> tuple[Path, Path]:
+        """The final and the temporary path of a new instance file; its directory exists."""
         # Names come from validated UIDs only, never from patient fields (ARCHITECTURE.md).
         series_dir = self._root / validate_uid(header.series_instance_uid)
+        # A repeated SOP Instance UID is kept as its own file: it belongs to another task.
+        name = f"{validate_uid(header.sop_instance_uid)}.{uuid.uuid4().hex[:12]}.dcm"
         if series_dir not in self._known_dirs:
             series_dir.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(series_dir)
-        # A repeated SOP Instance UID is kept as its own file: it belongs to another task.
-        name = f"{validate_uid(header.sop_instance_uid)}.{uuid.uuid4().hex[:12]}.dcm"
-        final = series_dir / name
-        temporary = series_dir / f".{name}.part"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(encoded)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if self._fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, final)
-        return final
+        return series_dir / name, series_dir / f".{name}.part"
+
+    def _start_write(self, parts: FileParts, temporary: Path, final: Path) -> Future[None]:
+        if not self._fsync:
+            done: Future[None] = Future()
+            try:
+                _write_file(parts, temporary, final, fsync=False)
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+            return done
+        if self._writers is None:
+            with self._lock:
+                if self._writers is None:
+                    self._writers = ThreadPoolExecutor(
+                        max_workers=FSYNC_WRITERS, thread_name_prefix="petray-fsync"
+                    )
+        return self._writers.submit(_write_file, parts, temporary, final, fsync=True)
 
     def _series_pk(self, header: InstanceHeader) -> int:
         cached = self._series_pks.get(header.series_instance_uid)
@@ -148,6 +180,33 @@ class InstanceStore:
                         raise
             self._series_pks[header.series_instance_uid] = series_pk
             return series_pk
+
+
+def _write_file(parts: FileParts, temporary: Path, final: Path, *, fsync: bool) -> None:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        views = [memoryview(part) for part in parts]
+        while views:
+            written = os.writev(fd, views)
+            # A short write leaves the rest to the next call (large files, signals).
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, final)
+
+
+def _settle(written: Future[None]) -> None:
+    """Wait for a file write to finish, whatever its outcome, so its files can be removed."""
+    try:
+        written.result()
+    except BaseException:  # the caller is already raising the error that matters
+        logger.debug("instance file write failed after another failure", exc_info=True)
 
 
 def upsert_hierarchy(header: InstanceHeader, *, session: Session) -> int:
