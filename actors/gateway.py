@@ -43,6 +43,8 @@ class Gateway:
         if not address:
             # The gateway node offers the filter resource itself; worker nodes add theirs.
             options["resources"] = {FILTER_RESOURCE: self.settings.filter_workers}
+            # A single-node Ray has no reason to listen beyond loopback.
+            options["_node_ip_address"] = "127.0.0.1"
         if not ray.is_initialized():
             ray.init(address=address, **options)
             self._started_ray = True

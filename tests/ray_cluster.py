@@ -24,6 +24,7 @@ def ray_cluster() -> Iterator[None]:
         include_dashboard=False,
         resources={FILTER_RESOURCE: FILTER_WORKERS},
         logging_level=logging.WARNING,
+        _node_ip_address="127.0.0.1",  # test traffic stays on loopback
         log_to_driver=True,
     )
     yield

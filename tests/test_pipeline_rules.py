@@ -170,3 +170,22 @@ def test_slow_service_keeps_the_task_waiting_without_failing(rig: Rig, tmp_path:
     rig.send(tmp_path, slices=8, rows=32, cols=32, seed=6)
     task = rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
     assert task.state == "waiting" and "result" in task.reason
+
+
+def test_custom_metrics_are_scrapeable_in_prometheus_format(rig: Rig, tmp_path: Path) -> None:
+    import ray
+
+    rig.send(tmp_path, slices=8, rows=32, cols=32, seed=7)
+    rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = ("ray_petray_instances_received", "ray_petray_stage_tasks", "ray_petray_stage_seconds")
+    deadline = time.monotonic() + 40  # metrics are exported every few seconds
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(1)
+    missing = [name for name in wanted if name not in text]
+    assert missing == []
+    assert 'stage="validating"' in text
