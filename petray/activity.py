@@ -1,8 +1,8 @@
 """What the gateway has been doing: task listings, task counts, and the activity log (issue 5).
 
-Read-only queries for the console and REST API, plus task deletion. Listing queries select plain
-columns (no ORM objects, no lazy loads) so that a page stays one or two queries with thousands of
-tasks in the database.
+Read-only queries for the console and REST API, plus removal of a deleted task's files (the
+deletion itself is ``petray.tasks.delete_task``). Listing queries select plain columns (no ORM
+objects, no lazy loads) so that a page stays one or two queries with thousands of tasks.
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from petray.db.models import (
     AssociationLog,
-    Instance,
-    OutputSeries,
     Patient,
     Series,
     Study,
     Task,
     TaskEvent,
 )
-from petray.errors import UnknownTask
 
 log = logging.getLogger(__name__)
 
@@ -191,29 +188,6 @@ def tasks_by_state_per_hour(
         if hour in counters:
             counters[hour][state] += 1
     return [HourBucket(start=h, counts=dict(c)) for h, c in counters.items()]
-
-
-def delete_task(task_id: str, *, session: Session) -> list[Path]:
-    """Delete a task, its received instances and outputs; returns the files to remove.
-
-    The caller removes the files (``remove_files``) only after the deletion is committed, so a
-    rollback never leaves rows pointing at missing files.
-    """
-    task = session.get(Task, task_id)
-    if task is None:
-        raise UnknownTask(f"unknown task {task_id}")
-    paths = [
-        Path(p) for p in session.scalars(select(Instance.path).where(Instance.task_id == task_id))
-    ]
-    paths += [
-        Path(d)
-        for d in session.scalars(
-            select(OutputSeries.directory).where(OutputSeries.task_id == task_id)
-        )
-    ]
-    session.execute(delete(Instance).where(Instance.task_id == task_id))
-    session.delete(task)
-    return paths
 
 
 def remove_files(paths: list[Path], *, extra_dirs: list[Path] | None = None) -> int:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from petray.db.models import Instance, Series, Study, Task, TaskDestination, TaskEvent
+from petray.db.models import (
+    Instance,
+    OutputSeries,
+    Series,
+    Study,
+    Task,
+    TaskDestination,
+    TaskEvent,
+)
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition, UnknownTask
 
@@ -144,6 +153,29 @@ def cancel(task_id: str, *, session: Session) -> None:
     if State(task.state) in FINAL_STATES:
         raise InvalidTransition(f"task {task_id} is already {task.state}")
     move_to(task, Stage(task.stage), session=session, state=State.CANCELLED, message="cancelled")
+
+
+def delete_task(task_id: str, *, session: Session) -> list[Path]:
+    """Delete a task, its received instances and outputs; returns the files to remove.
+
+    The caller removes the files (``petray.activity.remove_files``) only after the deletion is
+    committed, so a rollback never leaves rows pointing at missing files.
+    """
+    task = session.get(Task, task_id)
+    if task is None:
+        raise UnknownTask(f"unknown task {task_id}")
+    paths = [
+        Path(p) for p in session.scalars(select(Instance.path).where(Instance.task_id == task_id))
+    ]
+    paths += [
+        Path(d)
+        for d in session.scalars(
+            select(OutputSeries.directory).where(OutputSeries.task_id == task_id)
+        )
+    ]
+    session.execute(delete(Instance).where(Instance.task_id == task_id))
+    session.delete(task)
+    return paths
 
 
 def is_cancelled(task_id: str, *, session: Session) -> bool:

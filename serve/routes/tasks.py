@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from petray import mip
-from petray.activity import TaskQuery, TaskRow, delete_task, query_tasks, remove_files
+from petray.activity import TaskQuery, TaskRow, query_tasks, remove_files
 from petray.db.models import OutputSeries, Task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
-from petray.tasks import cancel, get_task, instance_paths, retry
+from petray.tasks import cancel, delete_task, get_task, instance_paths, retry
 from serve.deps import (
     ApiOperator,
     ApiViewer,
