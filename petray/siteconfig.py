@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from petray.db.models import Device, SiteConfig
+from petray.db.models import Device, PostFilter, SiteConfig
 from petray.errors import ConfigurationError
+from petray.filters import FilterSpec
 from petray.settings import AE_TITLE_MAX_LENGTH, Settings
 
 SITE_CONFIG_ID = 1
@@ -92,6 +93,30 @@ def add_device(
     session.add(device)
     session.flush()
     return device
+
+
+def add_filter(
+    spec: FilterSpec,
+    *,
+    session: Session,
+    scanner_model: str = "all",
+    radiopharmaceutical: str = "all",
+    enabled: bool = True,
+) -> PostFilter:
+    """Store a post-filter (already validated by FilterSpec) for the Unpacker to apply."""
+    row = PostFilter(
+        description=spec.description,
+        series_number=spec.series_number,
+        fwhm_mm=spec.fwhm_mm,
+        noise_pct=spec.noise_pct,
+        mode=spec.mode,
+        scanner_model=scanner_model.strip() or "all",
+        radiopharmaceutical=radiopharmaceutical.strip() or "all",
+        enabled=enabled,
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
 def list_devices(*, session: Session) -> list[Device]:

@@ -12,15 +12,12 @@ from pathlib import Path
 import pytest
 
 from actors.gateway import Gateway
-from petray.commands.gateway import prepare_storage
-from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, get_site_config
+from petray.db.engine import unit_of_work
+from petray.settings import Settings
 from petray.synth import make_pet_series, write_series
 from petray.users import Role, create_user
-from serve.reference.app import create_reference_app
-from serve.reference.config import ReferenceConfig
-from serve.reference.main import start_in_thread
+from serve.reference.main import running_reference
+from tests.gateway_site import prepare_site, site_settings
 from tests.peers import free_port, run_storescu, start_storescp
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -36,47 +33,20 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def gateway(tmp_path: Path, ray_cluster: None) -> Iterator[tuple[Settings, int]]:
-    base = load_settings(
-        home=tmp_path / "home",
-        dicom_port=free_port(),
-        http_port=free_port(),
-        dashboard=False,
-        fsync=False,
-        retry_base_s=0.2,
-        retry_cap_s=1.0,
-    )
-    reference = start_in_thread(
-        create_reference_app(
-            ReferenceConfig(
-                shared_dir=base.resolved_shared_dir,
-                token=base.remote_token,
-                callback_token=base.callback_token,
-                callback_url=base.resolved_callback_url,
-            )
-        )
-    )
-    settings = base.model_copy(update={"remote_url": reference.url})
-    prepare_storage(settings)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    with start_storescp(tmp_path / "pacs") as pacs:
+    reference_port = free_port()
+    settings = site_settings(tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}")
+    with (
+        running_reference(settings, port=reference_port),
+        start_storescp(tmp_path / "pacs") as pacs,
+    ):
+        sessions = prepare_site(settings, destination=(pacs.aet, pacs.port))
         with unit_of_work(sessions) as session:
-            get_site_config(session=session).min_images = 5
-            add_device(
-                session=session,
-                name="pacs",
-                ae_title=pacs.aet,
-                host="127.0.0.1",
-                port=pacs.port,
-                is_source=False,
-                is_destination=True,
-            )
             create_user(session=session, name="tech", password=PASSWORD, role=Role.OPERATOR)
         running = Gateway(settings).start()
         try:
             yield settings, int(running.listener["port"])
         finally:
             running.stop()
-            reference.stop()
 
 
 def test_watch_a_storescu_task_to_done_and_open_its_mip(

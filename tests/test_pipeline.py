@@ -19,19 +19,15 @@ from pydicom import Dataset
 from actors.gateway import Gateway
 from actors.pipeline import build_pipeline
 from petray.archive import read_result_archive
-from petray.commands.gateway import prepare_storage
-from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.db.models import PostFilter
+from petray.db.engine import unit_of_work
 from petray.demo_check import group_by_series, verify_outputs
 from petray.domain import Stage, State
 from petray.filters import FilterSpec
-from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, get_site_config
+from petray.settings import Settings
 from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, list_tasks
-from serve.reference.app import create_reference_app
-from serve.reference.config import ReferenceConfig
-from serve.reference.main import RunningServer, start_in_thread
+from serve.reference.main import RunningServer, running_reference
+from tests.gateway_site import prepare_site, site_settings
 from tests.peers import (
     dcentvfy_errors,
     dciodvfy_errors,
@@ -91,56 +87,16 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, ray_cluster: None) -> Iterator[Site]:
-    home = tmp_path / "home"
-    http_port = free_port()
-    base = load_settings(
-        home=home,
-        dicom_port=free_port(),
-        http_port=http_port,
-        dashboard=False,
-        retry_base_s=0.2,
-        retry_cap_s=1.0,
-        fsync=False,
-        filter_workers=2,
+    reference_port = free_port()
+    settings = site_settings(
+        tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}", filter_workers=2
     )
-    config = ReferenceConfig(
-        shared_dir=base.resolved_shared_dir,
-        token=base.remote_token,
-        callback_token=base.callback_token,
-        callback_url=base.resolved_callback_url,
-    )
-    reference = start_in_thread(create_reference_app(config))
-    settings = base.model_copy(update={"remote_url": reference.url})
-    prepare_storage(settings)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    try:
-        yield Site(settings=settings, reference=reference, sessions=sessions)
-    finally:
-        reference.stop()
+    with running_reference(settings, port=reference_port) as reference:
+        yield Site(settings=settings, reference=reference, sessions=None)
 
 
 def _configure(site: Site, *, ae_title: str, port: int, filters: tuple[FilterSpec, ...]) -> None:
-    with unit_of_work(site.sessions) as session:
-        # Small test series: the site's minimum image count must not refuse them.
-        get_site_config(session=session).min_images = 5
-        add_device(
-            session=session,
-            name="pacs",
-            ae_title=ae_title,
-            host="127.0.0.1",
-            port=port,
-            is_source=False,
-            is_destination=True,
-        )
-        for spec in filters:
-            session.add(
-                PostFilter(
-                    description=spec.description,
-                    series_number=spec.series_number,
-                    fwhm_mm=spec.fwhm_mm,
-                    noise_pct=spec.noise_pct,
-                )
-            )
+    site.sessions = prepare_site(site.settings, destination=(ae_title, port), filters=filters)
 
 
 def _crash(handles: dict[str, Any]) -> None:

@@ -14,15 +14,12 @@ import httpx
 import pytest
 
 from actors.pipeline import Pipeline, build_pipeline
-from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, get_site_config
+from petray.settings import Settings
 from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, list_tasks
-from serve.reference.app import create_reference_app
-from serve.reference.config import ReferenceConfig
-from serve.reference.main import RunningServer, start_in_thread
+from serve.reference.main import RunningServer, running_reference
+from tests.gateway_site import prepare_site, site_settings
 from tests.peers import free_port, run_storescu
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
@@ -69,46 +66,23 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path, ray_cluster: None) -> Iterator[Rig]:
-    base = load_settings(
-        home=tmp_path / "home",
-        dicom_port=free_port(),
-        http_port=free_port(),
-        dashboard=False,
-        retry_base_s=0.2,
-        retry_cap_s=0.5,
-        fsync=False,
+    reference_port = free_port()
+    settings = site_settings(
+        tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}", retry_cap_s=0.5
     )
-    reference = start_in_thread(
-        create_reference_app(
-            ReferenceConfig(
-                shared_dir=base.resolved_shared_dir,
-                token=base.remote_token,
-                callback_token=base.callback_token,
-                callback_url=base.resolved_callback_url,
-            )
+    with running_reference(settings, port=reference_port) as reference:
+        # Nothing listens at the destination: every case here ends before delivery.
+        prepare_site(
+            settings,
+            destination=("PACS", free_port()),
+            inactivity_wait_s=1.0,
+            abort_timeout_s=4.0,
         )
-    )
-    settings = base.model_copy(update={"remote_url": reference.url})
-    prepare_storage(settings)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    with unit_of_work(sessions) as session:
-        config = get_site_config(session=session)
-        config.min_images, config.inactivity_wait_s, config.abort_timeout_s = 5, 1.0, 4.0
-        add_device(
-            session=session,
-            name="pacs",
-            ae_title="PACS",
-            host="127.0.0.1",
-            port=free_port(),
-            is_source=False,
-            is_destination=True,
-        )
-    pipeline = build_pipeline(settings)
-    try:
-        yield Rig(settings, reference, pipeline)
-    finally:
-        pipeline.stop()
-        reference.stop()
+        pipeline = build_pipeline(settings)
+        try:
+            yield Rig(settings, reference, pipeline)
+        finally:
+            pipeline.stop()
 
 
 def test_without_number_of_slices_contiguous_series_goes_after_the_quiet_period(

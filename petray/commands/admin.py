@@ -15,7 +15,7 @@ from petray.db.models import PostFilter
 from petray.errors import ConfigurationError
 from petray.filters import FilterSpec
 from petray.settings import load_settings
-from petray.siteconfig import add_device, list_devices, remove_device
+from petray.siteconfig import add_device, add_filter, list_devices, remove_device
 from petray.tasks import list_tasks
 
 
@@ -84,18 +84,13 @@ def run_filter(args: argparse.Namespace) -> int:
                 )
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
-            row = PostFilter(
-                description=spec.description,
-                series_number=spec.series_number,
-                fwhm_mm=spec.fwhm_mm,
-                noise_pct=spec.noise_pct,
-                mode=spec.mode,
+            row = add_filter(
+                spec,
+                session=session,
                 scanner_model=args.scanner_model,
                 radiopharmaceutical=args.radiopharmaceutical,
                 enabled=not args.disabled,
             )
-            session.add(row)
-            session.flush()
             print(f"added filter {row.id}: {row.description} (FWHM {row.fwhm_mm:g} mm)")
         elif args.action == "remove":
             found = session.get(PostFilter, args.id)

@@ -23,14 +23,13 @@ import numpy as np
 from petray.archive import read_result_archive
 from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.db.models import PostFilter
 from petray.demo_check import DestinationSeries, verify_outputs
 from petray.destination_peer import start_destination
 from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
 from petray.scu import DicomNode, send_instances
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device
+from petray.siteconfig import add_device, add_filter
 from petray.synth import make_pet_series, write_series
 from petray.tasks import get_task, list_tasks
 from petray.timings import stage_timings
@@ -101,15 +100,7 @@ def _configure_site(settings: Settings, destination: DicomNode) -> None:
             is_destination=True,
         )
         for spec in DEMO_FILTERS:
-            session.add(
-                PostFilter(
-                    description=spec.description,
-                    series_number=spec.series_number,
-                    fwhm_mm=spec.fwhm_mm,
-                    noise_pct=spec.noise_pct,
-                    mode=spec.mode,
-                )
-            )
+            add_filter(spec, session=session)
 
 
 def _wait_for_task(settings: Settings, timeout_s: float) -> str:
@@ -139,13 +130,16 @@ def _wait_for_task(settings: Settings, timeout_s: float) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from serve.reference.main import running_reference
+
     with _home(args) as home:
         settings = _demo_settings(home)
         prepare_storage(settings)
         _say(f"petray demo in {home}")
         with contextlib.ExitStack() as stack:
-            reference = stack.enter_context(_reference_service(settings))
-            _say(f"reference processing service: {reference}")
+            port = int(settings.remote_url.rsplit(":", 1)[1])
+            reference = stack.enter_context(running_reference(settings, port=port))
+            _say(f"reference processing service: {reference.url}")
             destination = stack.enter_context(start_destination(home / "destination"))
             _say(f"destination: {destination.describe()}")
             _configure_site(settings, destination.node)
@@ -170,26 +164,6 @@ def run_demo(args: argparse.Namespace) -> int:
             task_id = _wait_for_task(settings, DEMO_TIMEOUT_S)
             return _report(settings, task_id, study, destination)
     return 1
-
-
-@contextlib.contextmanager
-def _reference_service(settings: Settings) -> Iterator[str]:
-    from serve.reference.app import create_reference_app
-    from serve.reference.config import ReferenceConfig
-    from serve.reference.main import start_in_thread
-
-    config = ReferenceConfig(
-        shared_dir=settings.resolved_shared_dir,
-        token=settings.remote_token,
-        callback_token=settings.callback_token,
-        callback_url=settings.resolved_callback_url,
-    )
-    port = int(settings.remote_url.rsplit(":", 1)[1])
-    running = start_in_thread(create_reference_app(config), port=port)
-    try:
-        yield running.url
-    finally:
-        running.stop()
 
 
 def _report(settings: Settings, task_id: str, study: list[Any], destination: Any) -> int:

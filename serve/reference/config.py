@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from petray.errors import ConfigurationError
 from petray.retry import Backoff
-from petray.settings import load_settings
+from petray.settings import Settings, load_settings
 from serve.reference.archive import MaliciousMode
 from serve.reference.denoise import GuidedFilterParams
 from serve.reference.licences import LicenceTable
@@ -128,16 +128,23 @@ class ReferenceConfig:
     @classmethod
     def from_env(cls, *, licences_path: Path | None = None, **overrides: Any) -> ReferenceConfig:
         """Build from petray's ``PETRAY_*`` settings and the ``PETRAY_REFERENCE_*`` switches."""
-        settings = load_settings()
+        values: dict[str, Any] = {
+            "licences": (
+                LicenceTable.load(licences_path) if licences_path else LicenceTable.permissive()
+            ),
+            "switches": Switches.from_env(),
+            **overrides,
+        }
+        return cls.for_settings(load_settings(), **values)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **overrides: Any) -> ReferenceConfig:
+        """The service side of a petray configured by ``settings``: same folder and tokens."""
         values: dict[str, Any] = {
             "shared_dir": settings.resolved_shared_dir,
             "token": settings.remote_token,
             "callback_token": settings.callback_token,
             "callback_url": settings.resolved_callback_url,
-            "licences": (
-                LicenceTable.load(licences_path) if licences_path else LicenceTable.permissive()
-            ),
-            "switches": Switches.from_env(),
+            **overrides,
         }
-        values.update(overrides)
         return cls(**values)

@@ -4,10 +4,12 @@ tests and ``petray demo``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from petray.errors import ConfigurationError
+from petray.settings import Settings
 from serve.reference.app import create_reference_app
 from serve.reference.config import ReferenceConfig
 
@@ -73,6 +76,20 @@ class RunningServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout_s)
+
+
+@contextlib.contextmanager
+def running_reference(
+    settings: Settings, *, port: int = 0, **config: Any
+) -> Iterator[RunningServer]:
+    """The reference service for a petray configured by ``settings``, on a background thread."""
+    running = start_in_thread(
+        create_reference_app(ReferenceConfig.for_settings(settings, **config)), port=port
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def start_in_thread(
