@@ -5,16 +5,20 @@ patient/study/series rows are resolved once per series and cached.
 
 Durability: the file is fsynced and the row committed before ``store`` returns, and the row is
 committed only once the file is durable, so a crash never leaves a row without its file. The
-fsync (the slowest step) runs in a writer thread while the row is inserted.
+fsync is the slowest step of ingest, so the SCP starts it (``begin``) as soon as the bytes
+arrive, in a writer thread, and checks the header and inserts the row meanwhile; the file is
+renamed into its series directory once both are done. As before, the rename itself is not
+followed by a directory fsync: like the SQLite WAL with synchronous=NORMAL it survives a process
+crash, and a power loss may lose the last renames along with the last commits.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 FileParts = Sequence[bytes | bytearray | memoryview]
 # Concurrent fsyncs in flight; more associations than this just wait their turn for a writer.
 FSYNC_WRITERS = 8
+INCOMING_DIR = ".incoming"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,14 @@ class ReceivedInstance:
     number_of_slices: int | None
     calling_ae: str
     peer_host: str
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A received file being written under a temporary name, not yet named or recorded."""
+
+    temporary: Path
+    written: Future[None]
 
 
 class DiskFull(TransientError):
@@ -74,6 +87,14 @@ class InstanceStore:
         self._lock = threading.Lock()
         self._known_dirs: set[Path] = set()
         self._writers: ThreadPoolExecutor | None = None
+        # Temporary files start here, before their UIDs are validated: names are random.
+        self._incoming = root / INCOMING_DIR
+        self._incoming_ready = False
+        # Unique file names without a getrandom() call per file: one random prefix per store
+        # (processes sharing a root never collide) and a counter.
+        self._name_prefix = os.urandom(6).hex()
+        self._name_counter = itertools.count()
+        self._insert = insert(Instance).returning(Instance.id)
 
     def check_free_space(self) -> None:
         free = shutil.disk_usage(self._root).free
@@ -83,44 +104,72 @@ class InstanceStore:
                 f"{self._min_free_bytes // 2**20} MiB"
             )
 
+    def begin(self, parts: FileParts) -> PendingFile:
+        """Start writing a received file durably, before its header is even checked.
+
+        Refuses (DiskFull) before writing anything. The caller must pass the result to ``store``
+        or to ``discard``.
+        """
+        self.check_free_space()
+        if not self._incoming_ready:
+            self._incoming.mkdir(parents=True, exist_ok=True)
+            self._incoming_ready = True
+        temporary = self._incoming / f"{self._unique()}.part"
+        return PendingFile(temporary, self._start_write(parts, temporary))
+
+    def discard(self, pending: PendingFile) -> None:
+        """Remove a file started with ``begin`` that will not be stored."""
+        _settle(pending.written)
+        pending.temporary.unlink(missing_ok=True)
+
     def store(
         self,
-        encoded: bytes | FileParts,
+        encoded: bytes | FileParts | PendingFile,
         header: InstanceHeader,
         *,
         calling_ae: str,
         peer_host: str,
     ) -> ReceivedInstance:
-        """Write the file (``encoded``, whole or in parts) and its row, both durable on return."""
-        self.check_free_space()
-        parts: FileParts = (encoded,) if isinstance(encoded, bytes) else encoded
-        final, temporary = self._paths(header)
-        series_pk = self._series_pk(header)
-        written = self._start_write(parts, temporary, final)
+        """Name and record a file (bytes, parts, or started with ``begin``), durable on return.
+
+        On any failure nothing is left behind: neither the file nor its row.
+        """
+        if isinstance(encoded, PendingFile):
+            pending = encoded
+        else:
+            pending = self.begin((encoded,) if isinstance(encoded, bytes) else encoded)
+        final: Path | None = None
         try:
+            final = self._final_path(header)
+            series_pk = self._series_pk(header)
             with self._sessions() as session:
-                instance_pk = session.execute(
-                    insert(Instance)
-                    .values(
-                        series_pk=series_pk,
-                        sop_instance_uid=header.sop_instance_uid,
-                        path=str(final),
-                        calling_ae=calling_ae,
-                        peer_host=peer_host,
-                        instance_number=header.instance_number,
-                        slice_position=header.slice_position,
-                        slice_thickness=header.slice_thickness,
-                        number_of_slices=header.number_of_slices,
+                # One prebuilt Core statement: building it per instance cost more than the insert.
+                instance_pk = (
+                    session.connection()
+                    .execute(
+                        self._insert,
+                        {
+                            "series_pk": series_pk,
+                            "sop_instance_uid": header.sop_instance_uid,
+                            "path": str(final),
+                            "calling_ae": calling_ae,
+                            "peer_host": peer_host,
+                            "instance_number": header.instance_number,
+                            "slice_position": header.slice_position,
+                            "slice_thickness": header.slice_thickness,
+                            "number_of_slices": header.number_of_slices,
+                        },
                     )
-                    .returning(Instance.id)
-                ).scalar_one()
+                    .scalar_one()
+                )
                 # The row must never be visible without its file: commit once the file is durable.
-                written.result()
+                pending.written.result()
+                os.replace(pending.temporary, final)
                 session.commit()
         except BaseException:
-            _settle(written)
-            temporary.unlink(missing_ok=True)
-            final.unlink(missing_ok=True)
+            self.discard(pending)
+            if final is not None:
+                final.unlink(missing_ok=True)
             raise
         return ReceivedInstance(
             instance_pk=instance_pk,
@@ -132,22 +181,25 @@ class InstanceStore:
             peer_host=peer_host,
         )
 
-    def _paths(self, header: InstanceHeader) -> tuple[Path, Path]:
-        """The final and the temporary path of a new instance file; its directory exists."""
+    def _final_path(self, header: InstanceHeader) -> Path:
+        """Where an instance file is kept; its series directory exists."""
         # Names come from validated UIDs only, never from patient fields (ARCHITECTURE.md).
         series_dir = self._root / validate_uid(header.series_instance_uid)
         # A repeated SOP Instance UID is kept as its own file: it belongs to another task.
-        name = f"{validate_uid(header.sop_instance_uid)}.{uuid.uuid4().hex[:12]}.dcm"
+        name = f"{validate_uid(header.sop_instance_uid)}.{self._unique()}.dcm"
         if series_dir not in self._known_dirs:
             series_dir.mkdir(parents=True, exist_ok=True)
             self._known_dirs.add(series_dir)
-        return series_dir / name, series_dir / f".{name}.part"
+        return series_dir / name
 
-    def _start_write(self, parts: FileParts, temporary: Path, final: Path) -> Future[None]:
+    def _unique(self) -> str:
+        return f"{self._name_prefix}{next(self._name_counter):x}"
+
+    def _start_write(self, parts: FileParts, temporary: Path) -> Future[None]:
         if not self._fsync:
             done: Future[None] = Future()
             try:
-                _write_file(parts, temporary, final, fsync=False)
+                _write_file(parts, temporary, fsync=False)
             except BaseException as exc:
                 done.set_exception(exc)
             else:
@@ -159,7 +211,7 @@ class InstanceStore:
                     self._writers = ThreadPoolExecutor(
                         max_workers=FSYNC_WRITERS, thread_name_prefix="petray-fsync"
                     )
-        return self._writers.submit(_write_file, parts, temporary, final, fsync=True)
+        return self._writers.submit(_write_file, parts, temporary, fsync=True)
 
     def _series_pk(self, header: InstanceHeader) -> int:
         cached = self._series_pks.get(header.series_instance_uid)
@@ -182,7 +234,7 @@ class InstanceStore:
             return series_pk
 
 
-def _write_file(parts: FileParts, temporary: Path, final: Path, *, fsync: bool) -> None:
+def _write_file(parts: FileParts, temporary: Path, *, fsync: bool) -> None:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         views = [memoryview(part) for part in parts]
@@ -198,7 +250,6 @@ def _write_file(parts: FileParts, temporary: Path, final: Path, *, fsync: bool) 
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, final)
 
 
 def _settle(written: Future[None]) -> None:

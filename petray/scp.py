@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
-from petray.dicom.header import extract_instance_header, is_pet
+from petray.dicom.header import ACCEPTED_SOP_CLASSES, extract_instance_header, is_pet
 from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance
 from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
@@ -364,33 +364,9 @@ class StoreService:
         record = self._open.get(id(event.assoc))
         requestor = event.assoc.requestor
         request = cast(C_STORE, event.request)
-        sop_class = str(request.AffectedSOPClassUID or "")
         syntax = UID(event.context.transfer_syntax)
         try:
-            dataset = cast(BytesIO, request.DataSet).getvalue()
-            # Only the header is parsed: pixel data stay encoded as the sender sent them.
-            ds, pixel_offset = read_header(dataset, syntax)
-            if "SOPClassUID" not in ds:
-                # is_pet falls back on the media storage SOP class, i.e. the one negotiated.
-                ds.file_meta = FileMetaDataset()
-                ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
-            if not is_pet(ds):
-                self._count(record, ignored=True)
-                logger.info(
-                    "ignored a non-PET instance (SOP class %s) from %s",
-                    event.context.abstract_syntax,
-                    requestor.ae_title,
-                )
-                return int(StoreStatus.SUCCESS)
-            header = extract_instance_header(ds)
-            check_pixel_data_complete(dataset, pixel_offset, syntax)
-            meta = encode_file_meta(sop_class, str(request.AffectedSOPInstanceUID or ""), syntax)
-            received = self._store.store(
-                (PREAMBLE_AND_PREFIX, meta, dataset),
-                header,
-                calling_ae=requestor.ae_title,
-                peer_host=str(requestor.address),
-            )
+            received = self._receive(event, request, syntax, record)
         except DiskFull as exc:
             logger.error("refusing an instance: %s", exc)
             self._count(record, refused=True, problem="disk below floor")
@@ -408,9 +384,57 @@ class StoreService:
             logger.exception("failed to store an instance")
             self._count(record, refused=True, problem="processing failure")
             return _failure(StoreStatus.PROCESSING_FAILURE, "petray could not store the instance")
+        if received is None:
+            return int(StoreStatus.SUCCESS)
         self._count(record)
         self._on_instance(received)
         return int(StoreStatus.SUCCESS)
+
+    def _receive(
+        self,
+        event: evt.Event,
+        request: C_STORE,
+        syntax: UID,
+        record: _OpenAssociation | None,
+    ) -> ReceivedInstance | None:
+        """Store one instance durably; None when it is not PET and was ignored."""
+        sop_class = str(request.AffectedSOPClassUID or "")
+        dataset = cast(BytesIO, request.DataSet).getvalue()
+        meta = encode_file_meta(sop_class, str(request.AffectedSOPInstanceUID or ""), syntax)
+        parts = (PREAMBLE_AND_PREFIX, meta, dataset)
+        # The file's fsync is the slowest step: start it now, while the header is checked. Only
+        # for PET, so that the CT of a forwarded PET/CT study is not written just to be dropped.
+        pending = self._store.begin(parts) if sop_class in ACCEPTED_SOP_CLASSES else None
+        try:
+            # Only the header is parsed: pixel data stay encoded as the sender sent them.
+            ds, pixel_offset = read_header(dataset, syntax)
+            if "SOPClassUID" not in ds:
+                # is_pet falls back on the media storage SOP class, i.e. the one negotiated.
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+            if not is_pet(ds):
+                self._count(record, ignored=True)
+                logger.info(
+                    "ignored a non-PET instance (SOP class %s) from %s",
+                    event.context.abstract_syntax,
+                    event.assoc.requestor.ae_title,
+                )
+                if pending is not None:
+                    self._store.discard(pending)
+                return None
+            header = extract_instance_header(ds)
+            check_pixel_data_complete(dataset, pixel_offset, syntax)
+        except BaseException:
+            if pending is not None:
+                self._store.discard(pending)
+            raise
+        requestor = event.assoc.requestor
+        return self._store.store(
+            pending if pending is not None else parts,
+            header,
+            calling_ae=requestor.ae_title,
+            peer_host=str(requestor.address),
+        )
 
     def _count(
         self,
