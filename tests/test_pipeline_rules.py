@@ -14,10 +14,12 @@ import httpx
 import pytest
 
 from actors.pipeline import Pipeline, build_pipeline
+from actors.runtime import Dispatcher
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.domain import Stage
 from petray.settings import Settings
 from petray.synth import make_pet_series, write_series
-from petray.tasks import TaskSummary, list_tasks
+from petray.tasks import TaskSummary, list_tasks, retry
 from serve.reference.main import RunningServer, running_reference
 from tests.gateway_site import prepare_site, site_settings
 from tests.peers import free_port, run_storescu
@@ -68,7 +70,10 @@ class Rig:
 def rig(tmp_path: Path, ray_cluster: None) -> Iterator[Rig]:
     reference_port = free_port()
     settings = site_settings(
-        tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}", retry_cap_s=0.5
+        tmp_path / "home",
+        remote_url=f"http://127.0.0.1:{reference_port}",
+        retry_cap_s=0.5,
+        processing_deadline_s=6.0,
     )
     with running_reference(settings, port=reference_port) as reference:
         # Nothing listens at the destination: every case here ends before delivery.
@@ -163,3 +168,20 @@ def test_custom_metrics_are_scrapeable_in_prometheus_format(rig: Rig, tmp_path: 
     missing = [name for name in wanted if name not in text]
     assert missing == []
     assert 'stage="validating"' in text
+
+
+def test_no_result_before_the_deadline_fails_the_task_and_retry_uploads_again(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.control(drop_callback=True)
+    rig.send(tmp_path, slices=8, rows=32, cols=32, seed=8)
+    task = rig.wait_for(lambda ts: ts[0].state == "failed", "the processing deadline")
+    assert task.stage == "processing"
+    assert "no result" in task.reason and "retry" in task.reason
+    with unit_of_work(rig.sessions) as session:
+        assert retry(task.id, session=session) == Stage.UPLOADING
+    Dispatcher().submit(Stage.UPLOADING, task.id)
+    again = rig.wait_for(
+        lambda ts: ts[0].stage == "processing" and ts[0].state == "waiting", "the second upload"
+    )
+    assert again.id == task.id
