@@ -134,6 +134,8 @@ def run_tasks(args: argparse.Namespace) -> int:
         for t in tasks:
             expected = t.expected_images if t.expected_images is not None else "?"
             line = f"{t.id}  {t.stage:<11} {t.state:<9} {t.images}/{expected} images"
+            for d in t.destinations:
+                line += f"  {d['name']} {d['state']} {d['sent']}/{d['total']}"
             if t.reason:
                 line += f"  {t.reason}"
             print(line)
