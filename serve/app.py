@@ -8,6 +8,7 @@ and pipeline.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, status
@@ -35,6 +36,7 @@ from serve.routes import (
     health,
     radiopharmaceuticals,
     tasks,
+    users,
 )
 from serve.routes.common import render
 from serve.security import resolve_secret_key
@@ -55,6 +57,9 @@ DOCS_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
 )
+
+# Modules with a REST router ``api`` and a console router ``pages``.
+RESOURCES = (auth, tasks, devices, filters, radiopharmaceuticals, config, activity, users)
 
 
 class SecurityHeaders:
@@ -84,9 +89,28 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _wants_json(request: Request) -> bool:
-    path = request.url.path
-    return path.startswith("/api/") or path == "/process_ready"
+def _error_page(message: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        ctx: AppContext = request.app.state.petray
+        return render(
+            request,
+            ctx,
+            "error.html",
+            user=None,
+            status_code=status.HTTP_403_FORBIDDEN,
+            message=message,
+        )
+
+    return handler
+
+
+def _json_error(
+    status_code: int, detail: Callable[[Exception], str]
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": detail(exc)}, status_code=status_code)
+
+    return handler
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -96,39 +120,18 @@ def _install_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_303_SEE_OTHER, headers={"Location": login_url(exc.next_url)}
         )
 
-    async def forbidden(request: Request, exc: Exception) -> Response:
-        ctx: AppContext = request.app.state.petray
-        return render(
-            request,
-            ctx,
-            "error.html",
-            user=None,
-            status_code=status.HTTP_403_FORBIDDEN,
-            message="You do not have permission to do this.",
-        )
-
-    async def csrf_rejected(request: Request, exc: Exception) -> Response:
-        ctx: AppContext = request.app.state.petray
-        return render(
-            request,
-            ctx,
-            "error.html",
-            user=None,
-            status_code=status.HTTP_403_FORBIDDEN,
-            message="The form expired or did not come from this site. Go back, reload and retry.",
-        )
-
-    async def unknown_task(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"detail": "unknown task"}, status_code=status.HTTP_404_NOT_FOUND)
-
-    async def invalid_transition(request: Request, exc: Exception) -> Response:
-        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
-
     app.add_exception_handler(LoginRequired, login_required)
-    app.add_exception_handler(PageForbidden, forbidden)
-    app.add_exception_handler(CsrfRejected, csrf_rejected)
-    app.add_exception_handler(UnknownTask, unknown_task)
-    app.add_exception_handler(InvalidTransition, invalid_transition)
+    app.add_exception_handler(
+        PageForbidden, _error_page("You do not have permission to do this.")
+    )
+    app.add_exception_handler(
+        CsrfRejected,
+        _error_page("The form expired or did not come from this site. Go back, reload and retry."),
+    )
+    app.add_exception_handler(
+        UnknownTask, _json_error(status.HTTP_404_NOT_FOUND, lambda exc: "unknown task")
+    )
+    app.add_exception_handler(InvalidTransition, _json_error(status.HTTP_409_CONFLICT, str))
 
 
 def _install_docs(app: FastAPI) -> bool:
@@ -195,10 +198,8 @@ def create_app(
     _install_docs(app)
     app.include_router(callback.router)
     app.include_router(health.api)
-    app.include_router(auth.api)
-    app.include_router(auth.pages)
     app.include_router(dashboard.pages)
-    for module in (tasks, devices, filters, radiopharmaceuticals, config, activity):
+    for module in RESOURCES:
         app.include_router(module.api)
         app.include_router(module.pages)
     return app

@@ -6,13 +6,28 @@ The console's forms validate with the same create/update schemas, so a rule live
 from __future__ import annotations
 
 import math
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
+from petray.errors import ConfigurationError
 from petray.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
 from petray.settings import AE_TITLE_MAX_LENGTH
+from petray.users import (
+    MIN_PASSWORD_LENGTH,
+    NAME_MAX_LENGTH,
+    PASSWORD_MAX_LENGTH,
+    Role,
+    validate_user_name,
+)
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -349,6 +364,54 @@ class RemoteTestPublic(BaseModel):
     url: str
     latency_ms: float | None
     message: str
+
+
+# --- users --------------------------------------------------------------------------------
+
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=PASSWORD_MAX_LENGTH)]
+
+
+class WithPassword(BaseModel):
+    # Not stripped: leading or trailing spaces are part of a password, as at login.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class UserCreate(WithPassword):
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH)
+    role: Role
+    password: Password
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return validate_user_name(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class UserRoleUpdate(Strict):
+    role: Role
+
+
+class PasswordReset(WithPassword):
+    password: Password
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    role: Role
+    created: datetime
+    failed_logins: int
+    locked_until: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def locked(self) -> bool:
+        """Logins are refused until ``locked_until`` (lockout after repeated failures)."""
+        return self.locked_until is not None and self.locked_until > datetime.now(UTC)
 
 
 # --- activity, metrics, tokens -------------------------------------------------------------

@@ -2,34 +2,58 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
 
-from petray.activity import ActivityQuery, activity_csv, list_activity
+from petray.activity import ActivityEntry, ActivityKind, ActivityQuery, activity_csv, list_activity
 from serve.deps import ApiViewer, ContextDep, PageViewer, SessionDep
-from serve.routes.common import render
+from serve.routes.common import day_range, render
 from serve.schemas import ActivityPublic
 
 api = APIRouter(prefix="/api/v1/activity", tags=["activity"])
 pages = APIRouter(include_in_schema=False)
-Kind = Literal["association", "task"]
+PAGE_LIMIT = 200
+EXPORT_LIMIT = 10_000
+LimitParam = Annotated[int, Query(ge=1, le=EXPORT_LIMIT)]
 
 
-def build_query(
-    kind: Kind | None, who: str | None, date_from: date | None, date_to: date | None, limit: int
-) -> ActivityQuery:
-    since = datetime.combine(date_from, time.min, tzinfo=UTC) if date_from else None
-    until = datetime.combine(date_to + timedelta(days=1), time.min, tzinfo=UTC) if date_to else None
-    return ActivityQuery(kind=kind, who=who or None, since=since, until=until, limit=limit)
+@dataclass(frozen=True)
+class ActivityFilter:
+    """The activity log's filter, shared by the REST API, the page and both CSV exports."""
+
+    kind: ActivityKind | None = None
+    who: Annotated[str | None, Query(max_length=64)] = None
+    date_from: date | None = None
+    date_to: date | None = None
+
+    def entries(self, limit: int, *, session: Session) -> list[ActivityEntry]:
+        since, until = day_range(self.date_from, self.date_to)
+        query = ActivityQuery(
+            kind=self.kind, who=self.who or None, since=since, until=until, limit=limit
+        )
+        return list_activity(query, session=session)
+
+    def params(self) -> dict[str, str]:
+        return {
+            "kind": self.kind or "",
+            "who": self.who or "",
+            "date_from": self.date_from.isoformat() if self.date_from else "",
+            "date_to": self.date_to.isoformat() if self.date_to else "",
+        }
 
 
-def _csv_response(text: str) -> Response:
+ActivityFilterDep = Annotated[ActivityFilter, Depends()]
+
+
+def _csv_response(entries: list[ActivityEntry]) -> Response:
     return Response(
-        text,
+        activity_csv(entries),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="petray-activity.csv"'},
     )
@@ -37,30 +61,19 @@ def _csv_response(text: str) -> Response:
 
 @api.get("", response_model=list[ActivityPublic])
 def api_activity(
-    session: SessionDep,
-    _user: ApiViewer,
-    kind: Kind | None = None,
-    who: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+    session: SessionDep, _user: ApiViewer, where: ActivityFilterDep, limit: LimitParam = PAGE_LIMIT
 ) -> list[ActivityPublic]:
-    entries = list_activity(build_query(kind, who, date_from, date_to, limit), session=session)
-    return [ActivityPublic(**e.__dict__) for e in entries]
+    return [ActivityPublic(**e.__dict__) for e in where.entries(limit, session=session)]
 
 
 @api.get("/export.csv", response_class=Response)
 def api_activity_csv(
     session: SessionDep,
     _user: ApiViewer,
-    kind: Kind | None = None,
-    who: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    where: ActivityFilterDep,
+    limit: Annotated[int, Query(ge=1, le=10 * EXPORT_LIMIT)] = EXPORT_LIMIT,
 ) -> Response:
-    entries = list_activity(build_query(kind, who, date_from, date_to, limit), session=session)
-    return _csv_response(activity_csv(entries))
+    return _csv_response(where.entries(limit, session=session))
 
 
 @pages.get("/activity", response_class=HTMLResponse)
@@ -69,33 +82,21 @@ def activity_page(
     ctx: ContextDep,
     session: SessionDep,
     user: PageViewer,
-    kind: Kind | None = None,
-    who: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 200,
+    where: ActivityFilterDep,
+    limit: LimitParam = PAGE_LIMIT,
 ) -> HTMLResponse:
-    entries = list_activity(build_query(kind, who, date_from, date_to, limit), session=session)
-    params = {
-        "kind": kind or "",
-        "who": who or "",
-        "date_from": date_from.isoformat() if date_from else "",
-        "date_to": date_to.isoformat() if date_to else "",
-    }
-    query = urlencode({k: v for k, v in params.items() if v})
+    params = where.params()
     return render(
-        request, ctx, "activity.html", user=user, entries=entries, params=params, query=query
+        request,
+        ctx,
+        "activity.html",
+        user=user,
+        entries=where.entries(limit, session=session),
+        params=params,
+        query=urlencode({k: v for k, v in params.items() if v}),
     )
 
 
 @pages.get("/activity/export.csv", response_class=Response)
-def activity_page_csv(
-    session: SessionDep,
-    _user: PageViewer,
-    kind: Kind | None = None,
-    who: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-) -> Response:
-    entries = list_activity(build_query(kind, who, date_from, date_to, 10_000), session=session)
-    return _csv_response(activity_csv(entries))
+def activity_page_csv(session: SessionDep, _user: PageViewer, where: ActivityFilterDep) -> Response:
+    return _csv_response(where.entries(EXPORT_LIMIT, session=session))

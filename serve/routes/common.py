@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -45,6 +46,17 @@ def render(
     return ctx.templates.TemplateResponse(
         request, template, {**base, **context}, status_code=status_code
     )
+
+
+TimeRange = tuple[datetime | None, datetime | None]
+
+
+def day_range(date_from: date | None, date_to: date | None) -> TimeRange:
+    """Calendar days (both ends included) as a half-open UTC interval for a ``created`` filter."""
+    since = None if date_from is None else datetime.combine(date_from, time.min, tzinfo=UTC)
+    if date_to is None:
+        return since, None
+    return since, datetime.combine(date_to + timedelta(days=1), time.min, tzinfo=UTC)
 
 
 def redirect(url: str) -> RedirectResponse:

@@ -2,145 +2,76 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse
+from collections.abc import Mapping
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from petray.db.models import Radiopharmaceutical
-from serve.deps import (
-    ApiAdmin,
-    ApiViewer,
-    AppContext,
-    ContextDep,
-    FormDep,
-    PageAdmin,
-    PageViewer,
-    Principal,
-    SessionDep,
-)
-from serve.routes.common import flash, parse_form, redirect, render
+from petray.users import Role
+from serve.routes.crud import FieldConflict, Resource, api_router, apply_changes, page_router
 from serve.schemas import (
     RadiopharmaceuticalCreate,
     RadiopharmaceuticalPublic,
     RadiopharmaceuticalUpdate,
 )
 
-api = APIRouter(prefix="/api/v1/radiopharmaceuticals", tags=["radiopharmaceuticals"])
-pages = APIRouter(include_in_schema=False)
+LIST_FIELDS = ("synonyms", "codes")
 
 
 def list_rows(*, session: Session) -> list[Radiopharmaceutical]:
     return list(session.scalars(select(Radiopharmaceutical).order_by(Radiopharmaceutical.name)))
 
 
-def _get(row_id: int, session: Session) -> Radiopharmaceutical:
-    row = session.get(Radiopharmaceutical, row_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such radiopharmaceutical")
-    return row
-
-
-def _name_taken(name: str, session: Session, *, other_than: int | None = None) -> bool:
+def _check_name_free(name: str | None, session: Session, *, other_than: int | None = None) -> None:
+    if not name:
+        return
     found = session.scalar(select(Radiopharmaceutical.id).where(Radiopharmaceutical.name == name))
-    return found is not None and found != other_than
+    if found is not None and found != other_than:
+        raise FieldConflict("name", f"{name!r} already exists")
 
 
 def create(body: RadiopharmaceuticalCreate, *, session: Session) -> Radiopharmaceutical:
+    _check_name_free(body.name, session)
     row = Radiopharmaceutical(**body.model_dump())
     session.add(row)
     session.flush()
     return row
 
 
-@api.get("", response_model=list[RadiopharmaceuticalPublic])
-def api_list(session: SessionDep, _user: ApiViewer) -> list[Radiopharmaceutical]:
-    return list_rows(session=session)
-
-
-@api.post("", response_model=RadiopharmaceuticalPublic, status_code=status.HTTP_201_CREATED)
-def api_create(
-    body: RadiopharmaceuticalCreate, session: SessionDep, _user: ApiAdmin
+def update(
+    row: Radiopharmaceutical, body: RadiopharmaceuticalUpdate, *, session: Session
 ) -> Radiopharmaceutical:
-    if _name_taken(body.name, session):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"{body.name!r} already exists")
-    return create(body, session=session)
-
-
-@api.patch("/{row_id}", response_model=RadiopharmaceuticalPublic)
-def api_update(
-    row_id: int, body: RadiopharmaceuticalUpdate, session: SessionDep, _user: ApiAdmin
-) -> Radiopharmaceutical:
-    row = _get(row_id, session)
-    if body.name and _name_taken(body.name, session, other_than=row_id):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"{body.name!r} already exists")
-    for key, value in body.model_dump(exclude_unset=True, exclude_none=True).items():
-        setattr(row, key, value)
-    session.flush()
-    return row
-
-
-@api.delete("/{row_id}", status_code=status.HTTP_204_NO_CONTENT)
-def api_delete(row_id: int, session: SessionDep, _user: ApiAdmin) -> None:
-    session.delete(_get(row_id, session))
+    _check_name_free(body.name, session, other_than=row.id)
+    return apply_changes(row, body, session=session)
 
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
 
-def _page(
-    request: Request,
-    ctx: AppContext,
-    session: Session,
-    user: Principal,
-    *,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
-    status_code: int = 200,
-) -> HTMLResponse:
-    return render(
-        request,
-        ctx,
-        "radiopharmaceuticals.html",
-        user=user,
-        rows=list_rows(session=session),
-        errors=errors or {},
-        values=values or {},
-        status_code=status_code,
-    )
-
-
-@pages.get("/radiopharmaceuticals", response_class=HTMLResponse)
-def rp_page(
-    request: Request, ctx: ContextDep, session: SessionDep, user: PageViewer
-) -> HTMLResponse:
-    return _page(request, ctx, session, user)
-
-
-@pages.post("/radiopharmaceuticals", response_model=None)
-def rp_create(
-    request: Request, ctx: ContextDep, session: SessionDep, user: PageAdmin, form: FormDep
-) -> HTMLResponse | RedirectResponse:
+def _form_data(form: Mapping[str, str]) -> dict[str, object]:
     data: dict[str, object] = dict(form)
-    data["synonyms"] = _split(form.get("synonyms", ""))
-    data["codes"] = _split(form.get("codes", ""))
-    body, errors = parse_form(RadiopharmaceuticalCreate, data)
-    if body is not None and _name_taken(body.name, session):
-        errors = {"name": f"{body.name!r} already exists"}
-        body = None
-    if body is None:
-        return _page(request, ctx, session, user, errors=errors, values=form, status_code=422)
-    create(body, session=session)
-    flash(request, f"Radiopharmaceutical {body.name} added.")
-    return redirect("/radiopharmaceuticals")
+    for name in LIST_FIELDS:
+        data[name] = _split(form.get(name, ""))
+    return data
 
 
-@pages.post("/radiopharmaceuticals/{row_id}/delete")
-def rp_delete(
-    request: Request, row_id: int, session: SessionDep, _user: PageAdmin, _form: FormDep
-) -> RedirectResponse:
-    row = _get(row_id, session)
-    session.delete(row)
-    flash(request, f"Radiopharmaceutical {row.name} removed.")
-    return redirect("/radiopharmaceuticals")
+RADIOPHARMACEUTICALS: Resource[Radiopharmaceutical] = Resource(
+    model=Radiopharmaceutical,
+    noun="radiopharmaceutical",
+    path="/radiopharmaceuticals",
+    template="radiopharmaceuticals.html",
+    rows_name="rows",
+    list_rows=list_rows,
+    create=create,
+    update=update,
+    create_schema=RadiopharmaceuticalCreate,
+    update_schema=RadiopharmaceuticalUpdate,
+    public_schema=RadiopharmaceuticalPublic,
+    write_role=Role.ADMIN,
+    label=lambda row: f"Radiopharmaceutical {row.name}",
+    form_data=_form_data,
+)
+api = api_router(RADIOPHARMACEUTICALS)
+pages = page_router(RADIOPHARMACEUTICALS)

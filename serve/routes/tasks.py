@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from petray import mip
-from petray.activity import TaskQuery, TaskRow, query_tasks, remove_files
+from petray.activity import MAX_PAGE_SIZE, TaskQuery, TaskRow, query_tasks, remove_files
 from petray.db.models import OutputSeries, Task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
@@ -30,7 +32,7 @@ from serve.deps import (
     SessionDep,
     run_db,
 )
-from serve.routes.common import flash, redirect, render
+from serve.routes.common import day_range, flash, redirect, render
 from serve.schemas import (
     DestinationProgress,
     OutputSeriesPublic,
@@ -52,48 +54,70 @@ SortParam = Literal["created", "updated", "stage", "state", "sender", "images"]
 HIDDEN = "(hidden)"
 
 
-def _as_utc_start(day: date | None) -> datetime | None:
-    return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
+@dataclass(frozen=True)
+class TaskFilter:
+    """The task list's query parameters, shared by the REST API and the Tasks page."""
+
+    state: State | None = None
+    stage: Stage | None = None
+    sender: Annotated[str | None, Query(max_length=64)] = None
+    date_from: date | None = None
+    date_to: date | None = None
+    sort: SortParam = "created"
+    order: Literal["asc", "desc"] = "desc"
+    page: Annotated[int, Query(ge=1)] = 1
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50
+
+    def query(self) -> TaskQuery:
+        since, until = day_range(self.date_from, self.date_to)
+        return TaskQuery(
+            state=self.state.value if self.state else None,
+            stage=self.stage.value if self.stage else None,
+            sender=self.sender or None,
+            since=since,
+            until=until,
+            sort=self.sort,
+            descending=self.order == "desc",
+            page=self.page,
+            page_size=self.page_size,
+        )
+
+    def params(self) -> dict[str, str]:
+        """The filter as the page's form and pagination links carry it (page excluded)."""
+        return {
+            "state": self.state.value if self.state else "",
+            "stage": self.stage.value if self.stage else "",
+            "sender": self.sender or "",
+            "date_from": self.date_from.isoformat() if self.date_from else "",
+            "date_to": self.date_to.isoformat() if self.date_to else "",
+            "sort": self.sort,
+            "order": self.order,
+            "page_size": str(self.page_size),
+        }
 
 
-def build_query(
-    *,
-    state: State | None,
-    stage: Stage | None,
-    sender: str | None,
-    date_from: date | None,
-    date_to: date | None,
-    sort: SortParam,
-    order: Literal["asc", "desc"],
-    page: int,
-    page_size: int,
-) -> TaskQuery:
-    until = _as_utc_start(date_to + timedelta(days=1)) if date_to else None
-    return TaskQuery(
-        state=state.value if state else None,
-        stage=stage.value if stage else None,
-        sender=sender or None,
-        since=_as_utc_start(date_from),
-        until=until,
-        sort=sort,
-        descending=order == "desc",
-        page=page,
-        page_size=page_size,
-    )
+TaskFilterDep = Annotated[TaskFilter, Depends()]
+
+
+def _common(task: TaskRow | Task) -> dict[str, Any]:
+    """The fields a listing row and a task share (both spell the sender ``calling_ae``)."""
+    return {
+        "id": task.id,
+        "stage": task.stage,
+        "state": task.state,
+        "images": task.images,
+        "expected_images": task.expected_images,
+        "sender": task.calling_ae,
+        "peer_host": task.peer_host,
+        "reason": task.reason,
+        "created": task.created,
+        "updated": task.updated,
+    }
 
 
 def _public(row: TaskRow, user: Principal) -> TaskPublic:
     return TaskPublic(
-        id=row.id,
-        stage=row.stage,
-        state=row.state,
-        images=row.images,
-        expected_images=row.expected_images,
-        sender=row.calling_ae,
-        peer_host=row.peer_host,
-        reason=row.reason,
-        created=row.created,
-        updated=row.updated,
+        **_common(row),
         series_description=row.series_description,
         patient_name=row.patient_name if user.sees_patient_data else None,
     )
@@ -102,16 +126,7 @@ def _public(row: TaskRow, user: Principal) -> TaskPublic:
 def _detail(task: Task, user: Principal) -> TaskDetail:
     series = task.series
     return TaskDetail(
-        id=task.id,
-        stage=task.stage,
-        state=task.state,
-        images=task.images,
-        expected_images=task.expected_images,
-        sender=task.calling_ae,
-        peer_host=task.peer_host,
-        reason=task.reason,
-        created=task.created,
-        updated=task.updated,
+        **_common(task),
         series_description=series.description,
         patient_name=series.study.patient.name if user.sees_patient_data else None,
         attempts=task.attempts,
@@ -185,31 +200,8 @@ async def perform(ctx: AppContext, task_id: str, action: Action) -> TaskAction |
 
 
 @api.get("", response_model=TaskList)
-def api_list_tasks(
-    session: SessionDep,
-    user: ApiViewer,
-    state: State | None = None,
-    stage: Stage | None = None,
-    sender: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    sort: SortParam = "created",
-    order: Literal["asc", "desc"] = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> TaskList:
-    query = build_query(
-        state=state,
-        stage=stage,
-        sender=sender,
-        date_from=date_from,
-        date_to=date_to,
-        sort=sort,
-        order=order,
-        page=page,
-        page_size=page_size,
-    )
-    result = query_tasks(query, session=session)
+def api_list_tasks(session: SessionDep, user: ApiViewer, task_filter: TaskFilterDep) -> TaskList:
+    result = query_tasks(task_filter.query(), session=session)
     return TaskList(
         items=[_public(r, user) for r in result.rows],
         total=result.total,
@@ -220,39 +212,32 @@ def api_list_tasks(
 
 @api.get("/{task_id}", response_model=TaskDetail)
 def api_get_task(task_id: str, session: SessionDep, user: ApiViewer) -> TaskDetail:
-    try:
-        return _detail(get_task(task_id, session=session), user)
-    except UnknownTask:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown task") from None
+    # UnknownTask and InvalidTransition become 404 and 409 in serve.app's exception handlers.
+    return _detail(get_task(task_id, session=session), user)
 
 
-async def _api_action(ctx: AppContext, task_id: str, action: Action) -> TaskAction | None:
-    try:
+def _action_route(action: Action) -> None:
+    async def endpoint(task_id: str, ctx: ContextDep, _user: ApiOperator) -> TaskAction | None:
         return await perform(ctx, task_id, action)
-    except UnknownTask:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown task") from None
-    except InvalidTransition as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+    api.add_api_route(
+        f"/{{task_id}}/{action}",
+        endpoint,
+        methods=["POST"],
+        response_model=TaskAction,
+        name=f"api_{action}",
+        summary=f"{action.capitalize()} a task",
+    )
 
 
-@api.post("/{task_id}/retry", response_model=TaskAction)
-async def api_retry(task_id: str, ctx: ContextDep, _user: ApiOperator) -> TaskAction | None:
-    return await _api_action(ctx, task_id, "retry")
-
-
-@api.post("/{task_id}/restart", response_model=TaskAction)
-async def api_restart(task_id: str, ctx: ContextDep, _user: ApiOperator) -> TaskAction | None:
-    return await _api_action(ctx, task_id, "restart")
-
-
-@api.post("/{task_id}/cancel", response_model=TaskAction)
-async def api_cancel(task_id: str, ctx: ContextDep, _user: ApiOperator) -> TaskAction | None:
-    return await _api_action(ctx, task_id, "cancel")
+for _action in ACTIONS:
+    if _action != "delete":  # DELETE /api/v1/tasks/{id} below, answered with 204
+        _action_route(_action)
 
 
 @api.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def api_delete(task_id: str, ctx: ContextDep, _user: ApiOperator) -> None:
-    await _api_action(ctx, task_id, "delete")
+    await perform(ctx, task_id, "delete")
 
 
 # --- pages ---------------------------------------------------------------------------------
@@ -264,45 +249,15 @@ def tasks_page(
     ctx: ContextDep,
     session: SessionDep,
     user: PageViewer,
-    state: State | None = None,
-    stage: Stage | None = None,
-    sender: Annotated[str | None, Query(max_length=64)] = None,
-    date_from: date | None = None,
-    date_to: date | None = None,
-    sort: SortParam = "created",
-    order: Literal["asc", "desc"] = "desc",
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    task_filter: TaskFilterDep,
 ) -> HTMLResponse:
-    query = build_query(
-        state=state,
-        stage=stage,
-        sender=sender,
-        date_from=date_from,
-        date_to=date_to,
-        sort=sort,
-        order=order,
-        page=page,
-        page_size=page_size,
-    )
-    result = query_tasks(query, session=session)
-    params = {
-        "state": state.value if state else "",
-        "stage": stage.value if stage else "",
-        "sender": sender or "",
-        "date_from": date_from.isoformat() if date_from else "",
-        "date_to": date_to.isoformat() if date_to else "",
-        "sort": sort,
-        "order": order,
-        "page_size": str(page_size),
-    }
     return render(
         request,
         ctx,
         "tasks.html",
         user=user,
-        result=result,
-        params=params,
+        result=query_tasks(task_filter.query(), session=session),
+        params=task_filter.params(),
         states=[s.value for s in State],
         stages=[s.value for s in Stage],
     )
@@ -368,15 +323,17 @@ async def task_action(
 PNG = "image/png"
 
 
-def _cached_png(cache: Path, make: object) -> bytes:
+def _mip_response(cache: Path, files: Iterable[str | Path]) -> Response:
+    """The MIP of ``files`` as PNG, rendered once and then served from ``cache``."""
     if cache.is_file():
-        return cache.read_bytes()
-    data: bytes = make()  # type: ignore[operator]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(cache)
-    return data
+        data = cache.read_bytes()
+    else:
+        data = mip.render_mip_png(mip.load_volume(files))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(cache)
+    return Response(data, media_type=PNG, headers={"Cache-Control": "private, max-age=60"})
 
 
 @pages.get("/tasks/{task_id}/mip/source.png")
@@ -387,8 +344,7 @@ def mip_source(task_id: str, ctx: ContextDep, session: SessionDep, _user: PageVi
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no source images")
     # Keyed by the instance count: a task still compiling gets a fresh preview as slices arrive.
     cache = ctx.settings.work_dir / "mip" / task_id / f"source-{len(existing)}.png"
-    data = _cached_png(cache, lambda: mip.render_mip_png(mip.load_volume(existing)))
-    return Response(data, media_type=PNG, headers={"Cache-Control": "private, max-age=60"})
+    return _mip_response(cache, existing)
 
 
 @pages.get("/tasks/{task_id}/mip/output/{output_id}.png")
@@ -403,5 +359,4 @@ def mip_output(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "output files are gone")
     # A retried task gets new series UIDs, so the UID keys the cache.
     cache = ctx.settings.work_dir / "mip" / task_id / f"{output.series_instance_uid}.png"
-    data = _cached_png(cache, lambda: mip.render_mip_png(mip.load_volume(files)))
-    return Response(data, media_type=PNG, headers={"Cache-Control": "private, max-age=60"})
+    return _mip_response(cache, files)
