@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 
 from PIL import Image
+from sqlalchemy import select
 
 from petray.db.engine import unit_of_work
-from petray.db.models import AssociationLog, Instance, OutputSeries, Task
+from petray.db.models import AssociationLog, Device, Instance, OutputSeries, Task
 from petray.domain import Stage, State
 from petray.synth import make_pet_series, write_series
 from tests.test_app_helpers import PATIENT_NAME, AppHarness, csrf_of, harness, make_task
@@ -24,6 +25,7 @@ PAGES = [
     "/config",
     "/activity",
     "/account",
+    "/users",
 ]
 EXTERNAL = re.compile(r'(?:src|href)="(?:https?:)?//(?!127\.0\.0\.1:8265)')
 
@@ -240,3 +242,48 @@ def test_activity_page_and_csv(harness: AppHarness) -> None:
     assert "MODALITY1" in page and "task processing" not in page
     csv_text = harness.client.get("/activity/export.csv").text
     assert "MODALITY1" in csv_text and "task processing" in csv_text
+
+
+def test_device_edit_form(harness: AppHarness) -> None:
+    harness.login("admin")
+    token = csrf_of(harness.client.get("/devices").text)
+    for name in ("pacs", "other"):
+        harness.client.post(
+            "/devices",
+            data={
+                "csrf_token": token,
+                "name": name,
+                "ae_title": name.upper(),
+                "host": "127.0.0.1",
+                "port": "104",
+                "is_destination": "true",
+            },
+        )
+    with unit_of_work(harness.sessions) as session:
+        device_id = session.scalars(select(Device.id).where(Device.name == "pacs")).one()
+    form = harness.client.get(f"/devices/{device_id}/edit").text
+    assert f'action="/devices/{device_id}/edit"' in form and 'value="PACS"' in form
+    edit = {
+        "csrf_token": token,
+        "name": "pacs",
+        "ae_title": "PACS2",
+        "host": "10.0.0.5",
+        "port": "11112",
+        "is_source": "true",
+    }
+    clash = harness.client.post(f"/devices/{device_id}/edit", data={**edit, "name": "other"})
+    assert clash.status_code == 422 and 'id="e-name"' in clash.text
+    no_role = {k: v for k, v in edit.items() if k != "is_source"}
+    neither = harness.client.post(f"/devices/{device_id}/edit", data=no_role)
+    assert neither.status_code == 422 and "source, a destination or both" in neither.text
+    saved = harness.client.post(f"/devices/{device_id}/edit", data=edit)
+    assert saved.status_code == 200 and "Device pacs saved." in saved.text
+    with unit_of_work(harness.sessions) as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        # The unchecked destination box means "not a destination any more".
+        assert (device.ae_title, device.host, device.port) == ("PACS2", "10.0.0.5", 11112)
+        assert (device.is_source, device.is_destination) == (True, False)
+    harness.client.cookies.clear()
+    harness.login("operator")
+    assert harness.client.get(f"/devices/{device_id}/edit").status_code == 403

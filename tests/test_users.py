@@ -14,16 +14,21 @@ from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_wo
 from petray.errors import ConfigurationError
 from petray.users import (
     FREE_FAILURES,
+    MIN_PASSWORD_LENGTH,
     LoginOutcome,
     Role,
     authenticate,
+    change_role,
     create_api_token,
     create_user,
+    delete_user,
     has_role,
     hash_password,
+    is_locked,
     list_users,
     lockout_delay,
     revoke_api_token,
+    unlock,
     user_for_token,
     verify_password,
 )
@@ -106,3 +111,45 @@ def test_petray_user_add_needs_a_password(tmp_path: Path, monkeypatch: pytest.Mo
         assert [(u.name, u.role) for u in users] == [("root", "admin")]
         assert authenticate("root", "first-admin-pass", session=s).outcome == "ok"
     engine.dispose()
+
+
+def test_change_role_keeps_the_last_admin(session: Session) -> None:
+    first = create_user(session=session, name="first", password="long-enough-1", role="admin")
+    other = create_user(session=session, name="other", password="long-enough-1", role="viewer")
+    with pytest.raises(ConfigurationError, match="last admin"):
+        change_role(first, Role.OPERATOR, session=session)
+    with pytest.raises(ConfigurationError, match="unknown role"):
+        change_role(other, "root", session=session)
+    change_role(other, "admin", session=session)
+    change_role(first, Role.VIEWER, session=session)
+    assert (first.role, other.role) == ("viewer", "admin")
+
+
+def test_delete_user_rules_and_tokens(session: Session) -> None:
+    admin = create_user(session=session, name="admin", password="long-enough-1", role="admin")
+    viewer = create_user(session=session, name="viewer", password="long-enough-1", role="viewer")
+    token = create_api_token(viewer, session=session)[1]
+    with pytest.raises(ConfigurationError, match="your own"):
+        delete_user(viewer, session=session, acting_user_id=viewer.id)
+    with pytest.raises(ConfigurationError, match="last admin"):
+        delete_user(admin, session=session, acting_user_id=None)
+    delete_user(viewer, session=session, acting_user_id=admin.id)
+    session.flush()
+    assert [u.name for u in list_users(session=session)] == ["admin"]
+    assert user_for_token(token, session=session) is None
+
+
+def test_password_policy_is_twelve_characters_and_unlock_clears_the_lockout(
+    session: Session,
+) -> None:
+    assert MIN_PASSWORD_LENGTH == 12
+    with pytest.raises(ConfigurationError, match="at least 12"):
+        create_user(session=session, name="bob", password="x" * 11, role="viewer")
+    bob = create_user(session=session, name="bob", password="x" * 12, role="viewer")
+    now = datetime.now(UTC)
+    for _ in range(FREE_FAILURES + 1):
+        authenticate("bob", "wrong", session=session, now=now)
+    assert is_locked(bob, now=now)
+    unlock(bob)
+    assert not is_locked(bob, now=now) and bob.failed_logins == 0
+    assert authenticate("bob", "x" * 12, session=session, now=now).outcome == LoginOutcome.OK
