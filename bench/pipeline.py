@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,12 @@ from sqlalchemy import select
 from bench.ingest import CACHE_DIR, SERIES, Cached, cached_series, send
 from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.db.models import PostFilter, TaskEvent
+from petray.db.models import TaskEvent
 from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
 from petray.orthanc import free_port, start_orthanc
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, get_site_config
+from petray.siteconfig import add_device, add_filter, get_site_config
 from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, list_tasks
 
@@ -365,15 +364,7 @@ def _configure(settings: Settings, orthanc: Any, filters: tuple[FilterSpec, ...]
             is_destination=True,
         )
         for spec in filters:
-            session.add(
-                PostFilter(
-                    description=spec.description,
-                    series_number=spec.series_number,
-                    fwhm_mm=spec.fwhm_mm,
-                    noise_pct=spec.noise_pct,
-                    mode=spec.mode,
-                )
-            )
+            add_filter(spec, session=session)
 
 
 def _wait_for_task(sessions: Any, timeout_s: float) -> TaskSummary:
@@ -395,9 +386,8 @@ def _entered(sessions: Any, task_id: str) -> list[tuple[str, float]]:
         ).all()
         entered: list[tuple[str, float]] = []
         for event in events:
-            at = event.at if event.at.tzinfo else event.at.replace(tzinfo=UTC)
             if not entered or entered[-1][0] != event.stage:
-                entered.append((event.stage, at.timestamp()))
+                entered.append((event.stage, event.at.timestamp()))
     return entered
 
 
@@ -425,9 +415,7 @@ def _orthanc_counts(orthanc: Any, expected: int) -> tuple[int, list[int]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from serve.reference.app import create_reference_app
-    from serve.reference.config import ReferenceConfig
-    from serve.reference.main import start_in_thread
+    from serve.reference.main import running_reference
 
     filters = FILTER_TABLE[: args.filters]
     cached = series_files(args.slices, args.size)
@@ -443,17 +431,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         overrides: dict[str, Any] = {"home": home, "dashboard": False}
         if args.filter_workers:
             overrides["filter_workers"] = args.filter_workers
-        base = load_settings(dicom_port=free_port(), http_port=free_port(), **overrides)
-        prepare_storage(base)
-        reference_config = ReferenceConfig(
-            shared_dir=base.resolved_shared_dir,
-            token=base.remote_token,
-            callback_token=base.callback_token,
-            callback_url=base.resolved_callback_url,
+        reference_port = free_port()
+        settings = load_settings(
+            dicom_port=free_port(),
+            http_port=free_port(),
+            remote_url=f"http://127.0.0.1:{reference_port}",
+            **overrides,
         )
-        reference = start_in_thread(create_reference_app(reference_config))
-        stack.callback(reference.stop)
-        settings = base.model_copy(update={"remote_url": reference.url})
+        prepare_storage(settings)
+        stack.enter_context(running_reference(settings, port=reference_port))
         orthanc = stack.enter_context(start_orthanc(home / "orthanc", aet="BENCHPACS"))
         _configure(settings, orthanc, filters, cached.files)
         from actors.gateway import Gateway
