@@ -200,34 +200,28 @@ def api_router(res: Resource[R]) -> APIRouter:
             raise _conflict(exc) from None
 
     list_model: Any = list[public]  # type: ignore[valid-type]
-    api.add_api_route(
-        "", list_rows, methods=["GET"], response_model=list_model, dependencies=reader
-    )
-    api.add_api_route(
-        "",
-        _with_body(create, res.create_schema),
-        methods=["POST"],
-        response_model=public,
-        status_code=status.HTTP_201_CREATED,
-        dependencies=writer,
-    )
-    api.add_api_route(
-        "/{row_id}", read, methods=["GET"], response_model=public, dependencies=reader
-    )
-    api.add_api_route(
-        "/{row_id}",
-        _with_body(update, res.update_schema),
-        methods=["PATCH"],
-        response_model=public,
-        dependencies=writer,
-    )
-    api.add_api_route(
-        "/{row_id}",
-        remove,
-        methods=["DELETE"],
-        status_code=status.HTTP_204_NO_CONTENT,
-        dependencies=writer,
-    )
+    for path, method, endpoint, model, code, dependencies in (
+        ("", "GET", list_rows, list_model, status.HTTP_200_OK, reader),
+        (
+            "",
+            "POST",
+            _with_body(create, res.create_schema),
+            public,
+            status.HTTP_201_CREATED,
+            writer,
+        ),
+        ("/{row_id}", "GET", read, public, status.HTTP_200_OK, reader),
+        ("/{row_id}", "PATCH", _with_body(update, res.update_schema), public, 200, writer),
+        ("/{row_id}", "DELETE", remove, None, status.HTTP_204_NO_CONTENT, writer),
+    ):
+        api.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            response_model=model,
+            status_code=code,
+            dependencies=dependencies,
+        )
     return api
 
 
@@ -299,30 +293,16 @@ def page_router(res: Resource[R]) -> APIRouter:
             request, ctx, session, user, errors=errors, values=form, editing=row, status_code=422
         )
 
-    pages.add_api_route(
-        res.path, show, methods=["GET"], response_class=HTMLResponse, dependencies=reader
-    )
-    pages.add_api_route(res.path, add, methods=["POST"], response_model=None, dependencies=writer)
-    pages.add_api_route(
-        res.path + "/{row_id}/delete",
-        remove,
-        methods=["POST"],
-        response_model=None,
-        dependencies=writer,
-    )
+    item = res.path + "/{row_id}"
+    routes: list[tuple[str, str, Callable[..., Any], list[Any]]] = [
+        (res.path, "GET", show, reader),
+        (res.path, "POST", add, writer),
+        (item + "/delete", "POST", remove, writer),
+    ]
     if res.editable:
+        routes += [(item + "/edit", "GET", edit, writer), (item + "/edit", "POST", save, writer)]
+    for path, method, endpoint, dependencies in routes:
         pages.add_api_route(
-            res.path + "/{row_id}/edit",
-            edit,
-            methods=["GET"],
-            response_class=HTMLResponse,
-            dependencies=writer,
-        )
-        pages.add_api_route(
-            res.path + "/{row_id}/edit",
-            save,
-            methods=["POST"],
-            response_model=None,
-            dependencies=writer,
+            path, endpoint, methods=[method], response_model=None, dependencies=dependencies
         )
     return pages

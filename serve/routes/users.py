@@ -7,8 +7,9 @@ maps them to HTTP statuses and to errors shown next to the form field they conce
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Literal
 
 from fastapi import Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -41,6 +42,7 @@ from serve.schemas import PasswordReset, UserCreate, UserPublic, UserRoleUpdate
 from serve.security import password_version
 
 log = logging.getLogger(__name__)
+Form = Mapping[str, str]
 
 
 def create(body: UserCreate, *, session: Session) -> User:
@@ -104,80 +106,60 @@ def api_unlock(row_id: int, session: SessionDep, _user: ApiAdmin) -> User:
     return account
 
 
-def _row_action(
+def _change_role(
+    request: Request, account: User, form: Form, user: Principal, session: Session
+) -> str:
+    change_role(account, form.get("role", ""), session=session)
+    return f"User {account.name} is now {account.role}."
+
+
+def _password(
+    request: Request, account: User, form: Form, user: Principal, session: Session
+) -> str:
+    body, errors = parse_form(PasswordReset, form)
+    if body is None:
+        raise ConfigurationError(next(iter(errors.values())))
+    _reset_password(request, account, body, user)
+    return f"Password of {account.name} reset; their sessions are signed out."
+
+
+def _unlock(request: Request, account: User, form: Form, user: Principal, session: Session) -> str:
+    unlock(account)
+    return f"User {account.name} unlocked."
+
+
+# Each per-row form: what it does, and the field next to which its error is shown.
+ROW_ACTIONS: dict[str, Callable[[Request, User, Form, Principal, Session], str]] = {
+    "role": _change_role,
+    "password": _password,
+    "unlock": _unlock,
+}
+RowAction = Literal["role", "password", "unlock"]
+
+
+@pages.post("/users/{row_id}/{action}", response_model=None)
+def users_row_action(
     request: Request,
     row_id: int,
+    action: RowAction,
     ctx: ContextDep,
-    session: Session,
-    user: Principal,
-    field_name: str,
-    change: Callable[[User], str],
+    session: SessionDep,
+    user: PageAdmin,
+    form: FormDep,
 ) -> HTMLResponse | RedirectResponse:
-    """Apply a per-row form; its error is shown next to that row's field, nothing is saved."""
+    """A per-row form; its error is shown next to that row's field and nothing is saved."""
     account = USERS.get(row_id, session)
     try:
-        done = change(account)
+        done = ROW_ACTIONS[action](request, account, form, user, session)
     except ConfigurationError as exc:
         session.rollback()
-        errors = {row_id: {field_name: str(exc)}}
         return USERS.page(
             request,
             ctx,
             session,
             user,
-            row_errors=errors,
+            row_errors={row_id: {action: str(exc)}},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
     flash(request, done)
     return redirect(USERS.path)
-
-
-@pages.post("/users/{row_id}/role", response_model=None)
-def users_role(
-    request: Request,
-    row_id: int,
-    ctx: ContextDep,
-    session: SessionDep,
-    user: PageAdmin,
-    form: FormDep,
-) -> HTMLResponse | RedirectResponse:
-    def change(account: User) -> str:
-        change_role(account, form.get("role", ""), session=session)
-        return f"User {account.name} is now {account.role}."
-
-    return _row_action(request, row_id, ctx, session, user, "role", change)
-
-
-@pages.post("/users/{row_id}/password", response_model=None)
-def users_password(
-    request: Request,
-    row_id: int,
-    ctx: ContextDep,
-    session: SessionDep,
-    user: PageAdmin,
-    form: FormDep,
-) -> HTMLResponse | RedirectResponse:
-    def change(account: User) -> str:
-        body, errors = parse_form(PasswordReset, form)
-        if body is None:
-            raise ConfigurationError(errors.get("password") or next(iter(errors.values())))
-        _reset_password(request, account, body, user)
-        return f"Password of {account.name} reset; their sessions are signed out."
-
-    return _row_action(request, row_id, ctx, session, user, "password", change)
-
-
-@pages.post("/users/{row_id}/unlock", response_model=None)
-def users_unlock(
-    request: Request,
-    row_id: int,
-    ctx: ContextDep,
-    session: SessionDep,
-    user: PageAdmin,
-    _form: FormDep,
-) -> HTMLResponse | RedirectResponse:
-    def change(account: User) -> str:
-        unlock(account)
-        return f"User {account.name} unlocked."
-
-    return _row_action(request, row_id, ctx, session, user, "unlock", change)
