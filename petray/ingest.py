@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -196,14 +197,19 @@ class InstanceStore:
         return f"{self._name_prefix}{next(self._name_counter):x}"
 
     def _start_write(self, parts: FileParts, temporary: Path) -> Future[None]:
+        # The bytes go to the page cache here, in the caller's thread: a few system calls that
+        # release the GIL. Only the fsync is handed to a writer thread, as one call: a writer
+        # thread running Python code would wait for the GIL (up to the 5 ms switch interval)
+        # while the caller parses the header, and the fsync would start too late to overlap.
+        try:
+            fd = _write_file(parts, temporary)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
         if not self._fsync:
+            os.close(fd)
             done: Future[None] = Future()
-            try:
-                _write_file(parts, temporary, fsync=False)
-            except BaseException as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
+            done.set_result(None)
             return done
         if self._writers is None:
             with self._lock:
@@ -211,7 +217,14 @@ class InstanceStore:
                     self._writers = ThreadPoolExecutor(
                         max_workers=FSYNC_WRITERS, thread_name_prefix="petray-fsync"
                     )
-        return self._writers.submit(_write_file, parts, temporary, fsync=True)
+        try:
+            synced = self._writers.submit(_sync_and_close, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        # Yield the GIL once so that the writer thread takes the job and enters fsync now.
+        time.sleep(0)
+        return synced
 
     def _series_pk(self, header: InstanceHeader) -> int:
         cached = self._series_pks.get(header.series_instance_uid)
@@ -234,7 +247,8 @@ class InstanceStore:
             return series_pk
 
 
-def _write_file(parts: FileParts, temporary: Path, *, fsync: bool) -> None:
+def _write_file(parts: FileParts, temporary: Path) -> int:
+    """Write ``parts`` to a new file; returns its open descriptor (the caller closes it)."""
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         views = [memoryview(part) for part in parts]
@@ -246,8 +260,15 @@ def _write_file(parts: FileParts, temporary: Path, *, fsync: bool) -> None:
                 views.pop(0)
             if views and written:
                 views[0] = views[0][written:]
-        if fsync:
-            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 
