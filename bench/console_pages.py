@@ -17,46 +17,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from petray.db.engine import unit_of_work
-from petray.db.models import Patient, Series, Study, Task, TaskEvent
 from petray.domain import Stage, State
-from tests.test_app_helpers import build_harness
+from tests.test_app_helpers import add_task, build_harness
 
 STATES = [State.DONE, State.DONE, State.DONE, State.FAILED, State.ACTIVE, State.WAITING]
 
 
-def fill(sessions: object, count: int) -> str:
-    with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+def fill(sessions: sessionmaker[Session], count: int) -> str:
+    stages = list(Stage)
+    with unit_of_work(sessions) as session:
         last = ""
         for i in range(count):
-            patient = Patient(patient_id=f"B{i:06d}", name=f"Bench^Patient{i}")
-            study = Study(patient=patient, study_instance_uid=f"1.2.826.0.1.1.{i}")
-            series = Series(
-                study=study,
-                series_instance_uid=f"1.2.826.0.1.2.{i}",
-                modality="PT",
-                description="WB",
-            )
-            session.add_all([patient, study, series])
-            session.flush()
             state = STATES[i % len(STATES)]
-            stage = Stage.DONE if state == State.DONE else list(Stage)[i % 8]
-            last = f"{i:032x}"
-            session.add(
-                Task(
-                    id=last,
-                    series_pk=series.id,
-                    calling_ae=f"AE{i % 7}",
-                    peer_host="127.0.0.1",
-                    stage=stage,
-                    state=state,
-                    images=47,
-                    expected_images=47,
-                    details={},
-                )
+            last = add_task(
+                session,
+                task_id=f"{i:032x}",
+                stage=Stage.DONE if state == State.DONE else stages[i % 8],
+                state=state,
+                calling_ae=f"AE{i % 7}",
+                patient_name=f"Bench^Patient{i}",
+                images=47,
+                visited=stages[: i % 9],
             )
-            for s in list(Stage)[: 1 + i % 9]:
-                session.add(TaskEvent(task_id=last, stage=s, state=State.ACTIVE))
     return last
 
 

@@ -121,9 +121,7 @@ def _install_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(LoginRequired, login_required)
-    app.add_exception_handler(
-        PageForbidden, _error_page("You do not have permission to do this.")
-    )
+    app.add_exception_handler(PageForbidden, _error_page("You do not have permission to do this."))
     app.add_exception_handler(
         CsrfRejected,
         _error_page("The form expired or did not come from this site. Go back, reload and retry."),

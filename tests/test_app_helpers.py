@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,44 +88,55 @@ def seed_users(sessions: sessionmaker[Session]) -> None:
             create_user(session=session, name=role, password=password, role=role)
 
 
-def make_task(
-    sessions: sessionmaker[Session],
+def add_task(
+    session: Session,
     *,
+    task_id: str | None = None,
     stage: Stage = Stage.PROCESSING,
     state: State = State.WAITING,
     calling_ae: str = "SCANNER1",
     patient_name: str = PATIENT_NAME,
     reason: str = "",
+    images: int = 10,
+    visited: Sequence[Stage] = (Stage.COMPILING,),
 ) -> str:
-    with unit_of_work(sessions) as session:
-        task_id = new_task_id()
-        patient = Patient(patient_id=f"P{task_id[:8]}", name=patient_name)
-        study = Study(patient=patient, study_instance_uid=f"1.2.3.{int(task_id[:8], 16)}")
-        series = Series(
-            study=study,
-            series_instance_uid=f"1.2.3.4.{int(task_id[:8], 16)}",
-            modality="PT",
-            description="WB FDG",
+    """A task with its patient, study and series; one event per visited stage, then the current."""
+    task_id = task_id or new_task_id()
+    number = int(task_id, 16)
+    patient = Patient(patient_id=f"P{task_id}", name=patient_name)
+    study = Study(patient=patient, study_instance_uid=f"1.2.3.{number}")
+    series = Series(
+        study=study,
+        series_instance_uid=f"1.2.3.4.{number}",
+        modality="PT",
+        description="WB FDG",
+    )
+    session.add_all([patient, study, series])
+    session.flush()
+    session.add(
+        Task(
+            id=task_id,
+            series_pk=series.id,
+            calling_ae=calling_ae,
+            peer_host="127.0.0.1",
+            stage=stage,
+            state=state,
+            reason=reason,
+            images=images,
+            expected_images=images,
+            details={},
         )
-        session.add_all([patient, study, series])
-        session.flush()
-        session.add(
-            Task(
-                id=task_id,
-                series_pk=series.id,
-                calling_ae=calling_ae,
-                peer_host="127.0.0.1",
-                stage=stage,
-                state=state,
-                reason=reason,
-                images=10,
-                expected_images=10,
-                details={},
-            )
-        )
-        session.add(TaskEvent(task_id=task_id, stage=Stage.COMPILING, state=State.ACTIVE))
-        session.add(TaskEvent(task_id=task_id, stage=stage, state=state, message=reason))
+    )
+    for earlier in visited:
+        session.add(TaskEvent(task_id=task_id, stage=earlier, state=State.ACTIVE))
+    session.add(TaskEvent(task_id=task_id, stage=stage, state=state, message=reason))
     return task_id
+
+
+def make_task(sessions: sessionmaker[Session], **fields: Any) -> str:
+    """``add_task`` in its own committed unit of work."""
+    with unit_of_work(sessions) as session:
+        return add_task(session, **fields)
 
 
 def csrf_of(html: str) -> str:

@@ -1,8 +1,9 @@
-"""One implementation of a configuration table's REST API and console page (issue 5).
+"""One implementation of a table's REST API and console page (issue 5).
 
-Devices, post-filters and radiopharmaceuticals differ in data (schemas, roles, wording, how a
-form maps to a schema), not in code: each module describes its table with a ``Resource`` and
-gets the list/create/read/update/delete API, the page, its add, edit and remove forms from here.
+Devices, post-filters, radiopharmaceuticals and users differ in data (schemas, roles, wording,
+how a form maps to a schema, deletion rules), not in code: each module describes its table with
+a ``Resource`` and gets the list/create/read/update/delete API and the page with its add, edit
+and remove forms from here; a module adds only the routes particular to it (C-ECHO, toggle...).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from serve.deps import (
     PageViewer,
     Principal,
     SessionDep,
+    require_role,
 )
-from serve.deps import require_role as role_dependency
 from serve.routes.common import flash, parse_form, redirect, render
 
 R = TypeVar("R")
@@ -171,8 +172,8 @@ def _with_body(endpoint: Callable[..., Any], schema: type[BaseModel]) -> Callabl
 def api_router(res: Resource[R]) -> APIRouter:
     """``/api/v1{path}``: list and read for viewers, create/update/delete for ``write_role``."""
     api = APIRouter(prefix=API_PREFIX + res.path, tags=[res.path.strip("/")])
-    reader = [role_dependency(res.read_role)]
-    writer = [role_dependency(res.write_role)]
+    reader = [require_role(res.read_role)]
+    writer = [require_role(res.write_role)]
     public = res.public_schema
 
     def list_rows(session: SessionDep) -> list[R]:
@@ -228,8 +229,8 @@ def api_router(res: Resource[R]) -> APIRouter:
 def page_router(res: Resource[R]) -> APIRouter:
     """The console page: the table for viewers, add/remove (and edit) forms for ``write_role``."""
     pages = APIRouter(include_in_schema=False)
-    reader = [role_dependency(res.read_role, page=True)]
-    writer = [role_dependency(res.write_role, page=True)]
+    reader = [require_role(res.read_role, page=True)]
+    writer = [require_role(res.write_role, page=True)]
 
     def show(
         request: Request, ctx: ContextDep, session: SessionDep, user: PageViewer
