@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import struct
 import threading
 import zlib
@@ -253,6 +254,10 @@ def install_immediate_dispatch(assoc: Association) -> bool:
     Call before the association starts (EVT_CONN_OPEN): both attributes are read by its threads.
     """
     dul, dimse = assoc.dul, assoc.dimse
+    sock = getattr(dul.socket, "socket", None)
+    if sock is not None:
+        # Each response is one small send the peer waits for: never let Nagle hold it back.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if not (
         hasattr(dul, "_run_loop_delay")
         and isinstance(getattr(dimse, "msg_queue", None), queue.Queue)
