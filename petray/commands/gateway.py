@@ -37,11 +37,13 @@ def run_start(args: argparse.Namespace) -> int:
         logger.info("signal %d: shutting down", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
     from actors.gateway import Gateway
 
     gateway = Gateway(settings).start()
+    # After Ray's start-up: its core worker installs its own fatal-signal handlers, which would
+    # otherwise turn SIGTERM into an abort instead of this clean shutdown.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     listener = gateway.listener
     print(
         f"petray running: DICOM {listener['ae_title']}@{listener['bind']}:{listener['port']}, "
