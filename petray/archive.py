@@ -227,15 +227,16 @@ def _read_npy(reader: _CountingReader, name: str, expected_shape: tuple[int, ...
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ArchiveRejected(f"{name}: not a valid npy array ({exc})") from None
     # Checked before any data is read: an object dtype would need pickle, never allowed.
-    if dtype.hasobject or dtype != VOLUME_DTYPE:
+    # Tolerant of how a float32 was written (either byte order, C or Fortran layout): both
+    # are float32 as the protocol asks, and are converted after reading.
+    if dtype.hasobject or dtype.kind != "f" or dtype.itemsize != VOLUME_DTYPE.itemsize:
         raise ArchiveRejected(f"{name}: dtype {dtype.str} is not float32")
     if tuple(shape) != tuple(expected_shape):
         raise ArchiveRejected(
             f"{name}: shape {tuple(shape)} differs from expected {expected_shape}"
         )
-    if fortran:
-        raise ArchiveRejected(f"{name}: Fortran-ordered arrays are not accepted (C order required)")
-    array = np.empty(expected_shape, dtype=VOLUME_DTYPE)
+    stored_shape = tuple(reversed(expected_shape)) if fortran else tuple(expected_shape)
+    array = np.empty(stored_shape, dtype=dtype)
     target = array.data.cast("B")
     offset = 0
     while offset < len(target):
@@ -246,6 +247,10 @@ def _read_npy(reader: _CountingReader, name: str, expected_shape: tuple[int, ...
         offset += len(data)
     if reader.read(1):
         raise ArchiveRejected(f"{name}: trailing bytes after the array data")
+    if fortran:
+        array = np.ascontiguousarray(array.T)
+    if array.dtype != VOLUME_DTYPE:
+        array = array.astype(VOLUME_DTYPE)
     for z in range(array.shape[0]):
         if not np.isfinite(array[z]).all():
             raise ArchiveRejected(f"{name}: NaN or infinite values in slice {z}")
