@@ -1,7 +1,11 @@
-"""FilterWorker: one post-filter over a volume read zero-copy from the object store.
+"""FilterWorker: one post-filter over a volume read zero-copy from the object store, and its series.
 
 Placed by the ``filter_worker`` custom resource, so filtering can run on other nodes and never
-takes the CPUs the pipeline's own actors need.
+takes the CPUs the pipeline's own actors need. Each worker also writes the DICOM series of the
+filter it ran: the filtered volume never travels back through the object store, and the series
+of several filters are written in parallel. On a Ray cluster the workers therefore write into
+the output directory under PETRAY_HOME, which must be shared storage mounted at the same path on
+every node (cluster.yaml).
 """
 
 from __future__ import annotations
@@ -12,20 +16,25 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
+from petray.derive import SeriesJob, SliceTemplate, write_series
 from petray.filters import FilterSpec, apply_post_filter
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class FilterWorker:
-    def apply(
+    def filter_and_write(
         self,
         denoised: np.ndarray,
         noise: np.ndarray | None,
+        templates: Sequence[SliceTemplate],
         spec: FilterSpec,
         spacing_zyx: Sequence[float],
-    ) -> np.ndarray:
+        job: SeriesJob,
+    ) -> int:
+        """Filter the volume with ``spec``, write it as ``job``'s series; return the file count."""
         # ``denoised`` arrives as a read-only view of the object store's copy (no copy made).
-        return apply_post_filter(denoised, noise, spec, spacing_zyx)
+        filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
+        return len(write_series(filtered, templates, job))
 
     def describe(self, volume: np.ndarray) -> dict[str, object]:
         """How ``volume`` arrived in this worker; exists only so the benchmark can prove zero-copy.

@@ -11,7 +11,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from petray.db.models import OutputSeries, PostFilter, SentInstance, Task, TaskDestination
-from petray.filters import FilterSpec
+from petray.derive import SeriesJob
+from petray.filters import FilterSpec, series_description
 
 IS_MAX = 2**31 - 1
 ANY = "all"
@@ -74,6 +75,26 @@ def output_dir(root: Path, task_id: str, spec: FilterSpec) -> Path:
     return root / task_id / f"series-{_filter_key(spec)}"
 
 
+def series_job(
+    root: Path,
+    task_id: str,
+    spec: FilterSpec,
+    *,
+    uid_root: str,
+    original_description: str,
+    algorithm: str,
+) -> SeriesJob:
+    """What filter ``spec``'s output series of the task is called and where it is written."""
+    return SeriesJob(
+        outdir=output_dir(root, task_id, spec),
+        series_instance_uid=output_series_uid(uid_root, task_id, spec),
+        series_number=spec.series_number,
+        series_description=series_description(original_description, spec),
+        derivation_description=derivation_description(spec, algorithm),
+        uid_root=uid_root,
+    )
+
+
 def clear_outputs(root: Path, task_id: str, *, session: Session) -> None:
     """Forget earlier outputs of the task (files, rows, delivery progress) before rebuilding."""
     shutil.rmtree(root / task_id, ignore_errors=True)
@@ -89,6 +110,10 @@ class BuiltSeries:
     description: str
     directory: Path
     instances: int
+
+    @classmethod
+    def from_job(cls, spec: FilterSpec, job: SeriesJob, instances: int) -> BuiltSeries:
+        return cls(spec, job.series_instance_uid, job.series_description, job.outdir, instances)
 
 
 def record_outputs(task: Task, built: list[BuiltSeries], *, session: Session) -> None:

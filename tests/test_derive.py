@@ -1,13 +1,34 @@
 from __future__ import annotations
 
+import pickle
+from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    RLELossless,
+    generate_uid,
+)
 
-from petray.derive import INT16_MAX, instance_uid, quantisation_slope, write_derived_series
+from petray.derive import (
+    DROPPED_KEYWORDS,
+    INT16_MAX,
+    SeriesJob,
+    instance_uid,
+    prepare_templates,
+    quantisation_slope,
+    write_derived_series,
+    write_series,
+)
+from petray.errors import PermanentError
 from petray.volume import load_series_volume
 from tests.peers import (
     DCENTVFY_BIN,
@@ -240,3 +261,133 @@ def test_synthetic_vendor_series_derive_cleanly(tmp_path: Path, vendor: str, syn
     np.testing.assert_array_equal(back.positions, loaded.positions)
     step = max(float(pydicom.dcmread(p).RescaleSlope) for p in outputs)
     np.testing.assert_allclose(back.data, filtered, atol=step / 2 * (1 + 1e-6))
+
+
+# -- templates prepared once, series written from them ------------------------------------
+
+FIXED_NOW = datetime(2024, 5, 6, 7, 8, 9, 123456)
+
+
+def _job(outdir: Path, series_uid: str, number: int = 1001) -> SeriesJob:
+    return SeriesJob(
+        outdir=outdir,
+        series_instance_uid=series_uid,
+        series_number=number,
+        series_description="PET WB Gauss 4mm",
+        derivation_description="petray: denoised by test-algorithm 1.0; Gaussian FWHM 4 mm",
+        uid_root=UID_ROOT,
+    )
+
+
+def _reference_bytes(source_path: Path, plane: np.ndarray, index: int, job: SeriesJob) -> bytes:
+    """The derived file built the plain pydicom way (whole dataset, dcmwrite): the oracle."""
+    ds = pydicom.dcmread(source_path, stop_before_pixels=True)
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = ds.SOPClassUID
+    reference.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    reference.PurposeOfReferenceCodeSequence = [purpose]
+    ds.remove_private_tags()
+    for elem in list(ds):
+        if elem.keyword in DROPPED_KEYWORDS or 0x6000 <= elem.tag.group <= 0x60FF:
+            del ds[elem.tag]
+    sop_uid = instance_uid(job.series_instance_uid, index, job.uid_root)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = job.series_instance_uid
+    ds.SeriesNumber = job.series_number
+    ds.SeriesDescription = job.series_description
+    ds.InstanceNumber = ds.ImageIndex = index + 1
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.DerivationDescription = job.derivation_description
+    ds.SourceImageSequence = [reference]
+    ds.ContentDate = ds.InstanceCreationDate = FIXED_NOW.strftime("%Y%m%d")
+    ds.ContentTime = ds.InstanceCreationTime = FIXED_NOW.strftime("%H%M%S.%f")
+    slope = quantisation_slope(plane)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
+    stored = np.clip(np.rint(plane.astype(np.float64) / float(slope)), -INT16_MAX, INT16_MAX)
+    ds.add_new("PixelData", "OW", stored.astype("<i2").tobytes())
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1]
+)
+def test_spliced_files_equal_plain_pydicom_output(tmp_path: Path, syntax: str) -> None:
+    from petray.synth import make_pet_series
+    from petray.synth import write_series as write_source
+
+    spec = make_pet_series(slices=4, rows=16, cols=16, seed=3, transfer_syntax=syntax)
+    paths = write_source(spec, tmp_path / "src")
+    # A private element nested in a sequence must go too.
+    ds = pydicom.dcmread(paths[0])
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.private_block(0x0013, "ACME NESTED", create=True).add_new(0x01, "LO", "nested secret")
+    ds.save_as(paths[0])
+    assert b"nested secret" in paths[0].read_bytes()
+    loaded = load_series_volume(paths)
+    job = _job(tmp_path / "out", generate_uid(prefix=f"{UID_ROOT}."))
+    written = write_series(loaded.data, prepare_templates(loaded.slice_paths), job, now=FIXED_NOW)
+    for index, (source, path) in enumerate(zip(loaded.slice_paths, written, strict=True)):
+        expected = _reference_bytes(source, loaded.data[index], index, job)
+        assert path.read_bytes() == expected, path.name
+    assert b"nested secret" not in b"".join(p.read_bytes() for p in written)
+
+
+def test_one_set_of_templates_serves_several_series(tmp_path: Path) -> None:
+    sources = list(load_series_volume(_source(tmp_path / "src")).slice_paths)
+    templates = prepare_templates(sources)
+    pickle.loads(pickle.dumps(templates))  # they travel through the object store
+    jobs = [
+        _job(tmp_path / f"out{k}", generate_uid(prefix=f"{UID_ROOT}."), 1001 + k) for k in (0, 1)
+    ]
+    volumes = [_volume(10), _volume(11)]
+    outputs = [write_series(v, templates, j) for v, j in zip(volumes, jobs, strict=True)]
+    for volume, job, written in zip(volumes, jobs, outputs, strict=True):
+        assert len(written) == SLICES
+        for z, path in enumerate(written):
+            ds = pydicom.dcmread(path)
+            assert ds.SeriesInstanceUID == job.series_instance_uid
+            assert ds.SeriesNumber == job.series_number
+            assert ds.SOPInstanceUID == instance_uid(job.series_instance_uid, z, UID_ROOT)
+            decoded = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope)
+            assert np.abs(decoded - volume[z]).max() <= float(ds.RescaleSlope) / 2 * (1 + 1e-6)
+
+
+def test_write_series_checks_its_inputs(tmp_path: Path) -> None:
+    sources = _source(tmp_path / "src")
+    templates = prepare_templates(sources)
+    job = _job(tmp_path / "out", generate_uid(prefix=f"{UID_ROOT}."))
+    with pytest.raises(PermanentError, match="does not match its source's size"):
+        write_series(np.zeros((SLICES, ROWS + 1, COLS), np.float32), templates, job)
+    bad = _volume()
+    bad[4, 1, 1] = np.nan
+    with pytest.raises(PermanentError, match="slice 4 has NaN"):
+        write_series(bad, templates, job)
+    with pytest.raises(ValueError, match="not a valid"):
+        _job(tmp_path / "out", "1.2.abc")
+    with pytest.raises(ValueError, match="too long"):
+        SeriesJob(
+            outdir=tmp_path,
+            series_instance_uid="1.2.3",
+            series_number=1,
+            series_description="x",
+            derivation_description="y",
+            uid_root="1." + "2" * 50,
+        )
+
+
+def test_unreadable_source_fails_permanently(tmp_path: Path) -> None:
+    sources = _source(tmp_path / "src")
+    sources[2].write_bytes(b"not DICOM at all")
+    with pytest.raises(PermanentError, match="source slice 2 is not readable"):
+        prepare_templates(sources)

@@ -34,6 +34,7 @@ from petray.outputs import (
     output_files,
     output_series_uid,
     record_outputs,
+    series_job,
 )
 from petray.settings import Settings
 
@@ -275,3 +276,28 @@ def test_two_filters_with_one_series_number_get_distinct_outputs(
         settings.uid_root, task_id, b
     )
     assert output_dir(tmp_path, task_id, a) != output_dir(tmp_path, task_id, b)
+
+
+def test_series_job_names_and_places_the_filter_output(tmp_path: Path, settings: Settings) -> None:
+    spec = FilterSpec(id=7, description="Gauss 6", series_number=502, fwhm_mm=6.0, noise_pct=20)
+    task_id = "e" * 32
+    job = series_job(
+        tmp_path,
+        task_id,
+        spec,
+        uid_root=settings.uid_root,
+        original_description="PET WB",
+        algorithm="guided-3d",
+    )
+    assert job.outdir == output_dir(tmp_path, task_id, spec)
+    assert job.series_instance_uid == output_series_uid(settings.uid_root, task_id, spec)
+    assert job.series_number == 502
+    assert job.series_description == "PET WB Gauss 6"
+    assert job.derivation_description == derivation_description(spec, "guided-3d")
+    assert job.uid_root == settings.uid_root
+    result = BuiltSeries.from_job(spec, job, 645)
+    assert (result.series_instance_uid, result.description) == (
+        job.series_instance_uid,
+        job.series_description,
+    )
+    assert (result.directory, result.instances, result.spec) == (job.outdir, 645, spec)
