@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -21,12 +24,32 @@ from petray.siteconfig import Listener, effective_listener
 
 logger = logging.getLogger(__name__)
 
+# Messages handed to the Compilator in one call at most; a burst rarely queues more.
+MAX_FORWARD_BATCH = 256
+
+
+def _restore_priority() -> None:
+    """Undo Ray's worker niceness (15) for this thread and the listener threads it starts.
+
+    A scanner waits for every C-STORE answer, so on a busy gateway a niced SCP is starved by the
+    filter workers and the senders slow down. Raising priority needs CAP_SYS_NICE (or a
+    RLIMIT_NICE allowance); without it the SCP keeps Ray's niceness.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except PermissionError:
+        logger.info("Store SCP keeps niceness %d (no permission to raise its priority)", current)
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class StoreScpActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._sessions = init_actor_process(settings)
+        _restore_priority()
         # pydicom's own validation warnings quote offending values (possibly patient data);
         # extract_instance_header reports the problems without them.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -43,11 +66,33 @@ class StoreScpActor:
         self._listener: Listener | None = None
         self._m_received = metrics.Counter("petray_instances_received", "PET instances stored")
         self._m_bytes = metrics.Counter("petray_bytes_received", "Bytes of stored instances")
+        # The Ray call to the Compilator is made by a forwarder thread, after the sender has its
+        # answer, not in the C-STORE handler: file and row are already committed, and a message
+        # lost in a crash is found again by the Compilator's restore (unassigned instances).
+        self._outbox: queue.SimpleQueue[ReceivedInstance] = queue.SimpleQueue()
+        self._forwarder = threading.Thread(
+            target=self._run_forwarder, name="petray-forward", daemon=True
+        )
+        self._forwarder.start()
 
     def _forward(self, received: ReceivedInstance) -> None:
-        # Called from pynetdicom's association thread after the instance is committed.
-        self._m_received.inc()
-        self._compilator.add_instance.remote(received)
+        # Called from pynetdicom's DUL thread after the instance is committed.
+        self._outbox.put(received)
+
+    def _run_forwarder(self) -> None:
+        while True:
+            batch = [self._outbox.get()]
+            while len(batch) < MAX_FORWARD_BATCH:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._compilator.add_instances.remote(batch)
+                self._m_received.inc(len(batch))
+            except Exception:
+                # The rows are committed: the Compilator picks them up on its next restore.
+                logger.exception("could not forward %d instances to the compilator", len(batch))
 
     def start(self) -> dict[str, Any]:
         with unit_of_work(self._sessions) as session:

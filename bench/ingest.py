@@ -1,6 +1,6 @@
 """Ingest benchmark (issue 2): DCMTK storescu -> petray / Orthanc / DCMTK storescp, side by side.
 
-    python -m bench.ingest [--series big|small|both] [--runs 2] [--profile]
+    python -m bench.ingest [--series big|small|both] [--runs 3] [--profile] [--ray]
 
 For each series (cached under /tmp/petray-bench), one storescu process (TCP_NODELAY=1, one
 association, every file) sends to each receiver in turn; the time is storescu's wall time from
@@ -20,6 +20,11 @@ ways, both without Ray (the actor path with Ray messaging is measured elsewhere)
           (route/open_task/add/assign committed, load_config, decide) and, when ready, the
           move_to(VALIDATING) commit, on the same SQLite database while ingest runs; delay =
           that commit - last message handed over (its backlog included).
+
+``--ray`` adds the real thing: petray's StoreScpActor and CompilatorActor in a private local Ray
+(``ray.init(address="local")``, shut down afterwards), storescu sending to the actor's listener.
+The delay is then the task's move to ``validating`` (TaskEvent.at) minus the last
+Instance.received, both from the database.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import pstats
 import queue
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -44,10 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom.config
+from sqlalchemy import func, select
 
+from actors.compilator import BATCH_WINDOW_S
 from petray.assemblies import assign, load_config, open_task
 from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.models import Instance, TaskEvent
 from petray.domain import Stage
 from petray.ingest import InstanceStore, ReceivedInstance
 from petray.orthanc import LOOPBACK, free_port, peer_env, start_orthanc
@@ -66,6 +75,8 @@ PETRAY_AE = "PETRAY"
 SENDER_AE = "BENCH"
 SEND_TIMEOUT_S = 600.0
 START_TIMEOUT_S = 20.0
+RAY_START_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 30.0
 # The issue's two series: a whole-body 645x440x440 and a smaller 300x192x192.
 SERIES = {"big": (645, 440), "small": (300, 192)}
 # The site defaults (petray.siteconfig.get_site_config); NumberOfSlices is present in both series.
@@ -183,25 +194,47 @@ class CompilatorMirror:
         self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        # As actors/compilator.py: messages collected for BATCH_WINDOW_S, then routed, assigned
+        # and decided in one transaction, with the site thresholds read once.
         sessions = self._sessions
-        while (message := self._queue.get()) is not None:
+        with unit_of_work(sessions) as session:  # type: ignore[arg-type]
+            config = load_config(session=session)
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            deadline = time.monotonic() + BATCH_WINDOW_S
+            stop = False
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+                if message is None:
+                    stop = True
+                    break
+                batch.append(message)
             now = time.time()
             with unit_of_work(sessions) as session:  # type: ignore[arg-type]
-                assembly = self._compilation.route(message)
-                if assembly is None:
-                    assembly = open_task(message, session=session, now=now)
-                    self._compilation.open(assembly)
-                assembly.add(message, now)
-                assign(message, assembly, session=session)
-            with unit_of_work(sessions) as session:  # type: ignore[arg-type]
-                config = load_config(session=session)
-            if assembly.decide(config, time.time()).verdict == Verdict.READY:
-                self._compilation.close(assembly.task_id)
-                with unit_of_work(sessions) as session:  # type: ignore[arg-type]
-                    task = get_task(assembly.task_id, session=session, lock=True)
-                    task.images = assembly.images
-                    move_to(task, Stage.VALIDATING, session=session)
+                touched: dict[str, SeriesAssembly] = {}
+                for message in batch:
+                    assembly = self._compilation.route(message)
+                    if assembly is None:
+                        assembly = open_task(message, session=session, now=now)
+                        self._compilation.open(assembly)
+                    assembly.add(message, now)
+                    assign(message, assembly, session=session)
+                    touched[assembly.task_id] = assembly
+                ready = False
+                for assembly in touched.values():
+                    if assembly.decide(config, now).verdict == Verdict.READY:
+                        self._compilation.close(assembly.task_id)
+                        task = get_task(assembly.task_id, session=session, lock=True)
+                        task.images = assembly.images
+                        move_to(task, Stage.VALIDATING, session=session)
+                        ready = True
+            if ready:
                 self.ready_at = time.perf_counter()
+            if stop:
+                return
 
 
 @dataclass
@@ -321,6 +354,83 @@ def run_storescp(cached: Cached) -> tuple[float, int]:
     return seconds, n
 
 
+@dataclass
+class RayRun:
+    seconds: float
+    received: int
+    delay_s: float | None  # last Instance.received -> TaskEvent(validating); None: never left
+
+
+def run_ray(cached: Cached, runs: int) -> list[RayRun]:
+    """StoreScpActor + CompilatorActor in a private local Ray, one fresh PETRAY_HOME per run."""
+    import ray
+
+    from actors import names
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # address="local": always a new cluster of our own, never one another process started.
+    ray.init(
+        address="local",
+        namespace=names.NAMESPACE,
+        include_dashboard=False,
+        resources={names.FILTER_RESOURCE: 1},
+        logging_level=logging.WARNING,
+        _node_ip_address=LOOPBACK,
+    )
+    outcomes = []
+    try:
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory(prefix="petray-bench-ray-") as tmp:
+                outcomes.append(_ray_run(cached, Path(tmp)))
+    finally:
+        ray.shutdown()
+    return outcomes
+
+
+def _ray_run(cached: Cached, home: Path) -> RayRun:
+    import ray
+
+    from actors import names
+    from actors.compilator import CompilatorActor
+    from actors.store_scp import StoreScpActor
+
+    settings = load_settings(home=home, fsync=True, dicom_port=free_port(), ae_title=PETRAY_AE)
+    settings.ensure_dirs()
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    # Ray's decorator hides .options() from mypy, as in actors/pipeline.py.
+    compilator_class: Any = CompilatorActor
+    scp_class: Any = StoreScpActor
+    compilator = compilator_class.options(name=names.COMPILATOR, namespace=names.NAMESPACE).remote(
+        settings
+    )
+    ray.get(compilator.start.remote(), timeout=RAY_START_TIMEOUT_S)
+    scp = scp_class.options(name=names.STORE_SCP, namespace=names.NAMESPACE).remote(settings)
+    try:
+        listener = ray.get(scp.start.remote(), timeout=RAY_START_TIMEOUT_S)
+        seconds = send(cached, int(listener["port"]), str(listener["ae_title"]))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            with sessions() as session:
+                left = session.scalar(
+                    select(func.min(TaskEvent.at)).where(TaskEvent.stage == Stage.VALIDATING.value)
+                )
+                last = session.scalar(select(func.max(Instance.received)))
+                received = session.scalar(select(func.count()).select_from(Instance)) or 0
+            if left is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    finally:
+        ray.get(scp.stop.remote(), timeout=RAY_START_TIMEOUT_S)
+        ray.kill(scp, no_restart=True)
+        ray.kill(compilator, no_restart=True)
+        engine.dispose()
+    delay = (left - last).total_seconds() if left is not None and last is not None else None
+    return RayRun(seconds=seconds, received=int(received), delay_s=delay)
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -337,6 +447,11 @@ def _table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _median_rate(results: list[Result], series: str, receiver: str) -> float:
+    rates = [r.per_second for r in results if r.series == series and r.receiver == receiver]
+    return statistics.median(rates) if rates else float("nan")
+
+
 def _best(results: list[Result], series: str, receiver: str) -> Result:
     return min(
         (r for r in results if r.series == series and r.receiver == receiver),
@@ -349,9 +464,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.ingest", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--series", choices=["big", "small", "both"], default="both")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--profile", action="store_true", help="cProfile petray's C-STORE handler (extra run)"
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="also run petray's StoreScpActor + CompilatorActor in a private local Ray",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -422,25 +542,66 @@ def main(argv: list[str] | None = None) -> int:
             pstats.Stats(str(target), stream=stream).sort_stats("cumulative").print_stats(25)
             print(stream.getvalue())
 
+    ray_runs: dict[str, list[RayRun]] = {}
+    if args.ray:
+        for name in names:
+            cached = cached_series(name)
+            ray_runs[name] = run_ray(cached, args.runs)
+            for run, ray_outcome in enumerate(ray_runs[name], start=1):
+                results.append(
+                    Result(
+                        name,
+                        "petray(ray)",
+                        run,
+                        ray_outcome.seconds,
+                        cached.files,
+                        cached.bytes,
+                        ray_outcome.received,
+                    )
+                )
+            print(_table(results[-args.runs :]).split("\n", 1)[1], flush=True)
+
     print()
     print(_table(results))
     print()
     for name in names:
-        petray = _best(results, name, "petray")
-        orthanc = _best(results, name, "orthanc")
-        nofsync = _best(results, name, "petray(no fsync)")
-        storescp_best = _best(results, name, "storescp")
+        medians = {
+            receiver: _median_rate(results, name, receiver)
+            for receiver in ("petray", "petray(no fsync)", "orthanc", "storescp", "petray(ray)")
+        }
+        orthanc = medians["orthanc"]
+        line = (
+            f"{name}: median of {args.runs}: petray {medians['petray']:.0f} inst/s "
+            f"(no fsync {medians['petray(no fsync)']:.0f}), orthanc {orthanc:.0f}, "
+            f"storescp {medians['storescp']:.0f}; "
+            f"petray/orthanc = {medians['petray'] / orthanc:.2f} "
+            f"(no fsync {medians['petray(no fsync)'] / orthanc:.2f})"
+        )
+        if args.ray:
+            line += f"; with Ray actors {medians['petray(ray)']:.0f} inst/s, "
+            line += f"/orthanc = {medians['petray(ray)'] / orthanc:.2f}"
+        print(line)
+        petray_best = _best(results, name, "petray")
+        orthanc_best = _best(results, name, "orthanc")
         print(
-            f"{name}: best of {args.runs}: petray {petray.per_second:.0f} inst/s "
-            f"(no fsync {nofsync.per_second:.0f}), orthanc {orthanc.per_second:.0f}, "
-            f"storescp {storescp_best.per_second:.0f}; "
-            f"petray/orthanc = {petray.per_second / orthanc.per_second:.2f} "
-            f"(no fsync {nofsync.per_second / orthanc.per_second:.2f})"
+            f"{name}: best of {args.runs}: petray {petray_best.per_second:.0f}, "
+            f"orthanc {orthanc_best.per_second:.0f}, "
+            f"petray/orthanc = {petray_best.per_second / orthanc_best.per_second:.2f}"
         )
     print()
     print("delay from last slice received to task leaving compiling (no Ray):")
     for line in delays:
         print("  " + line)
+    if args.ray:
+        print("delay from last slice received to task leaving compiling (Ray actors):")
+        for name, outcomes in ray_runs.items():
+            for run, ray_outcome in enumerate(outcomes, start=1):
+                delay = (
+                    f"{ray_outcome.delay_s * 1000:.0f} ms"
+                    if ray_outcome.delay_s is not None
+                    else "task never left compiling"
+                )
+                print(f"  {name} run {run}: {delay} ({ray_outcome.received} instances stored)")
     return 0
 
 
