@@ -228,9 +228,10 @@ def _source_reference(source: Dataset) -> Dataset:
 
 
 def _is_sequence(elem: DataElement | RawDataElement) -> bool:
-    if elem.VR is not None:
+    if elem.VR not in (None, VR.UN):
         return bool(elem.VR == VR.SQ)
-    # Implicit VR sources carry no VR: the data dictionary says what the element is.
+    # Implicit VR sources carry no VR, and some senders write a standard sequence as UN (pydicom
+    # decodes it as SQ): the data dictionary says what the element is.
     return dictionary_has_tag(elem.tag) and dictionary_VR(elem.tag) == VR.SQ
 
 

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -391,3 +395,32 @@ def test_unreadable_source_fails_permanently(tmp_path: Path) -> None:
     sources[2].write_bytes(b"not DICOM at all")
     with pytest.raises(PermanentError, match="source slice 2 is not readable"):
         prepare_templates(sources)
+
+
+def test_private_tags_go_from_a_sequence_sent_as_un(tmp_path: Path) -> None:
+    sources = _source(tmp_path / "src")
+    ds = pydicom.dcmread(sources[0])
+    item = ds.RadiopharmaceuticalInformationSequence[0]
+    item.private_block(0x0013, "ACME NESTED", create=True).add_new(0x01, "LO", "nested secret")
+    # As some senders forward it: UN whose value is the sequence in implicit VR (PS3.5 6.2.2).
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_data_element(fp, ds["RadiopharmaceuticalInformationSequence"])
+    items = fp.getvalue()[8:-8]  # without the tag + length header and the sequence delimiter
+    tag = Tag("RadiopharmaceuticalInformationSequence")
+    del ds[tag]
+    ds[tag] = RawDataElement(tag, "UN", len(items), items, 0, False, True)
+    ds.save_as(sources[0])
+    raw = pydicom.dcmread(sources[0], stop_before_pixels=True)
+    assert raw.get_item("RadiopharmaceuticalInformationSequence").VR == "UN"
+    written = write_series(
+        _volume(),
+        prepare_templates(sources),
+        _job(tmp_path / "out", generate_uid(prefix=f"{UID_ROOT}.")),
+    )
+    assert b"nested secret" not in written[0].read_bytes()
+    out = pydicom.dcmread(written[0])
+    assert out["RadiopharmaceuticalInformationSequence"].VR == "SQ"
+    kept = out.RadiopharmaceuticalInformationSequence[0]
+    public = [e for e in item if not e.tag.is_private]
+    assert public and [str(e) for e in kept] == [str(e) for e in public]
