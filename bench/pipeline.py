@@ -153,7 +153,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _label(pid: int) -> str:
-    """``ray::FilterWorker.apply`` -> ``FilterWorker``; other processes by name."""
+    """``ray::FilterWorker.filter_and_write`` -> ``FilterWorker``; other processes by name."""
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         first = cmdline.read().split(b"\0", 1)[0].decode(errors="replace")
     if first.startswith("ray::"):
