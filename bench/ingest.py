@@ -30,6 +30,7 @@ Instance.received, both from the database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import logging
@@ -361,8 +362,9 @@ class RayRun:
     delay_s: float | None  # last Instance.received -> TaskEvent(validating); None: never left
 
 
-def run_ray(cached: Cached, runs: int) -> list[RayRun]:
-    """StoreScpActor + CompilatorActor in a private local Ray, one fresh PETRAY_HOME per run."""
+@contextmanager
+def local_ray() -> Iterator[None]:
+    """A private local Ray for the actor runs, shut down afterwards (never `ray stop`)."""
     import ray
 
     from actors import names
@@ -378,14 +380,16 @@ def run_ray(cached: Cached, runs: int) -> list[RayRun]:
         logging_level=logging.WARNING,
         _node_ip_address=LOOPBACK,
     )
-    outcomes = []
     try:
-        for _ in range(runs):
-            with tempfile.TemporaryDirectory(prefix="petray-bench-ray-") as tmp:
-                outcomes.append(_ray_run(cached, Path(tmp)))
+        yield
     finally:
         ray.shutdown()
-    return outcomes
+
+
+def run_ray(cached: Cached) -> RayRun:
+    """StoreScpActor + CompilatorActor (inside ``local_ray``) with a fresh PETRAY_HOME."""
+    with tempfile.TemporaryDirectory(prefix="petray-bench-ray-") as tmp:
+        return _ray_run(cached, Path(tmp))
 
 
 def _ray_run(cached: Cached, home: Path) -> RayRun:
@@ -480,8 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     names = ["big", "small"] if args.series == "both" else [args.series]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
 
+    with local_ray() if args.ray else contextlib.nullcontext():
+        results, delays, ray_runs = _run_all(args, names)
+    _report(args, names, results, delays, ray_runs)
+    return 0
+
+
+def _run_all(
+    args: argparse.Namespace, names: list[str]
+) -> tuple[list[Result], list[str], dict[str, list[RayRun]]]:
     results: list[Result] = []
     delays: list[str] = []
+    ray_runs: dict[str, list[RayRun]] = {}
     for name in names:
         cached = cached_series(name)
         print(f"{name}: {cached.files} files, {cached.bytes / 1e6:.1f} MB", flush=True)
@@ -505,6 +519,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"{name} run {run}: pure Compilation, last slice -> READY "
                         f"{outcome.pure_delay_s * 1000:.2f} ms"
                     )
+            if args.ray:
+                ray_outcome = run_ray(cached)
+                ray_runs.setdefault(name, []).append(ray_outcome)
+                results.append(
+                    Result(
+                        name,
+                        "petray(ray)",
+                        run,
+                        ray_outcome.seconds,
+                        cached.files,
+                        cached.bytes,
+                        ray_outcome.received,
+                    )
+                )
             seconds, received = run_orthanc(cached)
             results.append(
                 Result(name, "orthanc", run, seconds, cached.files, cached.bytes, received)
@@ -513,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 Result(name, "storescp", run, seconds, cached.files, cached.bytes, received)
             )
-            print(_table(results[-4:]).split("\n", 1)[1], flush=True)
+            print(_table(results[-(5 if args.ray else 4) :]).split("\n", 1)[1], flush=True)
         outcome = run_petray(cached, fsync=True, mirror=True)
         results.append(
             Result(
@@ -542,25 +570,16 @@ def main(argv: list[str] | None = None) -> int:
             pstats.Stats(str(target), stream=stream).sort_stats("cumulative").print_stats(25)
             print(stream.getvalue())
 
-    ray_runs: dict[str, list[RayRun]] = {}
-    if args.ray:
-        for name in names:
-            cached = cached_series(name)
-            ray_runs[name] = run_ray(cached, args.runs)
-            for run, ray_outcome in enumerate(ray_runs[name], start=1):
-                results.append(
-                    Result(
-                        name,
-                        "petray(ray)",
-                        run,
-                        ray_outcome.seconds,
-                        cached.files,
-                        cached.bytes,
-                        ray_outcome.received,
-                    )
-                )
-            print(_table(results[-args.runs :]).split("\n", 1)[1], flush=True)
+    return results, delays, ray_runs
 
+
+def _report(
+    args: argparse.Namespace,
+    names: list[str],
+    results: list[Result],
+    delays: list[str],
+    ray_runs: dict[str, list[RayRun]],
+) -> None:
     print()
     print(_table(results))
     print()
@@ -602,7 +621,6 @@ def main(argv: list[str] | None = None) -> int:
                     else "task never left compiling"
                 )
                 print(f"  {name} run {run}: {delay} ({ray_outcome.received} instances stored)")
-    return 0
 
 
 if __name__ == "__main__":
