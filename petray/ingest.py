@@ -5,9 +5,9 @@ patient/study/series rows are resolved once per series and cached.
 
 Durability: the file is fsynced and the row committed before ``store`` returns, and the row is
 committed only once the file is durable, so a crash never leaves a row without its file. The
-fsync is the slowest step of ingest, so the SCP starts it (``begin``) as soon as the bytes
-arrive, in a writer thread, and checks the header and inserts the row meanwhile; the file is
-renamed into its series directory once both are done. As before, the rename itself is not
+fsync is the slowest step of ingest, so the SCP writes the file under a temporary name as soon
+as the bytes arrive (``begin``) and hands its fsync to a writer thread, while it checks the
+header and inserts the row; the file is renamed into its series directory once both are done. As before, the rename itself is not
 followed by a directory fsync: like the SQLite WAL with synchronous=NORMAL it survives a process
 crash, and a power loss may lose the last renames along with the last commits.
 """
