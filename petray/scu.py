@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, Association, build_context, evt
+from pynetdicom import AE, Association, _config, build_context, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import (
@@ -42,6 +44,11 @@ MAX_MESSAGE_ID = 0xFFFF
 # Uncompressed encodings pynetdicom can convert between without touching pixel data values,
 # proposed together so a destination that only speaks Implicit VR still gets the series.
 UNCOMPRESSED_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# An extra association costs a negotiation and a release (a few ms) and, on the destination,
+# often a process or thread: only worth it when it carries a real share of the series.
+MIN_INSTANCES_PER_ASSOCIATION = 32
+# PACS commonly limit simultaneous associations per calling AE; stay well below common limits.
+MAX_ASSOCIATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,165 @@ def _plan(
     return outgoing, skipped
 
 
+def _association_count(instances: int, wanted: int) -> int:
+    """How many associations ``instances`` deserve: an extra one must carry enough to pay off."""
+    by_work = -(-instances // MIN_INSTANCES_PER_ASSOCIATION)
+    return max(1, min(wanted, by_work, MAX_ASSOCIATIONS))
+
+
+class _Delivery:
+    """One ``send_instances`` call: a queue of instances shared by its associations.
+
+    Each association takes the next instance when its previous one is acknowledged, so a slow
+    association never holds back work another one could do. ``on_sent`` runs under one lock
+    (one call at a time, in acknowledgment order) so the caller's recording needs no locking.
+    """
+
+    def __init__(
+        self,
+        node: DicomNode,
+        outgoing: list[OutgoingInstance],
+        *,
+        calling_ae: str,
+        timeout_s: float,
+        on_sent: Callable[[str], None] | None,
+        associations: int,
+    ) -> None:
+        self.node = node
+        self.total = len(outgoing)
+        self.calling_ae = calling_ae
+        self.timeout_s = timeout_s
+        self.contexts = presentation_contexts(outgoing)
+        self.associations = associations
+        self._pending = deque(outgoing)
+        self._on_sent = on_sent
+        self._queue_lock = threading.Lock()
+        self._record_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.sent = 0
+        self.warnings: list[tuple[str, str]] = []
+        # Raised after an association was up: they stop the whole delivery.
+        self._errors: list[BaseException] = []
+        # An extra association that could not be established is only worth reporting when
+        # no other association delivered everything.
+        self._setup_errors: list[BaseException] = []
+
+    def run(self) -> None:
+        # The first association runs in the caller's thread; the extra ones start only once it
+        # is up, so a destination that is down costs one connection attempt, as before.
+        try:
+            self._association(first=True)
+        finally:
+            self._stop_and_join()
+        self._raise_outcome()
+
+    def _stop_and_join(self) -> None:
+        if self._errors:
+            self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _raise_outcome(self) -> None:
+        if self._errors:
+            raise _most_serious(self._errors)
+        if self.sent < self.total:
+            # Every association failed before sending: report why the first one did.
+            raise (self._setup_errors or [TransientError(f"{self.node}: nothing delivered")])[0]
+
+    def _start_extra(self) -> None:
+        for index in range(1, self.associations):
+            thread = threading.Thread(
+                target=self._association,
+                kwargs={"first": False},
+                name=f"petray-scu-{index}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _next(self) -> OutgoingInstance | None:
+        with self._queue_lock:
+            if self._stop.is_set() or not self._pending:
+                return None
+            return self._pending.popleft()
+
+    def _association(self, *, first: bool) -> None:
+        established = False
+        try:
+            with open_association(
+                self.node,
+                calling_ae=self.calling_ae,
+                contexts=self.contexts,
+                timeout_s=self.timeout_s,
+            ) as assoc:
+                established = True
+                self._check_accepted(assoc)
+                if first:
+                    self._start_extra()
+                self._send_pending(assoc)
+        except TransientError as exc:
+            if first or established:
+                self._fail(exc)
+            else:
+                # e.g. a destination serving one association at a time: the others carry on.
+                logger.info("extra association to %s not established: %s", self.node, exc)
+                self._setup_errors.append(exc)
+        except BaseException as exc:  # re-raised by run(), in the caller's thread
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._queue_lock:
+            self._errors.append(exc)
+            self._stop.set()
+
+    def _check_accepted(self, assoc: Association) -> None:
+        with self._queue_lock:
+            refused = [item for item in self._pending if not _accepts(assoc, item)]
+        if refused:
+            first = refused[0]
+            raise DeliveryRefused(
+                f"{self.node} did not accept SOP class {first.sop_class_uid.name} in "
+                f"{first.transfer_syntax_uid.name} ({len(refused)} instances)"
+            )
+
+    def _send_pending(self, assoc: Association) -> None:
+        msg_id = 0
+        while (item := self._next()) is not None:
+            msg_id = msg_id % MAX_MESSAGE_ID + 1
+            status = _store(assoc, item, self.node, msg_id=msg_id, done=self.sent, total=self.total)
+            code = int(status.Status)
+            category = code_to_category(code)
+            if category not in (STATUS_SUCCESS, STATUS_WARNING):
+                raise DeliveryRefused(
+                    f"{self.node} refused instance {self.sent + 1} of {self.total}: "
+                    f"{_status_meaning(code)}"
+                )
+            # Recorded even while another association is failing: the destination has it, so
+            # forgetting it would make the retry send a duplicate.
+            with self._record_lock:
+                self.sent += 1
+                if category == STATUS_WARNING:
+                    self.warnings.append((str(item.sop_instance_uid), _status_meaning(code)))
+                if self._on_sent is not None:
+                    self._on_sent(str(item.sop_instance_uid))
+
+
+def _most_serious(errors: Sequence[BaseException]) -> BaseException:
+    """The error the caller must see: its own interruptions, then refusals, then the rest."""
+
+    def rank(exc: BaseException) -> int:
+        if not isinstance(exc, Exception):
+            return 0  # KeyboardInterrupt, SystemExit: never hidden behind a delivery error
+        if isinstance(exc, PermanentError):
+            return 1
+        if isinstance(exc, TransientError):
+            return 3
+        return 2
+
+    return min(errors, key=rank)
+
+
 def send_instances(
     node: DicomNode,
     paths: Sequence[Path],
@@ -232,77 +398,102 @@ def send_instances(
     skip_sop_uids: Collection[str] = (),
     on_sent: Callable[[str], None] | None = None,
     timeout_s: float = 30,
+    associations: int = 1,
 ) -> SendReport:
-    """C-STORE ``paths`` to ``node`` over one association, in the order given.
+    """C-STORE ``paths`` to ``node``, taking them in the order given.
 
+    Up to ``associations`` associations share the work (fewer for small sends: see
+    ``MIN_INSTANCES_PER_ASSOCIATION``); with one, instances arrive in order. Files whose transfer
+    syntax the destination accepted as is are streamed from disk without being decoded.
     Instances whose SOP Instance UID is in ``skip_sop_uids`` (already acknowledged in an
     earlier attempt) are not sent again. ``on_sent(sop_instance_uid)`` runs after each success
-    or warning status, before the next instance, so the caller can record progress durably.
+    or warning status, one call at a time, before that association sends its next instance, so
+    the caller can record progress durably (it may run in a worker thread).
     Raises ``TransientError`` (retry later) or ``DeliveryRefused`` (permanent).
     """
+    if associations < 1:
+        raise ValueError("associations must be at least 1")
+    # Process-wide, but it only changes send_c_store called with a file path, which only
+    # _payload does, and only for a file whose own transfer syntax was accepted.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     started = time.monotonic()
     outgoing, skipped = _plan(paths, skip_sop_uids)
     if not outgoing:
         return SendReport(node, sent=0, skipped=skipped, warnings=(), elapsed_s=0.0)
 
-    sent = 0
-    warnings: list[tuple[str, str]] = []
-    contexts = presentation_contexts(outgoing)
-    with open_association(
-        node, calling_ae=calling_ae, contexts=contexts, timeout_s=timeout_s
-    ) as assoc:
-        refused = [item for item in outgoing if not _accepts(assoc, item)]
-        if refused:
-            first = refused[0]
-            raise DeliveryRefused(
-                f"{node} did not accept SOP class {first.sop_class_uid.name} in "
-                f"{first.transfer_syntax_uid.name} ({len(refused)} instances)"
-            )
-        for item in outgoing:
-            try:
-                # Pixel data stays the bytes read from the file: pydicom decodes lazily and
-                # pynetdicom only re-encodes the element framing when the TS differs.
-                dataset = pydicom.dcmread(item.path)
-            except (OSError, InvalidDicomError) as exc:
-                raise PermanentError(f"cannot send {item.path.name}: unreadable file") from exc
-            status = _store(assoc, dataset, node, sent, len(outgoing))
-            code = int(status.Status)
-            category = code_to_category(code)
-            if category not in (STATUS_SUCCESS, STATUS_WARNING):
-                raise DeliveryRefused(
-                    f"{node} refused instance {sent + 1} of {len(outgoing)}: "
-                    f"{_status_meaning(code)}"
-                )
-            if category == STATUS_WARNING:
-                warnings.append((str(item.sop_instance_uid), _status_meaning(code)))
-            sent += 1
-            if on_sent is not None:
-                on_sent(str(item.sop_instance_uid))
-
+    delivery = _Delivery(
+        node,
+        outgoing,
+        calling_ae=calling_ae,
+        timeout_s=timeout_s,
+        on_sent=on_sent,
+        associations=_association_count(len(outgoing), associations),
+    )
+    delivery.run()
     elapsed = time.monotonic() - started
     logger.info(
-        "sent %d instances to %s in %.2f s (%d skipped, %d warnings)",
-        sent,
+        "sent %d instances to %s in %.2f s over %d association(s) (%d skipped, %d warnings)",
+        delivery.sent,
         node,
         elapsed,
+        delivery.associations,
         skipped,
-        len(warnings),
+        len(delivery.warnings),
     )
-    return SendReport(node, sent=sent, skipped=skipped, warnings=tuple(warnings), elapsed_s=elapsed)
+    return SendReport(
+        node,
+        sent=delivery.sent,
+        skipped=skipped,
+        warnings=tuple(delivery.warnings),
+        elapsed_s=elapsed,
+    )
 
 
-def _store(assoc: Association, dataset: Dataset, node: DicomNode, done: int, total: int) -> Dataset:
+def _payload(assoc: Association, item: OutgoingInstance) -> Path | Dataset:
+    """The file itself when the accepted transfer syntax is the file's own, else a dataset.
+
+    pynetdicom streams a path's bytes after the File Meta Information without decoding them
+    (``STORE_SEND_CHUNKED_DATASET``), which needs an accepted context in exactly the file's
+    transfer syntax; a destination that chose the other uncompressed syntax gets the dataset
+    decoded and re-encoded by pynetdicom, as before.
+    """
+    for context in assoc.accepted_contexts:
+        if (
+            context.abstract_syntax == item.sop_class_uid
+            and UID(context.transfer_syntax[0]) == item.transfer_syntax_uid
+        ):
+            return item.path
+    try:
+        return pydicom.dcmread(item.path)
+    except (OSError, InvalidDicomError) as exc:
+        raise PermanentError(f"cannot send {item.path.name}: unreadable file") from exc
+
+
+def _store(
+    assoc: Association,
+    item: OutgoingInstance,
+    node: DicomNode,
+    *,
+    msg_id: int,
+    done: int,
+    total: int,
+) -> Dataset:
     def lost(what: str) -> TransientError:
         return TransientError(f"association with {node} {what} after {done} of {total} instances")
 
+    payload = _payload(assoc, item)
     started = time.monotonic()
     try:
         # Message ID is a US, unique among the requests of one association (PS3.7 9.3.1.1).
-        status = assoc.send_c_store(dataset, msg_id=done % MAX_MESSAGE_ID + 1)
+        status = assoc.send_c_store(payload, msg_id=msg_id)
     except RuntimeError as exc:
         # pynetdicom raises when the peer has already dropped the association, e.g. Orthanc
         # refusing a store by aborting (ARCHITECTURE.md) between two requests.
         raise lost("was aborted") from exc
+    except (OSError, AttributeError, ValueError) as exc:
+        # The file changed or vanished since it was planned (AttributeError: its file meta
+        # lost a required element; ValueError: its transfer syntax is no longer the planned one).
+        raise PermanentError(f"cannot send {item.path.name}: unreadable file") from exc
     # An empty status dataset means no response: aborted, DIMSE timeout or connection lost.
     if "Status" not in status:
         # pynetdicom aborts on a DIMSE timeout too, so only the clock tells the two apart.
