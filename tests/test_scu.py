@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import RLELossless
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     PositronEmissionTomographyImageStorage,
@@ -21,6 +27,7 @@ from pynetdicom.status import Status
 
 from petray.errors import DeliveryRefused, PermanentError, TransientError
 from petray.scu import (
+    MIN_INSTANCES_PER_ASSOCIATION,
     DicomNode,
     OutgoingInstance,
     echo,
@@ -307,3 +314,191 @@ def test_echo_reports_an_unreachable_destination() -> None:
     assert not result.ok
     assert result.status is None
     assert str(node) in result.message
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming files as they are, and parallel associations
+
+
+@dataclass
+class Stored:
+    association: int
+    sop_instance_uid: str
+    dataset_bytes: bytes
+
+
+@contextmanager
+def recording_scp(
+    *,
+    transfer_syntaxes: Sequence[str] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian),
+    delay_s: float = 0.0,
+    status_for: Callable[[int], int] = lambda _n: Status.SUCCESS,
+) -> Iterator[tuple[DicomNode, list[Stored]]]:
+    """An in-process Store SCP recording which association brought which bytes.
+
+    ``status_for(n)`` answers the n-th request (1-based, over all associations); ``delay_s``
+    makes each store slow enough that every association gets a share of the work.
+    """
+    stored: list[Stored] = []
+    lock = threading.Lock()
+
+    def handle_store(event: evt.Event) -> int:
+        request = event.request
+        assert isinstance(request, C_STORE)
+        assert request.DataSet is not None
+        time.sleep(delay_s)
+        with lock:
+            stored.append(
+                Stored(
+                    association=id(event.assoc),
+                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    dataset_bytes=request.DataSet.getvalue(),
+                )
+            )
+            return status_for(len(stored))
+
+    ae = AE(ae_title="TESTSCP")
+    ae.add_supported_context(PositronEmissionTomographyImageStorage, list(transfer_syntaxes))
+    server = ae.start_server(
+        (LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
+    )
+    assert server is not None
+    try:
+        yield DicomNode("TESTSCP", LOOPBACK, server.server_address[1]), stored
+    finally:
+        server.shutdown()
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset after the File Meta Information, as it is on disk."""
+    _meta, offset = split_dataset(path)
+    return path.read_bytes()[offset:]
+
+
+def test_files_are_streamed_as_they_are_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = write_pet_series(tmp_path / "series", 3, rows=16, cols=16)
+
+    def no_decoding(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("an uncompressed file was decoded before sending")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_decoding)
+    with recording_scp() as (node, stored):
+        report = send_instances(node, paths, calling_ae=CALLING_AE)
+    monkeypatch.undo()
+
+    assert report.sent == 3
+    assert [s.dataset_bytes for s in stored] == [_dataset_bytes(p) for p in paths]
+
+
+def test_a_destination_choosing_implicit_vr_gets_the_dataset_converted(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+    with recording_scp(transfer_syntaxes=[ImplicitVRLittleEndian]) as (node, stored):
+        report = send_instances(node, paths, calling_ae=CALLING_AE)
+
+    assert report.sent == 2
+    for item, path in zip(stored, paths, strict=True):
+        assert item.dataset_bytes != _dataset_bytes(path)  # re-encoded, not streamed
+        received = read_dataset(
+            BytesIO(item.dataset_bytes), is_implicit_VR=True, is_little_endian=True
+        )
+        original = pydicom.dcmread(path)
+        assert received.SOPInstanceUID == original.SOPInstanceUID
+        assert received.PixelData == original.PixelData
+
+
+def test_parallel_associations_share_the_series_without_duplicates(tmp_path: Path) -> None:
+    count = 2 * MIN_INSTANCES_PER_ASSOCIATION + 6  # enough work for three associations
+    paths = write_pet_series(tmp_path / "series", count)
+    recorded: list[str] = []
+
+    with recording_scp(delay_s=0.005) as (node, stored):
+        report = send_instances(
+            node, paths, calling_ae=CALLING_AE, on_sent=recorded.append, associations=3
+        )
+
+    uids = [_uid(p) for p in paths]
+    assert report.sent == count
+    assert sorted(s.sop_instance_uid for s in stored) == sorted(uids)  # each exactly once
+    assert sorted(recorded) == sorted(uids)
+    assert len({s.association for s in stored}) == 3
+
+
+def test_a_small_send_uses_one_association_whatever_is_allowed(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", MIN_INSTANCES_PER_ASSOCIATION)
+    recorded: list[str] = []
+
+    with recording_scp() as (node, stored):
+        send_instances(node, paths, calling_ae=CALLING_AE, on_sent=recorded.append, associations=3)
+
+    assert len({s.association for s in stored}) == 1
+    assert recorded == [_uid(p) for p in paths]  # one association keeps the order
+
+
+def test_a_destination_serving_one_association_at_a_time_still_gets_everything(
+    dcmtk_storescp: StoreSCP, tmp_path: Path
+) -> None:
+    # storescp without --fork accepts the extra associations only after the first ends.
+    count = 2 * MIN_INSTANCES_PER_ASSOCIATION + 1
+    paths = write_pet_series(tmp_path / "series", count)
+
+    report = send_instances(_node(dcmtk_storescp), paths, calling_ae=CALLING_AE, associations=3)
+
+    assert report.sent == count
+    assert dcmtk_storescp.store_request_count() == count
+    assert {_uid(p) for p in dcmtk_storescp.wait_received(count)} == {_uid(p) for p in paths}
+
+
+def test_a_refusal_on_one_association_stops_them_all(tmp_path: Path) -> None:
+    count = 2 * MIN_INSTANCES_PER_ASSOCIATION + 6
+    paths = write_pet_series(tmp_path / "series", count)
+    recorded: list[str] = []
+    refuse_from = 20
+
+    def status_for(n: int) -> int:
+        return OUT_OF_RESOURCES if n >= refuse_from else Status.SUCCESS
+
+    with (
+        recording_scp(delay_s=0.005, status_for=status_for) as (node, stored),
+        pytest.raises(DeliveryRefused, match="Out of Resources"),
+    ):
+        send_instances(node, paths, calling_ae=CALLING_AE, on_sent=recorded.append, associations=3)
+
+    # Every association stops at its next request: at most one more each after the refusal.
+    assert len(stored) <= refuse_from + 2
+    accepted = {s.sop_instance_uid for s in stored[: refuse_from - 1]}
+    assert set(recorded) == accepted
+
+
+def test_parallel_resumption_after_a_crash_sends_no_instance_twice(tmp_path: Path) -> None:
+    count = 2 * MIN_INSTANCES_PER_ASSOCIATION + 6
+    paths = write_pet_series(tmp_path / "series", count)
+    durable: list[str] = []
+
+    def crash_after_twenty(sop_uid: str) -> None:
+        durable.append(sop_uid)
+        if len(durable) == 20:
+            raise KeyboardInterrupt  # the gateway killed mid-send
+
+    with recording_scp(delay_s=0.005) as (node, stored):
+        with pytest.raises(KeyboardInterrupt):
+            send_instances(
+                node, paths, calling_ae=CALLING_AE, on_sent=crash_after_twenty, associations=3
+            )
+        # The other associations' acknowledged instances were still handed to on_sent.
+        assert sorted(durable) == sorted(s.sop_instance_uid for s in stored)
+        report = send_instances(
+            node,
+            paths,
+            calling_ae=CALLING_AE,
+            skip_sop_uids=list(durable),
+            on_sent=durable.append,
+            associations=3,
+        )
+
+    received = [s.sop_instance_uid for s in stored]
+    assert len(received) == len(set(received)) == count
+    assert report.sent + report.skipped == count
