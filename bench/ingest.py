@@ -53,8 +53,8 @@ from typing import Any
 import pydicom.config
 from sqlalchemy import func, select
 
-from actors.compilator import BATCH_WINDOW_S
-from petray.assemblies import assign, load_config, open_task
+from actors.compilator import BATCH_WINDOW_S, assign_all
+from petray.assemblies import load_config, open_task
 from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.db.models import Instance, TaskEvent
@@ -216,14 +216,17 @@ class CompilatorMirror:
             now = time.time()
             with unit_of_work(sessions) as session:  # type: ignore[arg-type]
                 touched: dict[str, SeriesAssembly] = {}
+                members: dict[str, list[int]] = {}
                 for message in batch:
                     assembly = self._compilation.route(message)
                     if assembly is None:
                         assembly = open_task(message, session=session, now=now)
                         self._compilation.open(assembly)
                     assembly.add(message, now)
-                    assign(message, assembly, session=session)
+                    members.setdefault(assembly.task_id, []).append(message.instance_pk)
                     touched[assembly.task_id] = assembly
+                for task_id, instance_pks in members.items():
+                    assign_all(instance_pks, touched[task_id], session=session)
                 ready = False
                 for assembly in touched.values():
                     if assembly.decide(config, now).verdict == Verdict.READY:
