@@ -18,14 +18,12 @@ from typing import Any
 
 import ray
 from ray.util import metrics
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from actors.runtime import Dispatcher, init_actor_process
-from petray.assemblies import load_config, open_task, restore
+from petray.assemblies import assign, load_config, open_task, restore
 from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.db.engine import unit_of_work
-from petray.db.models import Instance, Task
 from petray.domain import Stage
 from petray.ingest import ReceivedInstance
 from petray.settings import Settings
@@ -165,7 +163,7 @@ class CompilatorActor:
                     members.setdefault(assembly.task_id, []).append(instance.instance_pk)
                     touched[assembly.task_id] = assembly
                 for task_id, instance_pks in members.items():
-                    assign_all(instance_pks, touched[task_id], session=session)
+                    assign(instance_pks, touched[task_id], session=session)
                 # Assemblies restored from the database get their first decision here too.
                 for task_id in self._undecided:
                     restored = self._compilation.get(task_id)
@@ -245,21 +243,3 @@ class CompilatorActor:
         self._dispatched += 1
         self._m_outcome.inc(tags={"outcome": "dispatched"})
         self._dispatcher.submit(Stage.VALIDATING, assembly.task_id)
-
-
-def assign_all(instance_pks: list[int], assembly: SeriesAssembly, *, session: Session) -> None:
-    """What petray.assemblies.assign does for each of ``instance_pks``, in two statements.
-
-    The batch holds SQLite's one write lock, which the Store SCP needs for every instance: two
-    statements per task instead of two per instance keep that hold short. (This belongs beside
-    ``assign`` in petray/assemblies.py, as ``assign_many``; kept here until that module's owner
-    takes it.)
-    """
-    session.execute(
-        update(Instance).where(Instance.id.in_(instance_pks)).values(task_id=assembly.task_id)
-    )
-    session.execute(
-        update(Task)
-        .where(Task.id == assembly.task_id)
-        .values(images=assembly.images, expected_images=assembly.expected)
-    )

@@ -53,8 +53,8 @@ from typing import Any
 import pydicom.config
 from sqlalchemy import func, select
 
-from actors.compilator import BATCH_WINDOW_S, assign_all
-from petray.assemblies import load_config, open_task
+from actors.compilator import BATCH_WINDOW_S
+from petray.assemblies import assign, load_config, open_task
 from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.db.models import Instance, TaskEvent
@@ -226,7 +226,7 @@ class CompilatorMirror:
                     members.setdefault(assembly.task_id, []).append(message.instance_pk)
                     touched[assembly.task_id] = assembly
                 for task_id, instance_pks in members.items():
-                    assign_all(instance_pks, touched[task_id], session=session)
+                    assign(instance_pks, touched[task_id], session=session)
                 ready = False
                 for assembly in touched.values():
                     if assembly.decide(config, now).verdict == Verdict.READY:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 from statistics import median
 
@@ -43,9 +44,14 @@ def open_task(instance: ReceivedInstance, *, session: Session, now: float) -> Se
     )
 
 
-def assign(instance: ReceivedInstance, assembly: SeriesAssembly, *, session: Session) -> None:
+def assign(instance_pks: Sequence[int], assembly: SeriesAssembly, *, session: Session) -> None:
+    """Give stored instances to the assembly's task, in two statements however many there are.
+
+    The Compilator commits a batch at a time while holding SQLite's one write lock, which the
+    Store SCP needs for every instance: two statements per task keep that hold short.
+    """
     session.execute(
-        update(Instance).where(Instance.id == instance.instance_pk).values(task_id=assembly.task_id)
+        update(Instance).where(Instance.id.in_(list(instance_pks))).values(task_id=assembly.task_id)
     )
     session.execute(
         update(Task)

@@ -7,9 +7,10 @@ Durability: the file is fsynced and the row committed before ``store`` returns, 
 committed only once the file is durable, so a crash never leaves a row without its file. The
 fsync is the slowest step of ingest, so the SCP writes the file under a temporary name as soon
 as the bytes arrive (``begin``) and hands its fsync to a writer thread, while it checks the
-header and inserts the row; the file is renamed into its series directory once both are done. As before, the rename itself is not
-followed by a directory fsync: like the SQLite WAL with synchronous=NORMAL it survives a process
-crash, and a power loss may lose the last renames along with the last commits.
+header and inserts the row; the file is renamed into its series directory once both are done.
+The rename itself is not followed by a directory fsync: like the SQLite WAL with
+synchronous=NORMAL it survives a process crash, and a power loss may lose the last renames along
+with the last commits.
 """
 
 from __future__ import annotations

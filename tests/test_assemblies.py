@@ -56,7 +56,7 @@ def compile_into_task(
             if assembly is None:
                 assembly = open_task(instance, session=session, now=now)
             assembly.add(instance, now)
-            assign(instance, assembly, session=session)
+            assign([instance.instance_pk], assembly, session=session)
     assert assembly is not None
     return assembly
 
