@@ -63,6 +63,9 @@ class StoreScpActor:
             min_free_bytes=settings.min_free_disk_mb * 2**20,
             fsync=settings.fsync,
         )
+        # Before listening: unacknowledged partial files of a crashed run are resent anyway.
+        if removed := store.remove_leftovers():
+            logger.info("removed %d partial files of unacknowledged instances", removed)
         self._service = StoreService(store, self._sessions, on_instance=self._forward)
         self._compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
         self._server: ThreadedAssociationServer | None = None

@@ -98,6 +98,18 @@ class InstanceStore:
         self._name_counter = itertools.count()
         self._insert = insert(Instance).returning(Instance.id)
 
+    def remove_leftovers(self) -> int:
+        """Delete temporary files a crashed process left behind; returns how many.
+
+        Each belongs to an instance that was never acknowledged, so its sender sends it again.
+        Call only while no association is being served by this root.
+        """
+        removed = 0
+        for leftover in self._incoming.glob("*.part") if self._incoming.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def check_free_space(self) -> None:
         free = shutil.disk_usage(self._root).free
         if free < self._min_free_bytes:

@@ -6,6 +6,7 @@ import threading
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset, dcmread
@@ -277,3 +278,15 @@ def test_stored_file_reads_back_as_the_same_instance(
     ds = dcmread(path)
     assert ds.SOPInstanceUID == header.sop_instance_uid == received.sop_instance_uid
     assert ds.file_meta.MediaStorageSOPInstanceUID == header.sop_instance_uid
+
+
+def test_leftover_partial_files_of_a_crash_are_removed(
+    tmp_path: Path, sqlite_sessions: Any
+) -> None:
+    store = InstanceStore(tmp_path / "instances", sqlite_sessions, min_free_bytes=0)
+    incoming = tmp_path / "instances" / ".incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "abc.part").write_bytes(b"half an instance")
+    (incoming / "keep.txt").write_bytes(b"not ours")
+    assert store.remove_leftovers() == 1
+    assert sorted(p.name for p in incoming.iterdir()) == ["keep.txt"]
