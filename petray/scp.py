@@ -57,7 +57,7 @@ from petray.dicom.header import ACCEPTED_SOP_CLASSES, extract_instance_header, i
 from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance
 from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
-from petray.siteconfig import Listener, get_site_config, list_devices
+from petray.siteconfig import Listener, calling_ae_whitelist, get_site_config
 
 logger = logging.getLogger(__name__)
 
@@ -322,8 +322,8 @@ class StoreService:
         # after this event, so the whitelist follows the device table without a restart.
         with unit_of_work(self._sessions) as session:
             restrict = get_site_config(session=session).restrict_sources
-            allowed = [d.ae_title for d in list_devices(session=session) if d.is_source]
-        ae.require_calling_aet = allowed if restrict else []
+            allowed = calling_ae_whitelist(session=session)
+        ae.require_calling_aet = allowed
         if restrict and not allowed:
             logger.warning("source restriction is on but no source device is configured")
 

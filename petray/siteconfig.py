@@ -136,11 +136,8 @@ def destinations(*, session: Session) -> list[Device]:
     )
 
 
-def is_allowed_source(calling_ae: str, *, session: Session) -> bool:
-    """With ``restrict_sources`` on, only AE titles of source devices may store to us."""
+def calling_ae_whitelist(*, session: Session) -> list[str]:
+    """AE titles that may store to us: the source devices, or [] (anyone) when unrestricted."""
     if not get_site_config(session=session).restrict_sources:
-        return True
-    found = session.scalar(
-        select(Device.id).where(Device.is_source.is_(True)).where(Device.ae_title == calling_ae)
-    )
-    return found is not None
+        return []
+    return [d.ae_title for d in list_devices(session=session) if d.is_source]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from petray.db.models import (
@@ -21,7 +21,6 @@ from petray.db.models import (
     Series,
     Study,
     Task,
-    TaskDestination,
     TaskEvent,
 )
 from petray.domain import FINAL_STATES, Stage, State
@@ -178,11 +177,6 @@ def delete_task(task_id: str, *, session: Session) -> list[Path]:
     return paths
 
 
-def is_cancelled(task_id: str, *, session: Session) -> bool:
-    state = session.scalar(select(Task.state).where(Task.id == task_id))
-    return state == State.CANCELLED
-
-
 @dataclass(frozen=True)
 class TaskSummary:
     id: str
@@ -247,11 +241,3 @@ def instance_paths(task_id: str, *, session: Session) -> list[str]:
             select(Instance.path).where(Instance.task_id == task_id).order_by(Instance.id)
         )
     )
-
-
-def count_images(task_id: str, *, session: Session) -> int:
-    return session.scalar(select(func.count()).where(Instance.task_id == task_id)) or 0
-
-
-def destinations_of(task: Task) -> list[TaskDestination]:
-    return list(task.destinations)

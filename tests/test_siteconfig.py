@@ -15,11 +15,11 @@ from petray.settings import Settings
 from petray.siteconfig import (
     Listener,
     add_device,
+    calling_ae_whitelist,
     destinations,
     effective_listener,
     effective_remote_url,
     get_site_config,
-    is_allowed_source,
     list_devices,
     remove_device,
     validate_ae_title,
@@ -152,11 +152,9 @@ def test_any_source_is_allowed_unless_restricted(sessions: sessionmaker[Session]
             **device(name="scanner", ae_title="PETCT", is_source=True, is_destination=False),
         )
         add_device(session=session, **device(name="pacs", ae_title="PACS"))
-        assert is_allowed_source("STRANGER", session=session)
+        assert calling_ae_whitelist(session=session) == []
     with unit_of_work(sessions) as session:
         get_site_config(session=session).restrict_sources = True
     with sessions() as session:
-        assert is_allowed_source("PETCT", session=session)
-        assert not is_allowed_source("STRANGER", session=session)
         # A destination-only device may receive from us but not store to us.
-        assert not is_allowed_source("PACS", session=session)
+        assert calling_ae_whitelist(session=session) == ["PETCT"]
