@@ -99,6 +99,7 @@ class StoreScpActor:
             try:
                 self._compilator.add_instances.remote(batch)
                 self._m_received.inc(len(batch))
+                self._m_bytes.inc(sum(r.size_bytes for r in batch))
             except Exception:
                 # The rows are committed: the Compilator picks them up on its next restore.
                 logger.exception("could not forward %d instances to the compilator", len(batch))

@@ -40,6 +40,7 @@ class StoreScuActor(StageWorker):
     def __init__(self, settings: object) -> None:
         super().__init__(settings)  # type: ignore[arg-type]
         self._m_sent = metrics.Counter("petray_instances_sent", "Instances delivered")
+        self._m_bytes = metrics.Counter("petray_bytes_sent", "Bytes of delivered instances")
 
     def handle(self, task_id: str) -> Stage | None:
         with unit_of_work(self.sessions) as session:
@@ -81,7 +82,7 @@ class StoreScuActor(StageWorker):
 
         failure: Exception | None = None
         try:
-            send_instances(
+            report = send_instances(
                 destination.node,
                 files,
                 calling_ae=calling_ae,
@@ -95,6 +96,7 @@ class StoreScuActor(StageWorker):
             state, failure = "failed", exc
         else:
             state = "done"
+            self._m_bytes.inc(report.bytes_sent)
         with unit_of_work(self.sessions) as session:
             set_destination_state(destination.pk, state, reason=str(failure or ""), session=session)
         return destination.name, failure

@@ -56,6 +56,7 @@ class ReceivedInstance:
     number_of_slices: int | None
     calling_ae: str
     peer_host: str
+    size_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class InstanceStore:
             number_of_slices=header.number_of_slices,
             calling_ae=calling_ae,
             peer_host=peer_host,
+            size_bytes=final.stat().st_size,
         )
 
     def _final_path(self, header: InstanceHeader) -> Path:

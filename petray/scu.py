@@ -74,6 +74,7 @@ class SendReport:
     # (SOP Instance UID, status meaning) for instances stored with a warning status.
     warnings: tuple[tuple[str, str], ...]
     elapsed_s: float
+    bytes_sent: int = 0
 
 
 @dataclass(frozen=True)
@@ -474,6 +475,8 @@ def send_instances(
         skipped=skipped,
         warnings=tuple(delivery.warnings),
         elapsed_s=elapsed,
+        # Every planned file was acknowledged (any failure raised above).
+        bytes_sent=sum(item.path.stat().st_size for item in outgoing),
     )
 
 

@@ -157,7 +157,12 @@ def test_custom_metrics_are_scrapeable_in_prometheus_format(rig: Rig, tmp_path: 
     rig.send(tmp_path, slices=8, rows=32, cols=32, seed=7)
     rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
     port = ray.nodes()[0]["MetricsExportPort"]
-    wanted = ("ray_petray_instances_received", "ray_petray_stage_tasks", "ray_petray_stage_seconds")
+    wanted = (
+        "ray_petray_instances_received",
+        "ray_petray_bytes_received",
+        "ray_petray_stage_tasks",
+        "ray_petray_stage_seconds",
+    )
     deadline = time.monotonic() + 40  # metrics are exported every few seconds
     text = ""
     while time.monotonic() < deadline:

@@ -99,6 +99,7 @@ def test_sends_every_instance_over_one_association(
 
     assert report.sent == 12
     assert report.skipped == 0
+    assert report.bytes_sent == sum(p.stat().st_size for p in paths)
     assert recorded == [_uid(p) for p in paths]
     assert {_uid(p) for p in dcmtk_storescp.wait_received(12)} == set(recorded)
     assert dcmtk_storescp.association_count() == 1
