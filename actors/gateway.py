@@ -48,8 +48,13 @@ class Gateway:
         if not ray.is_initialized():
             ray.init(address=address, **options)
             self._started_ray = True
-        self._pipeline = build_pipeline(self.settings)
-        start_http(self.settings)
+        try:
+            self._pipeline = build_pipeline(self.settings)
+            start_http(self.settings)
+        except BaseException:
+            # Leave nothing half-started behind (e.g. the HTTP port was taken).
+            self.stop()
+            raise
         return self
 
     @property

@@ -54,8 +54,21 @@ def _named(actor_class: Any, name: str, **options: Any) -> Any:
 
 
 def build_pipeline(settings: Settings) -> Pipeline:
-    """Start every actor, rebuild state from the database, resume unfinished tasks, listen."""
+    """Start every actor, rebuild state from the database, resume unfinished tasks, listen.
+
+    A failure part-way kills the actors already created, so a second attempt can reuse their
+    names instead of finding them taken.
+    """
     handles: dict[str, Any] = {}
+    try:
+        return _build(settings, handles)
+    except BaseException:
+        for handle in handles.values():
+            ray.kill(handle, no_restart=True)
+        raise
+
+
+def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
     for index in range(settings.filter_workers):
         name = names.filter_worker_name(index)
         handles[name] = _named(FilterWorker, name, resources={names.FILTER_RESOURCE: 1}).remote()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import insert, select
@@ -56,7 +56,8 @@ class ReceivedInstance:
     number_of_slices: int | None
     calling_ae: str
     peer_host: str
-    size_bytes: int = 0
+    # Only for the bytes-received metric; not part of what identifies the message.
+    size_bytes: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -30,8 +31,22 @@ STOP_TIMEOUT_S = 10.0
 START_ATTEMPTS = 3  # a free port can be taken by someone else between probe and bind
 
 
+# Listening ports are drawn below the kernel's ephemeral range (32768-60999 on Linux), which
+# every outgoing connection takes its local port from, and above Ray's worker ports
+# (10002-19999): a port probed free there is not taken by a client a moment later.
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (the caller retries if it is taken before use)."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
