@@ -128,8 +128,10 @@ class StageWorker:
         self._retries.pop(task_id, None)
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
-            if task.state not in RUNNABLE_STATES:
-                return Outcome()  # cancelled while we worked
+            if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
+                # Cancelled while we worked, or moved on (a result callback that overtook
+                # the Uploader's own commit).
+                return Outcome()
             self.on_advance(task, target, session=session)
         self._processed += 1
         self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "ok"})

@@ -116,7 +116,10 @@ def accept_result_callback(task_id: str, *, session: Session) -> bool:
     """
     task = get_task(task_id, session=session, lock=True)
     stage, state = Stage(task.stage), State(task.state)
-    if stage == Stage.PROCESSING and state in (State.ACTIVE, State.WAITING):
+    # A fast service can call back before the Uploader has committed the move to processing
+    # (its POST /processing has returned, its commit has not): the result is there all the same.
+    awaiting = {Stage.UPLOADING, Stage.PROCESSING}
+    if stage in awaiting and state in (State.ACTIVE, State.WAITING):
         move_to(task, Stage.DOWNLOADING, session=session)
         return True
     already_past = {Stage.DOWNLOADING, Stage.UNPACKING, Stage.SENDING, Stage.DONE}

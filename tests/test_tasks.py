@@ -235,6 +235,19 @@ def test_result_callback_starts_the_download_once(sessions: sessionmaker[Session
         assert [e[0] for e in events(session, task_id)].count("downloading") == 1
 
 
+def test_result_callback_that_overtakes_the_uploader_commit_is_accepted(
+    sessions: sessionmaker[Session],
+) -> None:
+    # The service answered POST /processing and called back before the Uploader committed.
+    with unit_of_work(sessions) as session:
+        task_id = make_task(session, Stage.UPLOADING, State.ACTIVE).id
+    with unit_of_work(sessions) as session:
+        assert accept_result_callback(task_id, session=session) is True
+    with sessions() as session:
+        task = get_task(task_id, session=session)
+        assert (task.stage, task.state) == ("downloading", "active")
+
+
 AFTER_PROCESSING = [
     (Stage.DOWNLOADING, State.ACTIVE),
     (Stage.DOWNLOADING, State.WAITING),
@@ -244,7 +257,7 @@ AFTER_PROCESSING = [
 ]
 NOT_AWAITING_RESULT = [
     (Stage.VALIDATING, State.ACTIVE),
-    (Stage.UPLOADING, State.ACTIVE),
+    (Stage.PACKING, State.ACTIVE),
     (Stage.PROCESSING, State.FAILED),
     (Stage.PROCESSING, State.CANCELLED),
     (Stage.SENDING, State.FAILED),
