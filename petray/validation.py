@@ -212,6 +212,10 @@ def _radiopharmaceutical(
     return None, f"unknown radiopharmaceutical '{_quote(named)}'"
 
 
+# SeriesType value 1 (PS3.3 C.8.9.1.1.1) of series made of several frames in time.
+MULTI_FRAME_SERIES_TYPES = frozenset({"DYNAMIC", "GATED"})
+
+
 def build_processing_header(
     ds: Dataset,
     *,
@@ -223,6 +227,13 @@ def build_processing_header(
     ``slice_spacing_mm`` is the distance between slice centres measured from the positions of the
     whole series (the Compilator/Packer know it; one instance cannot).
     """
+    series_type = ds.get("SeriesType")
+    if series_type and str(series_type[0]).upper() in MULTI_FRAME_SERIES_TYPES:
+        # The service denoises one static 3-D volume; a time series is not that.
+        raise ValidationFailed(
+            f"{str(series_type[0]).upper()} PET series are not supported: "
+            "only static (whole body or image) series can be processed"
+        )
     problems: list[str] = []
 
     def need(value: Any, what: str) -> Any:

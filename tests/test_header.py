@@ -243,3 +243,11 @@ def test_invalid_uids(uid: str) -> None:
 def test_uid_must_be_text() -> None:
     with pytest.raises(InvalidInstance):
         validate_uid(12.3)  # type: ignore[arg-type]
+
+
+def test_dynamic_series_expects_every_time_slice() -> None:
+    # NumberOfSlices counts one frame (PS3.3 C.8.9.1): 3 time slices of 4 slices are 12 images.
+    ds = make_pet_series(slices=4, rows=16, cols=16)[0]
+    ds.SeriesType = ["DYNAMIC", "IMAGE"]
+    ds.NumberOfTimeSlices = 3
+    assert extract_instance_header(ds).number_of_slices == 12

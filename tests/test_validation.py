@@ -10,6 +10,7 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from petray.errors import ValidationFailed
+from petray.synth import make_pet_series
 from petray.validation import (
     ProcessingHeader,
     build_processing_header,
@@ -314,3 +315,11 @@ def test_synthetic_series_validate_for_every_vendor_and_tracer() -> None:
             assert header.radiopharmaceutical == tracer.name, (vendor, tracer.name)
             assert header.dose_mbq == pytest.approx(tracer.dose_mbq)
             assert header.acquisition_start > header.radiopharmaceutical_start
+
+
+def test_dynamic_series_are_refused_with_a_clear_reason() -> None:
+    ds = make_pet_series(slices=4, rows=16, cols=16)[0]
+    ds.SeriesType = ["DYNAMIC", "IMAGE"]
+    ds.NumberOfTimeSlices = 3
+    with pytest.raises(ValidationFailed, match="DYNAMIC PET series are not supported"):
+        build_processing_header(ds, slice_spacing_mm=3.0)

@@ -84,6 +84,8 @@ class InstanceHeader:
     # the coordinate that orders slices whatever the scanner's InstanceNumber convention.
     slice_position: float
     slice_thickness: float | None
+    # Images the whole series should hold: NumberOfSlices times the time slices (DYNAMIC) and
+    # time slots (GATED), since NumberOfSlices counts one frame only (PS3.3 C.8.9.1).
     number_of_slices: int | None
     rows: int
     columns: int
@@ -289,6 +291,11 @@ def extract_instance_header(ds: Dataset) -> InstanceHeader:
     slope = p.required("RescaleSlope", _slope, 1.0)
     intercept = p.optional("RescaleIntercept", _finite)
     number_of_slices = p.optional("NumberOfSlices", _positive_int)
+    frames = (p.optional("NumberOfTimeSlices", _positive_int) or 1) * (
+        p.optional("NumberOfTimeSlots", _positive_int) or 1
+    )
+    if number_of_slices is not None:
+        number_of_slices *= frames
     slice_thickness = p.optional("SliceThickness", _finite)
     series_number = p.optional("SeriesNumber", _integer)
     instance_number = p.optional("InstanceNumber", _integer)
