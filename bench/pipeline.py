@@ -50,7 +50,7 @@ from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
 from petray.orthanc import free_port, start_orthanc
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, add_filter, get_site_config
+from petray.siteconfig import add_destination_and_filters, get_site_config
 from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, list_tasks
 
@@ -354,17 +354,14 @@ def _configure(settings: Settings, orthanc: Any, filters: tuple[FilterSpec, ...]
     with unit_of_work(sessions) as session:
         config = get_site_config(session=session)
         config.min_images = min(config.min_images, n)
-        add_device(
+        add_destination_and_filters(
             session=session,
             name="bench-orthanc",
             ae_title=orthanc.aet,
             host=orthanc.host,
             port=orthanc.dicom_port,
-            is_source=False,
-            is_destination=True,
+            filters=filters,
         )
-        for spec in filters:
-            add_filter(spec, session=session)
 
 
 def _wait_for_task(sessions: Any, timeout_s: float) -> TaskSummary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -141,3 +142,26 @@ def calling_ae_whitelist(*, session: Session) -> list[str]:
     if not get_site_config(session=session).restrict_sources:
         return []
     return [d.ae_title for d in list_devices(session=session) if d.is_source]
+
+
+def add_destination_and_filters(
+    *,
+    session: Session,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    filters: Sequence[FilterSpec],
+) -> None:
+    """A site in one step: one DICOM destination and the post-filters (demo, benchmarks, tests)."""
+    add_device(
+        session=session,
+        name=name,
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        is_source=False,
+        is_destination=True,
+    )
+    for spec in filters:
+        add_filter(spec, session=session)

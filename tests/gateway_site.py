@@ -14,7 +14,7 @@ from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.filters import FilterSpec
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, add_filter, get_site_config
+from petray.siteconfig import add_destination_and_filters, get_site_config
 from tests.peers import free_port
 
 # Test series are small: the default minimum of 10 images would refuse some of them.
@@ -52,15 +52,12 @@ def prepare_site(
         for name, value in site_config.items():
             setattr(config, name, value)
         if destination is not None:
-            add_device(
+            add_destination_and_filters(
                 session=session,
                 name="pacs",
                 ae_title=destination[0],
                 host="127.0.0.1",
                 port=destination[1],
-                is_source=False,
-                is_destination=True,
+                filters=filters,
             )
-        for spec in filters:
-            add_filter(spec, session=session)
     return sessions

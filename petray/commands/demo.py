@@ -29,7 +29,7 @@ from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
 from petray.scu import DicomNode, send_instances
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_device, add_filter
+from petray.siteconfig import add_destination_and_filters
 from petray.synth import make_pet_series, write_series
 from petray.tasks import get_task, list_tasks
 from petray.timings import stage_timings
@@ -90,17 +90,14 @@ def _demo_settings(home: Path) -> Settings:
 def _configure_site(settings: Settings, destination: DicomNode) -> None:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with unit_of_work(sessions) as session:
-        add_device(
+        add_destination_and_filters(
             session=session,
             name="demo-pacs",
             ae_title=destination.ae_title,
             host=destination.host,
             port=destination.port,
-            is_source=False,
-            is_destination=True,
+            filters=DEMO_FILTERS,
         )
-        for spec in DEMO_FILTERS:
-            add_filter(spec, session=session)
 
 
 def _wait_for_task(settings: Settings, timeout_s: float) -> str:
