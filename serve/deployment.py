@@ -27,9 +27,8 @@ class PetrayHttp:
         from serve.app import create_app
 
         sessions = make_sessionmaker(make_engine(self._settings.resolved_database_url))
-        return create_app(
-            self._settings, session_factory=sessions, pipeline=RayPipelineControl(sessions)
-        )
+        pipeline = RayPipelineControl(sessions, filter_workers=self._settings.filter_workers)
+        return create_app(self._settings, session_factory=sessions, pipeline=pipeline)
 
 
 def start_http(settings: Settings) -> Any:

@@ -63,10 +63,58 @@ class Acknowledge(BaseModel):
     message: Literal["Acknowledge"] = "Acknowledge"
 
 
+class HealthCheck(BaseModel):
+    """One judged fact: ``fail`` makes the gateway ``down``, ``warn`` makes it ``degraded``."""
+
+    kind: Literal["database", "dicom_listener", "actor", "disk", "remote_service", "destination"]
+    name: str
+    verdict: Literal["ok", "warn", "fail", "unknown"]
+    reason: str
+    since: datetime | None = None
+
+
+class ActorHealth(BaseModel):
+    name: str
+    alive: bool
+    responding: bool
+    restarts: int | None = Field(description="restarts since creation; null when unknown")
+
+
+class DiskHealth(BaseModel):
+    free_mb: int | None = Field(description="null when the file system did not answer in time")
+    min_free_mb: int
+
+
+class RemoteHealth(BaseModel):
+    reachable: bool
+    latency_ms: float | None
+    error: str
+
+
+class DestinationHealth(BaseModel):
+    name: str
+    state: Literal["ok", "failing", "unknown"]
+    at: datetime | None = Field(description="when the newest delivery outcome was recorded")
+    since: datetime | None = Field(description="failing: first failure of the current run")
+    reason: str
+
+
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    """``GET /api/v1/health``: 200 when ok or degraded, 503 when down (issue 8 item 9).
+
+    Anonymous (load balancers and probes call it), so it names actors and destinations but
+    carries no patient data and no addresses beyond what delivery errors state.
+    """
+
+    status: Literal["ok", "degraded", "down"]
     version: str
     database: bool
+    dicom_listener: bool | None = Field(description="null when the Store SCP did not answer")
+    actors: list[ActorHealth]
+    disk: DiskHealth
+    remote: RemoteHealth
+    destinations: list[DestinationHealth]
+    checks: list[HealthCheck]
 
 
 class Message(BaseModel):
@@ -430,6 +478,8 @@ class ActivityPublic(BaseModel):
 class ActorPublic(BaseModel):
     name: str
     alive: bool
+    responding: bool = True
+    restarts: int | None = None
     backlog: int
     processed: int
     failed: int

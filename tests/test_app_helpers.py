@@ -38,8 +38,9 @@ class FakePipeline:
     calls: list[tuple[str, str | None]] = field(default_factory=list)
     actors: list[ActorStatus] = field(
         default_factory=lambda: [
-            ActorStatus(name="compilator", alive=True, backlog=2, processed=10),
-            ActorStatus(name="store_scu", alive=False),
+            ActorStatus(name="compilator", alive=True, backlog=2, processed=10, restarts=0),
+            ActorStatus(name="store_scp", alive=True, restarts=0, listening=True),
+            ActorStatus(name="store_scu", alive=True, restarts=0),
         ]
     )
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, Device, Instance, OutputSeries, Task
 from petray.domain import Stage, State
+from petray.ports import ActorStatus
 from petray.synth import make_pet_series, write_series
 from tests.test_app_helpers import PATIENT_NAME, AppHarness, csrf_of, harness, make_task
 
@@ -45,6 +46,7 @@ def test_every_page_renders_with_local_assets_only(harness: AppHarness) -> None:
 
 
 def test_dashboard_shows_actors_remote_and_disk(harness: AppHarness) -> None:
+    harness.pipeline.actors[-1] = ActorStatus(name="store_scu", alive=False)
     harness.login("viewer")
     page = harness.client.get("/").text
     assert "compilator" in page and "down" in page  # store_scu is reported down
