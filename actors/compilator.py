@@ -7,6 +7,12 @@ It shares SQLite's single write lock with ingest, so instance messages are not c
 one: they are collected for at most BATCH_WINDOW_S and routed, assigned and (when complete)
 moved on in one transaction. A complete series is still dispatched within that window of its
 last slice. The site's compilator thresholds are re-read every CONFIG_TTL_S, not per instance.
+
+Acknowledged means owned (issue 8): whenever the actor (re)starts it rebuilds the open
+assemblies and the unclaimed instances from the database before it routes anything, and a
+sweep every ``sweep_interval_s`` takes up any instance left unclaimed (a message lost with a
+crashed actor) and drops assemblies whose task was deleted or cancelled. Whether an instance is
+still unclaimed is always asked of the database, never of a memory keyed by reusable row ids.
 """
 
 from __future__ import annotations
@@ -14,20 +20,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ray
 from ray.util import metrics
 from sqlalchemy.orm import Session
 
-from actors.runtime import Dispatcher, init_actor_process
-from petray.assemblies import assign, load_config, open_task, restore
-from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
+from actors.runtime import Background, Dispatcher, init_actor_process
+from petray.assemblies import (
+    assign,
+    compiling,
+    load_config,
+    open_task,
+    reopen_or_fail,
+    restore,
+    still_unassigned,
+    unassigned,
+)
+from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, SeriesKey, Verdict
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.ingest import ReceivedInstance
 from petray.settings import Settings
-from petray.tasks import fail, get_task, move_to
+from petray.tasks import add_note, fail, get_task, move_to
 
 logger = logging.getLogger(__name__)
 
@@ -42,23 +59,30 @@ CONFIG_TTL_S = 5.0
 # instances unassigned; this spaces out retries while the database is unavailable.
 RETRY_DELAY_S = 1.0
 MIN_RECHECK_S = 0.05
-# Instance ids already assigned, remembered so that one both restored from the database and
-# still in flight as a message is not taken for a re-send (which would open a second task).
-REMEMBERED_INSTANCES = 200_000
+# The sweep leaves alone instances younger than this: their message is normally on its way.
+SWEEP_GRACE_S = 5.0
+# Assemblies dispatched on their NumberOfSlices are remembered this long (and this many per
+# series), so that more slices of the same series arriving later are recognised as such.
+DISPATCHED_MEMORY_S = 3600.0
+DISPATCHED_PER_SERIES = 4
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class CompilatorActor:
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._sessions = init_actor_process(settings)
         self._compilation = Compilation()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._dispatcher = Dispatcher()
+        self._background = Background()
         self._dispatched = 0
         self._aborted = 0
         self._pending: list[ReceivedInstance] = []
         self._undecided: set[str] = set()
-        self._assigned: dict[int, None] = {}  # insertion-ordered: the oldest are forgotten first
+        self._dispatched_on_count: dict[SeriesKey, deque[tuple[float, SeriesAssembly]]] = {}
+        self._restored = False
+        self._sweeping = False
         self._flush_handle: asyncio.TimerHandle | None = None
         # Set after a failed commit, until the state is rebuilt from the database: the in-memory
         # assemblies may hold what was rolled back, so nothing is decided from them meanwhile.
@@ -68,10 +92,20 @@ class CompilatorActor:
         self._m_outcome = metrics.Counter(
             "petray_compilations", "Series assemblies by outcome", ("outcome",)
         )
+        # Queued behind this constructor, so a restarted actor rebuilds before anything else.
+        ray.get_runtime_context().current_actor.start.remote()
 
     async def start(self) -> int:
-        """Rebuild the open assemblies from the database; returns how many are open."""
-        self._restore()
+        """Rebuild the open assemblies from the database (once); returns how many are open."""
+        if not self._restored:
+            try:
+                self._restore()
+            except Exception:
+                logger.exception("compilator could not rebuild its state; retrying")
+                self._rebuild_later()
+        if not self._sweeping:
+            self._sweeping = True
+            self._background.spawn(self._sweep_forever())
         return len(self._compilation)
 
     async def add_instance(self, instance: ReceivedInstance) -> None:
@@ -79,6 +113,8 @@ class CompilatorActor:
 
     async def add_instances(self, instances: list[ReceivedInstance]) -> None:
         self._pending.extend(instances)
+        if not self._restored and not self._broken:
+            await self.start()  # a message that overtook the restart's own start call
         if self._broken:
             return
         if len(self._pending) >= MAX_BATCH:
@@ -94,7 +130,31 @@ class CompilatorActor:
             "aborted": self._aborted,
             "backlog": len(self._compilation),
             "pending": len(self._pending),
+            "restarted": ray.get_runtime_context().was_current_actor_reconstructed,
         }
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_interval_s)
+            if self._broken or not self._restored:
+                continue
+            try:
+                self._sweep()
+            except Exception:
+                logger.exception("compilator sweep failed; rebuilding")
+                self._rebuild_later()
+
+    def _sweep(self) -> None:
+        """Take up instances nobody claimed, forget assemblies whose task went away."""
+        before = datetime.now(UTC) - timedelta(seconds=SWEEP_GRACE_S)
+        with unit_of_work(self._sessions) as session:
+            live = compiling([a.task_id for a in self._compilation], session=session)
+            orphans = unassigned(session=session, received_before=before)
+        self._forget_gone(live)
+        if orphans:
+            logger.warning("sweep found %d unclaimed instances; assigning them", len(orphans))
+            self._pending.extend(orphans)
+            self._flush()
 
     def _rebuild_later(self) -> None:
         self._broken = True
@@ -123,6 +183,7 @@ class CompilatorActor:
         self._undecided = {assembly.task_id for assembly in assemblies}
         self._pending.extend(pending)
         self._broken = False
+        self._restored = True
         logger.info(
             "compilator restored %d open tasks, %d pending instances", len(assemblies), len(pending)
         )
@@ -151,11 +212,17 @@ class CompilatorActor:
         try:
             with unit_of_work(self._sessions) as session:
                 now = time.time()
+                batch = still_unassigned(batch, session=session)
+                if batch:
+                    # Deleted or cancelled while open: its instances must not join it.
+                    self._forget_gone(
+                        compiling([a.task_id for a in self._compilation], session=session)
+                    )
                 members: dict[str, list[int]] = {}
                 for instance in batch:
-                    if instance.instance_pk in self._assigned:
-                        continue
                     assembly = self._compilation.route(instance)
+                    if assembly is None:
+                        assembly = self._beyond_declared(instance, session=session, now=now)
                     if assembly is None:
                         assembly = open_task(instance, session=session, now=now)
                         self._compilation.open(assembly)
@@ -180,12 +247,58 @@ class CompilatorActor:
             self._rebuild_later()
             return
         self._undecided.clear()
-        for instance in batch:
-            self._assigned[instance.instance_pk] = None
-        while len(self._assigned) > REMEMBERED_INSTANCES:
-            del self._assigned[next(iter(self._assigned))]
         for assembly, failure in closed:
             self._closed(assembly, failure)
+
+    def _forget_gone(self, live: set[str]) -> None:
+        for assembly in self._compilation:
+            if assembly.task_id not in live:
+                logger.info("task %s is no longer compiling; forgetting it", assembly.task_id)
+                self._compilation.close(assembly.task_id)
+                timer = self._timers.pop(assembly.task_id, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _beyond_declared(
+        self, instance: ReceivedInstance, *, session: Session, now: float
+    ) -> SeriesAssembly | None:
+        """The assembly for a slice of a series already dispatched on its NumberOfSlices.
+
+        The declared count was a lie (issue 8): the dispatched task takes the slice back if it
+        has not left the gateway yet; otherwise it fails, and so does the task that gathers the
+        rest, each naming the contradiction. None when the instance is not such a slice.
+        """
+        recent = self._dispatched_on_count.get((instance.series_pk, instance.calling_ae))
+        while recent and now - recent[0][0] > DISPATCHED_MEMORY_S:
+            recent.popleft()
+        if not recent:
+            return None
+        earlier = next(
+            (a for _, a in reversed(recent) if instance.sop_instance_uid not in a.sop_uids), None
+        )
+        if earlier is None:
+            return None  # a re-send of slices already dispatched: a new task, as always
+        recent.remove(next(item for item in recent if item[1] is earlier))
+        note = (
+            f"more images arrived than NumberOfSlices ({earlier.declared}) said, after the "
+            "series was dispatched"
+        )
+        if reopen_or_fail(
+            earlier.task_id, f"{note}; reassembled by slice positions", session=session
+        ):
+            earlier.contradict(f"{note}; the series was reassembled by slice positions")
+            self._compilation.open(earlier)
+            logger.warning("task %s reopened: %s", earlier.task_id, note)
+            return earlier
+        rest = open_task(instance, session=session, now=now)
+        rest.contradict(note)
+        rest.doomed = (
+            f"{note} (task {earlier.task_id} had already left the gateway with "
+            f"{earlier.images} images): correct the series and send it again"
+        )
+        self._compilation.open(rest)
+        logger.warning("task %s: %s; failing the rest", earlier.task_id, note)
+        return rest
 
     def _decide(self, assembly: SeriesAssembly, config: CompilatorConfig, now: float) -> str | None:
         """None while the assembly stays open (recheck timer set), else "" or why it aborts."""
@@ -228,6 +341,8 @@ class CompilatorActor:
         self._compilation.close(assembly.task_id)
         task = get_task(assembly.task_id, session=session, lock=True)
         task.images = assembly.images
+        if assembly.contradiction:
+            add_note(task, assembly.contradiction)
         if failure:
             fail(task, failure, session=session)
         else:
@@ -242,4 +357,9 @@ class CompilatorActor:
             return
         self._dispatched += 1
         self._m_outcome.inc(tags={"outcome": "dispatched"})
+        if assembly.expected is not None:
+            recent = self._dispatched_on_count.setdefault(
+                assembly.key, deque(maxlen=DISPATCHED_PER_SERIES)
+            )
+            recent.append((time.time(), assembly))
         self._dispatcher.submit(Stage.VALIDATING, assembly.task_id)

@@ -13,7 +13,6 @@ from actors.compilator import CompilatorActor
 from actors.downloader import DownloaderActor
 from actors.filter_worker import FilterWorker
 from actors.packer import PackerActor
-from actors.runtime import Dispatcher
 from actors.store_scp import StoreScpActor
 from actors.store_scu import StoreScuActor
 from actors.unpacker import UnpackerActor
@@ -78,16 +77,17 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
     handles[names.UNPACKER] = _named(UnpackerActor, names.UNPACKER).remote(settings)
     handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
     ray.get([h.__ray_ready__.remote() for h in handles.values()], timeout=START_TIMEOUT_S)
+    # Every actor takes up its own stage's tasks as it starts (and whenever it restarts);
+    # the Compilator's rebuild is awaited so that the SCP never listens before it.
     ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
-
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    with unit_of_work(sessions) as session:
-        pending = unfinished_tasks(session=session)
-    dispatcher = Dispatcher()
-    for task_id, stage in pending:
-        dispatcher.submit(stage, task_id)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            pending = unfinished_tasks(session=session)
+    finally:
+        engine.dispose()
     if pending:
-        logger.info("resumed %d unfinished tasks", len(pending))
+        logger.info("resuming %d unfinished tasks", len(pending))
 
     handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
     listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import ray
@@ -44,3 +46,27 @@ class Dispatcher:
         except ValueError:
             # Not running (yet): the task stays committed in its stage and is picked up on start.
             logger.warning("no actor %s for task %s in %s", name, task_id, stage)
+
+
+class Background:
+    """Keeps fire-and-forget coroutines referenced until they end (asyncio holds them weakly)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def actor_state(handle: Any) -> tuple[str, int]:
+    """(state, restarts) of an actor from the GCS: ALIVE, RESTARTING, DEAD, PENDING_CREATION...
+
+    ``ray.util.state`` needs the dashboard, which a gateway may run without; the GCS table it
+    reads is the same.
+    """
+    from ray._private import state
+
+    info = state.actors(actor_id=handle._actor_id.hex())
+    return str(info.get("State", "UNKNOWN")), int(info.get("NumRestarts", 0))

@@ -2,7 +2,12 @@
 
 A stage handler does its work and returns; this shell commits the move to the next stage and
 only then tells the next actor. Transient failures put the task in ``waiting`` and retry with
-capped backoff; permanent ones fail the task with their reason and are never retried in a loop.
+capped backoff within the stage's time budget, then fail with the last error; permanent ones
+fail the task with their reason and are never retried in a loop.
+
+Every actor heals itself (issue 8): whenever Ray (re)creates it — gateway start, ``ray.kill``,
+a lost node — its constructor asks the actor to ``resume``, which takes up every task active or
+waiting in its stages from the database and re-arms the retries at their committed times.
 """
 
 from __future__ import annotations
@@ -11,21 +16,26 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import ray
 from ray.util import metrics
 
-from actors.runtime import Dispatcher, init_actor_process
+from actors.runtime import Background, Dispatcher, init_actor_process
 from petray.db.engine import unit_of_work
+from petray.db.models import Task
 from petray.domain import Stage, State, next_stage
 from petray.errors import PermanentError, TransientError
-from petray.retry import Backoff
+from petray.retry import retry_policy_for
 from petray.settings import Settings
-from petray.tasks import fail, get_task, move_to, wait
+from petray.tasks import fail, get_task, move_to, record_transient_failure, runnable_in
 
 logger = logging.getLogger(__name__)
 
 RUNNABLE_STATES = (State.ACTIVE.value, State.WAITING.value)
+# When the database cannot be read at (re)start, try again after this long.
+RESUME_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,12 +54,14 @@ class StageWorker:
         self.settings = settings
         self.sessions = init_actor_process(settings)
         self.dispatcher = Dispatcher()
-        self.backoff = Backoff(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)
+        self.background = Background()
+        self.policy = retry_policy_for(self.stage, settings)
         self._inflight: set[str] = set()
-        self._retries: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._slots: asyncio.Semaphore | None = None
         self._processed = 0
         self._failed = 0
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         tags = {"stage": self.stage.value}
         self._m_tasks = metrics.Counter(
             "petray_stage_tasks", "Tasks handled by stage and outcome", ("stage", "outcome")
@@ -63,10 +75,56 @@ class StageWorker:
         )
         self._m_duration.set_default_tags(tags)
         self._m_retries.set_default_tags(tags)
+        # Queued behind this constructor: runs first thing in this incarnation of the actor.
+        ray.get_runtime_context().current_actor.resume.remote()
+
+    def resumes(self) -> tuple[Stage, ...]:
+        """The stages whose runnable tasks this actor takes up when it (re)starts."""
+        return (self.stage,)
 
     # -- the mailbox ---------------------------------------------------------------------
 
+    async def resume(self) -> int:
+        """Take up every runnable task of this actor's stages; returns how many."""
+        try:
+            with unit_of_work(self.sessions) as session:
+                runnable = runnable_in(self.resumes(), session=session)
+        except Exception:
+            logger.exception("%s cannot read its tasks; trying again", self.stage)
+            asyncio.get_running_loop().call_later(RESUME_RETRY_S, self._resume_later)
+            return 0
+        now = datetime.now(UTC)
+        for task_id, next_attempt_at in runnable:
+            delay = (next_attempt_at - now).total_seconds() if next_attempt_at else 0.0
+            self._schedule(task_id, max(delay, 0.0))
+        if runnable:
+            logger.info(
+                "%s %s: took up %d tasks",
+                self.stage,
+                "restarted" if self._restarted else "started",
+                len(runnable),
+            )
+        return len(runnable)
+
+    def _resume_later(self) -> None:
+        self.background.spawn(self.resume())
+
+    def _schedule(self, task_id: str, delay: float) -> None:
+        """One pending timer per task: a newer schedule replaces the older one."""
+        old = self._timers.pop(task_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[task_id] = loop.call_later(delay, self._fire, task_id)
+
+    def _fire(self, task_id: str) -> None:
+        self._timers.pop(task_id, None)
+        self.background.spawn(self.submit(task_id))
+
     async def submit(self, task_id: str) -> None:
+        timer = self._timers.pop(task_id, None)
+        if timer is not None:
+            timer.cancel()  # told directly (e.g. an operator's retry): do not wait it out
         if task_id in self._inflight:
             return
         self._inflight.add(task_id)
@@ -80,15 +138,16 @@ class StageWorker:
         if outcome.advance_to is not None:
             self.dispatcher.submit(outcome.advance_to, task_id)
         elif outcome.retry_in is not None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(outcome.retry_in, lambda: asyncio.ensure_future(self.submit(task_id)))
+            self._schedule(task_id, outcome.retry_in)
 
     async def status(self) -> dict[str, Any]:
         return {
             "stage": self.stage.value,
-            "backlog": len(self._inflight) + len(self._retries),
+            "backlog": len(self._inflight) + len(self._timers),
+            "retrying": len(self._timers),
             "processed": self._processed,
             "failed": self._failed,
+            "restarted": self._restarted,
         }
 
     # -- one unit of work ----------------------------------------------------------------
@@ -99,25 +158,14 @@ class StageWorker:
 
     def _run(self, task_id: str) -> Outcome:
         with unit_of_work(self.sessions) as session:
-            task = get_task(task_id, session=session)
-            if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
-                return Outcome()  # stale message: cancelled, failed, or moved on already
+            task = session.get(Task, task_id)
+            if task is None or task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
+                return Outcome()  # stale: deleted, cancelled, failed, or moved on already
         started = time.monotonic()
         try:
             target = self.handle(task_id) or next_stage(self.stage)
         except TransientError as exc:
-            attempt = self._retries.get(task_id, 0)
-            self._retries[task_id] = attempt + 1
-            delay = self.backoff.delay(attempt)
-            logger.warning("task %s %s: %s (retry in %.1f s)", task_id, self.stage, exc, delay)
-            self._m_retries.inc()
-            with unit_of_work(self.sessions) as session:
-                task = get_task(task_id, session=session, lock=True)
-                if task.state not in RUNNABLE_STATES:
-                    self._retries.pop(task_id, None)
-                    return Outcome()
-                wait(task, str(exc), session=session)
-            return Outcome(retry_in=delay)
+            return self._retry_later(task_id, str(exc))
         except PermanentError as exc:
             self._finish_failed(task_id, str(exc))
             return Outcome()
@@ -125,7 +173,6 @@ class StageWorker:
             logger.exception("task %s failed in %s", task_id, self.stage)
             self._finish_failed(task_id, f"internal error in {self.stage}: {type(exc).__name__}")
             return Outcome()
-        self._retries.pop(task_id, None)
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
@@ -138,13 +185,30 @@ class StageWorker:
         self._m_duration.observe(time.monotonic() - started)
         return Outcome(advance_to=target)
 
+    def _retry_later(self, task_id: str, error: str) -> Outcome:
+        self._m_retries.inc()
+        with unit_of_work(self.sessions) as session:
+            task = get_task(task_id, session=session, lock=True)
+            if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
+                return Outcome()
+            delay = record_transient_failure(
+                task, error, policy=self.policy, now=datetime.now(UTC), session=session
+            )
+            attempts = task.retry_attempts
+        if delay is None:
+            logger.warning("task %s %s: gave up after %d attempts", task_id, self.stage, attempts)
+            self._failed += 1
+            self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "failed"})
+            return Outcome()
+        logger.warning("task %s %s: %s (retry in %.1f s)", task_id, self.stage, error, delay)
+        return Outcome(retry_in=delay)
+
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """Commit the move to ``target`` (subclasses may record more in the same transaction)."""
         state = State.DONE if target == Stage.DONE else State.ACTIVE
         move_to(task, target, session=session, state=state)
 
     def _finish_failed(self, task_id: str, reason: str) -> None:
-        self._retries.pop(task_id, None)
         logger.warning("task %s failed in %s: %s", task_id, self.stage, reason)
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)

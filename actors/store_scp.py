@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 MAX_FORWARD_BATCH = 256
 # Small against the 1 s budget from last slice to dispatch (issue 2).
 FORWARD_WINDOW_S = 0.005
+# A restarted SCP may find its port held for a moment by the process it replaces.
+LISTEN_ATTEMPTS = 20
+LISTEN_RETRY_S = 0.5
 
 
 def _restore_priority() -> None:
@@ -80,6 +83,20 @@ class StoreScpActor:
             target=self._run_forwarder, name="petray-forward", daemon=True
         )
         self._forwarder.start()
+        # A restarted actor listens again by itself (issue 8); at gateway start the pipeline's
+        # own start call finds it listening already.
+        ray.get_runtime_context().current_actor.listen.remote()
+
+    def listen(self) -> None:
+        """Open the listener, retrying while the port is still held (a dying predecessor)."""
+        for attempt in range(LISTEN_ATTEMPTS):
+            try:
+                self.start()
+                return
+            except OSError as exc:
+                logger.warning("Store SCP cannot listen yet (%s); attempt %d", exc, attempt + 1)
+                time.sleep(LISTEN_RETRY_S)
+        logger.error("Store SCP could not open its port after %d attempts", LISTEN_ATTEMPTS)
 
     def _forward(self, received: ReceivedInstance) -> None:
         # Called from pynetdicom's DUL thread after the instance is committed.

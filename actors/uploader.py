@@ -12,6 +12,7 @@ import ray
 
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
+from petray.db.models import Task
 from petray.domain import Stage, State
 from petray.remote import RemoteClient
 from petray.shared_folder import upload
@@ -30,9 +31,13 @@ class UploaderActor(StageWorker):
         super().__init__(settings)
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
 
+    def resumes(self) -> tuple[Stage, ...]:
+        return (Stage.UPLOADING, Stage.PROCESSING)
+
     async def submit(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
-            stage = get_task(task_id, session=session).stage
+            task = session.get(Task, task_id)
+            stage = task.stage if task is not None else None
         if stage == Stage.PROCESSING.value:
             self._watch_deadline(task_id)
             return
@@ -61,7 +66,8 @@ class UploaderActor(StageWorker):
 
     def _watch_deadline(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
-            deadline = get_task(task_id, session=session).deadline
+            task = session.get(Task, task_id)
+            deadline = task.deadline if task is not None else None
         if deadline is None:
             return
         remaining = (deadline - datetime.now(UTC)).total_seconds()
@@ -74,7 +80,9 @@ class UploaderActor(StageWorker):
     def _expire(self, task_id: str) -> None:
         self._deadlines.pop(task_id, None)
         with unit_of_work(self.sessions) as session:
-            task = get_task(task_id, session=session, lock=True)
+            task = session.get(Task, task_id, with_for_update=True)
+            if task is None:
+                return
             if task.stage != Stage.PROCESSING.value or task.state != State.WAITING.value:
                 return
             hours = self.settings.processing_deadline_s / 3600

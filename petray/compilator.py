@@ -3,6 +3,10 @@
 Readiness follows the product workflow (spec/workflow_es.txt): a minimum image count and either
 the expected count from NumberOfSlices, or, when that is absent, slices without gaps after a
 quiet period. Everything here is pure: time comes in as an argument, the actor owns the clock.
+
+NumberOfSlices is a hint, not the truth (issue 8): when more images arrive than it declares, the
+geometry wins. The assembly forgets the declared count, notes the contradiction and falls back to
+the contiguity rule, so one volume is never cut into tasks of the declared size.
 """
 
 from __future__ import annotations
@@ -53,7 +57,13 @@ class SeriesAssembly:
     last_activity: float
     sop_uids: set[str] = field(default_factory=set)
     positions: list[float] = field(default_factory=list)
-    expected: int | None = None
+    # The largest image count the instances' NumberOfSlices declared (None: none declared).
+    declared: int | None = None
+    # Set once more images arrived than declared: the declared count is ignored from then on.
+    contradiction: str = ""
+    # Set when the task cannot succeed whatever arrives (e.g. the rest of a series that was
+    # already dispatched): the assembly still gathers its instances, then aborts with this.
+    doomed: str = ""
 
     @property
     def key(self) -> SeriesKey:
@@ -63,12 +73,29 @@ class SeriesAssembly:
     def images(self) -> int:
         return len(self.sop_uids)
 
+    @property
+    def expected(self) -> int | None:
+        """The image count to wait for: the declared one, unless the images contradicted it."""
+        return None if self.contradiction else self.declared
+
     def add(self, instance: ReceivedInstance, now: float) -> None:
         self.sop_uids.add(instance.sop_instance_uid)
         self.positions.append(instance.slice_position)
         if instance.number_of_slices:
-            self.expected = max(self.expected or 0, instance.number_of_slices)
+            self.declared = max(self.declared or 0, instance.number_of_slices)
         self.last_activity = max(self.last_activity, now)
+        self._check_declared()
+
+    def contradict(self, note: str) -> None:
+        """Stop trusting the declared count (geometry wins); ``note`` says why."""
+        self.contradiction = self.contradiction or note
+
+    def _check_declared(self) -> None:
+        if self.declared is not None and self.images > self.declared and not self.contradiction:
+            self.contradict(
+                f"NumberOfSlices says {self.declared} images but more arrived; "
+                "the series was assembled by slice positions instead"
+            )
 
     def largest_gap(self) -> tuple[float, float] | None:
         """(largest gap, median spacing) between neighbouring slice positions, in mm."""
@@ -80,14 +107,23 @@ class SeriesAssembly:
 
     def decide(self, config: CompilatorConfig, now: float) -> Decision:
         idle = now - self.last_activity
+        if self.doomed:
+            # Gather the rest of what the sender streams, then fail once, with the reason.
+            if idle < config.inactivity_wait_s:
+                return Decision(Verdict.WAIT, "receiving", config.inactivity_wait_s - idle)
+            return Decision(Verdict.ABORT, self.doomed)
         if self.expected is not None and self.images >= self.expected:
-            if self.images < config.min_images:
-                return Decision(
-                    Verdict.ABORT,
-                    f"series complete with {self.images} images, fewer than the minimum "
-                    f"{config.min_images}",
-                )
-            return Decision(Verdict.READY)
+            if self.images >= config.min_images:
+                return Decision(Verdict.READY)
+            # Too few for the minimum: before failing, give a NumberOfSlices that may be lying
+            # the quiet period to be contradicted by more images.
+            if idle < config.inactivity_wait_s:
+                return Decision(Verdict.WAIT, "receiving", config.inactivity_wait_s - idle)
+            return Decision(
+                Verdict.ABORT,
+                f"series complete with {self.images} images (NumberOfSlices {self.declared}), "
+                f"fewer than the minimum {config.min_images}",
+            )
         if idle >= config.abort_timeout_s:
             return Decision(Verdict.ABORT, self._incomplete_reason(config, idle))
         until_abort = config.abort_timeout_s - idle

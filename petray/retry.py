@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from petray.domain import Stage
+from petray.settings import Settings
+
 # 2**62 seconds is far beyond any cap; clamping the exponent avoids float overflow for callers
 # that count attempts for days.
 _MAX_EXPONENT = 62
@@ -44,3 +47,57 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         ceiling = self.ceiling(attempt)
         return ceiling * (1.0 - self.jitter * self.rng.random())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between attempts and a time budget after which a stage gives up (issue 8).
+
+    ``budget_s`` counts from the first failure of the current run of failures: a peer that
+    comes back and fails again later starts a fresh budget only once the stage moved on.
+    """
+
+    backoff: Backoff
+    budget_s: float
+
+    def __post_init__(self) -> None:
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+
+    def next_delay(self, *, failures: int, elapsed_s: float) -> float | None:
+        """Seconds until the next attempt after ``failures`` failures, None once out of budget.
+
+        The last attempt is placed at the end of the budget rather than skipped, so a budget
+        shorter than the backoff still gets its final try.
+        """
+        if failures < 1:
+            raise ValueError(f"failures must be >= 1, got {failures}")
+        remaining = self.budget_s - elapsed_s
+        if remaining <= 0:
+            return None
+        return min(self.backoff.delay(failures - 1), remaining)
+
+
+def format_duration(seconds: float) -> str:
+    """``95`` -> ``"1 min 35 s"``, ``7300`` -> ``"2 h 1 min"``: for reasons staff read."""
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def retry_policy_for(stage: Stage, settings: Settings) -> RetryPolicy:
+    """The budget a stage gets: a day for destinations, the service budget for the rest."""
+    backoff = Backoff(
+        base_s=settings.retry_base_s, cap_s=max(settings.retry_cap_s, settings.retry_base_s)
+    )
+    budget = (
+        settings.delivery_retry_budget_s
+        if stage == Stage.SENDING
+        else settings.service_retry_budget_s
+    )
+    return RetryPolicy(backoff=backoff, budget_s=budget)

@@ -1,9 +1,10 @@
 """Sending DICOM: C-STORE of files to one destination over one association, and C-ECHO.
 
 Failures are classified here so callers only see the petray error hierarchy (issue 4):
-refused/aborted/rejected associations, connection errors and timeouts are ``TransientError``
-(retried with the caller's capped backoff); a C-STORE failure status, or a destination that
-accepts none of the proposed presentation contexts, is ``DeliveryRefused`` (permanent).
+aborted or transiently rejected associations, connection errors and timeouts are
+``TransientError`` (retried with the caller's capped backoff, within its budget); a C-STORE
+failure status, a permanent association rejection (PS3.8 9.3.4), or a destination that accepts
+none of the proposed presentation contexts, is ``DeliveryRefused`` (permanent).
 Messages name the destination and counts only, never patient data.
 """
 
@@ -50,6 +51,8 @@ UNCOMPRESSED_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MIN_INSTANCES_PER_ASSOCIATION = 32
 # PACS commonly limit simultaneous associations per calling AE; stay well below common limits.
 MAX_ASSOCIATIONS = 8
+# A-ASSOCIATE-RJ Result field (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
+REJECTED_PERMANENT = 0x01
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,10 @@ def _association_failure(node: DicomNode, assoc: Association) -> Exception:
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
         reason = primitive.reason_str if primitive is not None else "no reason given"
+        if primitive is not None and primitive.result == REJECTED_PERMANENT:
+            # The destination says asking again will not help (e.g. calling AE title not
+            # recognised): a configuration problem for staff, not an outage to wait out.
+            return DeliveryRefused(f"{node} rejected the association permanently: {reason}")
         return TransientError(f"{node} rejected the association: {reason}")
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         # Negotiation finished and the destination said no to every SOP class/transfer syntax:

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     filter_workers: int = Field(default=2, ge=1)
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)
+    # How long a stage keeps retrying a transient failure before the task fails with the last
+    # error (issue 8: retries end). The service and the shared folder get hours (a VPN or
+    # service outage); a destination gets a day (a PACS down over a weekend night).
+    service_retry_budget_s: float = Field(default=6 * 3600, gt=0)
+    delivery_retry_budget_s: float = Field(default=24 * 3600, gt=0)
+    # How often actors sweep the database for work nobody announced (unassigned instances,
+    # results in processed/ whose callback was lost).
+    sweep_interval_s: float = Field(default=30.0, gt=0)
     fsync: bool = True
     dashboard: bool = True
     secret_key: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from petray.errors import TransientError
@@ -46,6 +47,20 @@ def upload(archive: Path, shared_dir: Path, task_id: str) -> Path:
 
 def result_path(shared_dir: Path, task_id: str) -> Path:
     return shared_dir / PROCESSED / archive_name(task_id)
+
+
+def result_present(shared_dir: Path, task_id: str) -> bool:
+    """A result archive is in ``processed/`` under its final name and opens as a zip.
+
+    The service renames a result into place only when it is complete, so the name alone
+    suffices; the zip check keeps a stray or truncated file from starting a download that
+    can only fail (the Downloader still verifies every checksum).
+    """
+    path = result_path(shared_dir, task_id)
+    try:
+        return path.is_file() and zipfile.is_zipfile(path)
+    except OSError:
+        return False  # the share is away: nothing is found now, the next sweep looks again
 
 
 def remove_task_files(shared_dir: Path, task_id: str) -> None:

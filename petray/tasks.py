@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from petray.db.models import (
 )
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition, UnknownTask
+from petray.retry import RetryPolicy, format_duration
 
 # Stages an actor looks after when the task is active or waiting in them (PROCESSING: the
 # Uploader watches the deadline); COMPILING belongs to the Compilator's own bookkeeping.
@@ -76,7 +77,12 @@ def get_task(task_id: str, *, session: Session, lock: bool = False) -> Task:
 def move_to(
     task: Task, stage: Stage, *, session: Session, state: State = State.ACTIVE, message: str = ""
 ) -> None:
-    """Record a stage/state change and its event; ``reason`` is cleared unless waiting or failed."""
+    """Record a stage/state change and its event; ``reason`` is cleared unless waiting or failed.
+
+    Moving to another stage ends the current run of transient failures (a fresh budget there).
+    """
+    if task.stage != stage:
+        _clear_retries(task)
     task.stage = stage
     task.state = state
     task.reason = message if state in (State.WAITING, State.FAILED, State.CANCELLED) else ""
@@ -94,6 +100,47 @@ def wait(task: Task, reason: str, *, session: Session) -> None:
         move_to(task, Stage(task.stage), session=session, state=State.WAITING, message=reason)
 
 
+def add_note(task: Task, note: str) -> None:
+    """Remember something staff should know that did not stop the task (once per note)."""
+    notes = [line for line in (task.notes or "").splitlines() if line]
+    if note not in notes:
+        task.notes = "\n".join([*notes, note])
+
+
+def _clear_retries(task: Task) -> None:
+    task.retry_attempts = 0
+    task.retrying_since = None
+    task.next_attempt_at = None
+
+
+def record_transient_failure(
+    task: Task, error: str, *, policy: RetryPolicy, now: datetime, session: Session
+) -> float | None:
+    """Count one transient failure: wait and return the delay, or fail once out of budget.
+
+    The count, the start of the run and the next attempt's time are committed with the task, so
+    an actor that restarts re-arms the retry at the same moment instead of starting over.
+    """
+    since = task.retrying_since or now
+    failures = (task.retry_attempts or 0) + 1
+    elapsed = (now - since).total_seconds()
+    task.retry_attempts = failures
+    task.retrying_since = since
+    task.last_error = error
+    delay = policy.next_delay(failures=failures, elapsed_s=elapsed)
+    if delay is None:
+        task.next_attempt_at = None
+        fail(
+            task,
+            f"gave up after {failures} attempts over {format_duration(elapsed)}: {error}",
+            session=session,
+        )
+        return None
+    task.next_attempt_at = now + timedelta(seconds=delay)
+    wait(task, f"{error} (attempt {failures}, retrying)", session=session)
+    return delay
+
+
 def complete(task: Task, *, session: Session) -> None:
     move_to(task, Stage.DONE, session=session, state=State.DONE)
 
@@ -107,6 +154,34 @@ def unfinished_tasks(*, session: Session) -> list[tuple[str, Stage]]:
         .order_by(Task.created)
     ).all()
     return [(task_id, Stage(stage)) for task_id, stage in rows]
+
+
+def runnable_in(
+    stages: tuple[Stage, ...], *, session: Session
+) -> list[tuple[str, datetime | None]]:
+    """(task id, next attempt time) of tasks active or waiting in ``stages``, oldest first.
+
+    What a stage actor takes up whenever it (re)starts (issue 8: every actor heals itself).
+    """
+    rows = session.execute(
+        select(Task.id, Task.next_attempt_at)
+        .where(Task.stage.in_([s.value for s in stages]))
+        .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+        .order_by(Task.created)
+    ).all()
+    return [(task_id, next_at) for task_id, next_at in rows]
+
+
+def awaiting_result(*, session: Session) -> list[str]:
+    """Ids of tasks the service may have answered: uploaded, not yet told of a result."""
+    return list(
+        session.scalars(
+            select(Task.id)
+            .where(Task.stage.in_([Stage.UPLOADING.value, Stage.PROCESSING.value]))
+            .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+            .order_by(Task.created)
+        )
+    )
 
 
 def accept_result_callback(task_id: str, *, session: Session) -> bool:
@@ -143,6 +218,7 @@ def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
         stage = Stage.SENDING
     task.attempts += 1
     task.deadline = None
+    _clear_retries(task)
     if from_start:
         for destination in task.destinations:
             destination.state, destination.sent, destination.reason = "waiting", 0, ""
@@ -194,6 +270,12 @@ class TaskSummary:
     created: str
     updated: str
     destinations: list[dict[str, Any]]
+    # Automatic retries of the current stage (issue 8): how many, the last error, when next.
+    retry_attempts: int = 0
+    last_error: str = ""
+    next_attempt_at: str | None = None
+    operator_retries: int = 0
+    notes: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -212,6 +294,11 @@ def summarize(task: Task) -> TaskSummary:
         reason=task.reason,
         created=task.created.isoformat(),
         updated=task.updated.isoformat(),
+        retry_attempts=task.retry_attempts or 0,
+        last_error=task.last_error or "",
+        next_attempt_at=task.next_attempt_at.isoformat() if task.next_attempt_at else None,
+        operator_retries=task.attempts or 0,
+        notes=task.notes or "",
         destinations=[
             {
                 "name": d.name,

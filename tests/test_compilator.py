@@ -83,11 +83,42 @@ def test_shuffled_arrival_changes_nothing() -> None:
     assert assembly.decide(CONFIG, T0).verdict == Verdict.READY
 
 
-def test_expected_count_reached_below_the_minimum_aborts() -> None:
-    decision = series(6, nslices=6).decide(CONFIG, T0)
+def test_expected_count_reached_below_the_minimum_aborts_after_the_quiet_period() -> None:
+    assembly = series(6, nslices=6)
+    # A NumberOfSlices that may be lying gets the quiet period to be contradicted.
+    assert assembly.decide(CONFIG, T0 + 1.0).verdict == Verdict.WAIT
+    decision = assembly.decide(CONFIG, T0 + CONFIG.inactivity_wait_s)
     assert decision.verdict == Verdict.ABORT
     assert "6 images" in decision.reason
+    assert "NumberOfSlices 6" in decision.reason
     assert "minimum 10" in decision.reason
+
+
+def test_more_images_than_number_of_slices_says_are_kept_together_by_geometry() -> None:
+    # Issue 8: NumberOfSlices=12 on 24 slices of one series must not give two half volumes.
+    assembly = series(24, nslices=12)
+    assert assembly.images == 24
+    assert assembly.expected is None
+    assert "NumberOfSlices says 12" in assembly.contradiction
+    assert assembly.decide(CONFIG, T0 + 1.0).verdict == Verdict.WAIT
+    assert assembly.decide(CONFIG, T0 + CONFIG.inactivity_wait_s).verdict == Verdict.READY
+
+
+def test_a_number_of_slices_below_the_minimum_is_contradicted_by_the_rest() -> None:
+    assembly = series(5, nslices=5)
+    assert assembly.decide(CONFIG, T0 + 1.0).verdict == Verdict.WAIT
+    for index in range(5, 24):
+        assembly.add(received(index, number_of_slices=5), T0 + 2.0)
+    assert assembly.contradiction
+    assert assembly.decide(CONFIG, T0 + 2.0 + CONFIG.inactivity_wait_s).verdict == Verdict.READY
+
+
+def test_a_doomed_assembly_gathers_then_aborts_with_its_reason() -> None:
+    assembly = series(12, nslices=12)
+    assembly.doomed = "the rest of a series already dispatched"
+    assert assembly.decide(CONFIG, T0 + 1.0).verdict == Verdict.WAIT
+    late = assembly.decide(CONFIG, T0 + CONFIG.inactivity_wait_s)
+    assert (late.verdict, late.reason) == (Verdict.ABORT, "the rest of a series already dispatched")
 
 
 def test_missing_expected_images_wait_until_the_abort_timeout() -> None:

@@ -180,14 +180,54 @@ def test_destination_down_is_transient_and_names_it(tmp_path: Path) -> None:
     assert "Test^Peer" not in str(caught.value)
 
 
-def test_rejected_association_is_transient(tmp_path: Path) -> None:
+def test_permanently_rejected_association_is_refused_at_once(tmp_path: Path) -> None:
+    # PS3.8 9.3.4: DCMTK's --refuse answers "rejected-permanent"; retrying cannot help.
     paths = write_pet_series(tmp_path / "series", 2)
     with (
         start_storescp(tmp_path / "scp", extra_args=["--refuse"]) as scp,
-        pytest.raises(TransientError) as caught,
+        pytest.raises(DeliveryRefused, match="permanently") as caught,
     ):
         send_instances(_node(scp), paths, calling_ae=CALLING_AE, timeout_s=5)
     assert scp.aet in str(caught.value)
+
+
+def test_unknown_calling_ae_is_refused_with_the_reason(tmp_path: Path) -> None:
+    paths = write_pet_series(tmp_path / "series", 2)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(PositronEmissionTomographyImageStorage)
+    ae.require_calling_aet = ["SOMEONE"]
+    server = ae.start_server((LOOPBACK, free_port()), block=False)
+    try:
+        with pytest.raises(DeliveryRefused, match="Calling AE title not recognised"):
+            send_instances(
+                DicomNode("PACS", LOOPBACK, server.server_address[1]),
+                paths,
+                calling_ae=CALLING_AE,
+                timeout_s=5,
+            )
+    finally:
+        server.shutdown()
+
+
+def test_transiently_rejected_association_is_retried(tmp_path: Path) -> None:
+    # pynetdicom answers "rejected-transient, local limit exceeded" when it is busy.
+    paths = write_pet_series(tmp_path / "series", 2)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(PositronEmissionTomographyImageStorage)
+    ae.add_supported_context(Verification)
+    ae.maximum_associations = 1
+    server = ae.start_server((LOOPBACK, free_port()), block=False)
+    port = server.server_address[1]
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = holder.associate(LOOPBACK, port, ae_title="PACS")
+    try:
+        assert held.is_established
+        with pytest.raises(TransientError, match="rejected the association"):
+            send_instances(DicomNode("PACS", LOOPBACK, port), paths, calling_ae=CALLING_AE)
+    finally:
+        held.release()
+        server.shutdown()
 
 
 def test_orthanc_refusing_by_abort_is_transient(tmp_path: Path) -> None:

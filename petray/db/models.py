@@ -129,7 +129,17 @@ class Task(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     images: Mapped[int] = mapped_column(Integer, default=0)
     expected_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Operator retries (``petray.tasks.retry``); automatic retries are counted apart below.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The current run of transient failures in this stage (issue 8: retries end): how many,
+    # since when, when the next attempt is due, and the last error. Reset when the stage moves.
+    retry_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retrying_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Things a technologist should know that did not stop the task (e.g. a NumberOfSlices
+    # contradicted by the slices received), one per line.
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     date_shift_days: Mapped[int] = mapped_column(Integer, default=0)
     radiopharmaceutical: Mapped[str] = mapped_column(String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
