@@ -86,7 +86,7 @@ class DestinationFact:
 @dataclass(frozen=True)
 class Observations:
     database_ok: bool
-    actors: Sequence[ActorStatus]
+    actors: Sequence[ActorStatus] | None  # None: the pipeline did not report in time
     free_disk_mb: int | None  # None: the file system did not answer in time
     min_free_disk_mb: int
     remote: RemoteFact
@@ -141,13 +141,13 @@ def _database(facts: Observations) -> Check:
     return Check(CheckKind.DATABASE, "database", Verdict.FAIL, f"unreachable{detail}")
 
 
-def listener_state(actors: Sequence[ActorStatus]) -> bool | None:
+def listener_state(actors: Sequence[ActorStatus] | None) -> bool | None:
     """Whether the DICOM listener listens, as its actor reported; None when it did not say."""
-    reported = [a.listening for a in actors if a.listening is not None]
+    reported = [a.listening for a in actors or () if a.listening is not None]
     return all(reported) if reported else None
 
 
-def _listener(actors: Sequence[ActorStatus]) -> Check:
+def _listener(actors: Sequence[ActorStatus] | None) -> Check:
     name = "dicom_listener"
     listening = listener_state(actors)
     if listening is None:
@@ -161,7 +161,10 @@ def _listener(actors: Sequence[ActorStatus]) -> Check:
     )
 
 
-def _actors(actors: Sequence[ActorStatus]) -> list[Check]:
+def _actors(actors: Sequence[ActorStatus] | None) -> list[Check]:
+    if actors is None:
+        reason = "the pipeline did not report in time"
+        return [Check(CheckKind.ACTOR, "pipeline", Verdict.FAIL, reason)]
     if not actors:
         return [Check(CheckKind.ACTOR, "pipeline", Verdict.FAIL, "no pipeline actor reported")]
     return [_actor(a) for a in actors]

@@ -159,7 +159,9 @@ def page_csrf(client: TestClient, path: str = "/account") -> str:
     return csrf_of(client.get(path).text)
 
 
-def build_harness(tmp_path: Path, **overrides: Any) -> Iterator[AppHarness]:
+def build_harness(
+    tmp_path: Path, *, pipeline: FakePipeline | None = None, **overrides: Any
+) -> Iterator[AppHarness]:
     home = tmp_path / "home"
     home.mkdir()
     settings = make_settings(home, **overrides)
@@ -167,7 +169,7 @@ def build_harness(tmp_path: Path, **overrides: Any) -> Iterator[AppHarness]:
     migrate(engine)
     sessions = make_sessionmaker(engine)
     seed_users(sessions)
-    pipeline = FakePipeline()
+    pipeline = pipeline or FakePipeline()
     app = create_app(settings, session_factory=sessions, pipeline=pipeline)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         yield AppHarness(client, sessions, pipeline, settings, home)

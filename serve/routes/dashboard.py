@@ -60,7 +60,7 @@ async def dashboard(request: Request, ctx: ContextDep, user: PageViewer) -> HTML
         problems=report.problems,
         badges=VERDICT_BADGES,
         now=datetime.now(UTC),
-        actors=[(a, actor_checks.get(a.name)) for a in observed.facts.actors],
+        actors=[(a, actor_checks.get(a.name)) for a in observed.facts.actors or ()],
         gateway_checks=[c for c in report.checks if c.kind in GATEWAY_CHECKS],
         destination_checks=[c for c in report.checks if c.kind is CheckKind.DESTINATION],
         destinations_known=observed.facts.destinations is not None,

@@ -32,6 +32,7 @@ from petray.health import (
     destination_facts,
     listener_state,
 )
+from petray.ports import ActorStatus
 from petray.siteconfig import effective_remote_url, get_site_config
 from serve.deps import ApiViewer, AppContext, ContextDep, run_db
 from serve.schemas import (
@@ -174,13 +175,20 @@ async def observe(ctx: AppContext, app: FastAPI) -> Observed:
         except (TimeoutError, OSError):
             return None
 
-    db, actors, free_mb, (url, remote) = await asyncio.gather(
-        database(), ctx.pipeline.status(), disk(), observe_remote(ctx, app)
+    async def actors() -> list[ActorStatus] | None:
+        # The Ray implementation bounds each actor itself; this bounds any implementation.
+        try:
+            return await asyncio.wait_for(ctx.pipeline.status(), timeout=FACT_TIMEOUT_S)
+        except TimeoutError:
+            return None
+
+    db, statuses, free_mb, (url, remote) = await asyncio.gather(
+        database(), actors(), disk(), observe_remote(ctx, app)
     )
     facts = Observations(
         database_ok=db.ok,
         database_error=db.error,
-        actors=actors,
+        actors=statuses,
         free_disk_mb=free_mb,
         min_free_disk_mb=ctx.settings.min_free_disk_mb,
         remote=remote,
@@ -199,7 +207,7 @@ def health_public(observed: Observed) -> Health:
         dicom_listener=listener_state(facts.actors),
         actors=[
             ActorHealth(name=a.name, alive=a.alive, responding=a.responding, restarts=a.restarts)
-            for a in facts.actors
+            for a in facts.actors or ()
         ],
         disk=DiskHealth(free_mb=facts.free_disk_mb, min_free_mb=facts.min_free_disk_mb),
         remote=RemoteHealth(
