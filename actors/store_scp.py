@@ -19,7 +19,7 @@ from actors.names import COMPILATOR, NAMESPACE
 from actors.runtime import init_actor_process
 from petray.db.engine import unit_of_work
 from petray.ingest import InstanceStore, ReceivedInstance
-from petray.scp import StoreService
+from petray.scp import IngestLimits, StoreService
 from petray.settings import Settings
 from petray.siteconfig import Listener, effective_listener
 
@@ -69,7 +69,12 @@ class StoreScpActor:
         # Before listening: unacknowledged partial files of a crashed run are resent anyway.
         if removed := store.remove_leftovers():
             logger.info("removed %d partial files of unacknowledged instances", removed)
-        self._service = StoreService(store, self._sessions, on_instance=self._forward)
+        self._service = StoreService(
+            store,
+            self._sessions,
+            on_instance=self._forward,
+            limits=IngestLimits.from_settings(settings),
+        )
         self._compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
         self._server: ThreadedAssociationServer | None = None
         self._listener: Listener | None = None

@@ -7,15 +7,17 @@ a whole PET/CT study is not made to retry forever, but their instances are dropp
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import queue
 import socket
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import IntEnum
 from io import BytesIO
 from typing import Any, cast
 
@@ -53,11 +55,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
-from petray.dicom.header import ACCEPTED_SOP_CLASSES, extract_instance_header, is_pet
+from petray.dicom.header import (
+    ACCEPTED_SOP_CLASSES,
+    DEFAULT_MAX_DIMENSION,
+    InstanceHeader,
+    extract_instance_header,
+    is_pet,
+)
 from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance
 from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
-from petray.siteconfig import Listener, calling_ae_whitelist, get_site_config
+from petray.settings import Settings
+from petray.siteconfig import Listener, get_site_config, list_devices
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +86,8 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 assert set(ACCEPTED_TRANSFER_SYNTAXES) <= set(ALL_TRANSFER_SYNTAXES)
 MAX_PDU_BYTES = 262_144
 MAX_ASSOCIATIONS = 32
+DEFAULT_MAX_INSTANCE_BYTES = 64 * 2**20
+LISTEN_BACKLOG = 128
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 ITEM_TAG = (0xFFFE, 0xE000)
 SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
@@ -93,12 +104,56 @@ PREAMBLE_AND_PREFIX = b"\x00" * 128 + b"DICM"
 DUL_IDLE_SLEEP_S = 1e-4
 
 
+class RejectDiagnostic(IntEnum):
+    """A-ASSOCIATE-RJ reasons from the DICOM UL service-user, rejected permanent (PS3.8 9.3.4)."""
+
+    CALLING_AE_NOT_RECOGNISED = 0x03
+    CALLED_AE_NOT_RECOGNISED = 0x07
+
+
+REJECTED_PERMANENT = 0x01
+REJECT_SOURCE_SERVICE_USER = 0x01
+
+
+class OversizedInstance(InvalidInstance):
+    """An instance larger than any real PET image: refused before it costs more memory."""
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What one listener accepts (issue 9) and how long a silent peer may hold a slot (issue 8).
+
+    Memory held at most is about ``max_associations`` x ``max_instance_bytes`` (each association
+    holds the instance it is receiving, and a deflated one is inflated within the same bound).
+    """
+
+    max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
+    max_image_dimension: int = DEFAULT_MAX_DIMENSION
+    max_associations: int = MAX_ASSOCIATIONS
+    # pynetdicom waits 30 s for the A-ASSOCIATE-RQ by default, holding a slot for a port probe.
+    acse_timeout_s: float = 5.0
+    network_timeout_s: float = 60.0
+    check_called_ae: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestLimits:
+        return cls(
+            max_instance_bytes=settings.max_instance_bytes,
+            max_image_dimension=settings.max_image_dimension,
+            max_associations=settings.dicom_max_associations,
+            acse_timeout_s=settings.dicom_acse_timeout_s,
+            network_timeout_s=settings.dicom_network_timeout_s,
+            check_called_ae=settings.dicom_check_called_ae,
+        )
+
+
 @dataclass
 class IngestCounters:
     received: int = 0
     ignored: int = 0
     refused: int = 0
     associations: int = 0
+    rejected: int = 0
     last_received: str = ""
 
 
@@ -119,16 +174,22 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
     return ds
 
 
-def check_pixel_data_complete(encoded: bytes, offset: int, syntax: UID) -> None:
+def check_pixel_data_complete(
+    encoded: bytes, offset: int, syntax: UID, header: InstanceHeader | None = None
+) -> None:
     """Raise EOFError when the PixelData element at ``offset`` is cut short.
 
     The header is parsed with ``stop_before_pixels``, so a dataset truncated inside its pixel
     data would otherwise be stored and acknowledged, and fail only much later in the packer.
     Only element headers are read (the lengths of the value and of each fragment), never the
-    pixel values. A deflated dataset is not checked here: zlib already fails on a cut stream.
+    pixel values. ``encoded`` is the inflated dataset for a deflated transfer syntax.
+
+    With ``header``, native PixelData must also have the length its Rows, Columns,
+    BitsAllocated and NumberOfFrames imply (PS3.5 8.1.1, padded to even length): otherwise
+    InvalidInstance, so that a lying header is refused here and not found at packing.
     """
     if syntax == DeflatedExplicitVRLittleEndian:
-        return
+        syntax = ExplicitVRLittleEndian  # once inflated, it is explicit VR little endian
     end = len(encoded)
     order = "<" if syntax.is_little_endian else ">"
 
@@ -153,7 +214,11 @@ def check_pixel_data_complete(encoded: bytes, offset: int, syntax: UID) -> None:
     if length != UNDEFINED_LENGTH:
         if value_at + length > end:
             raise EOFError(f"PixelData truncated: {end - value_at} of {length} bytes")
+        if header is not None:
+            _check_native_length(length, header, syntax)
         return
+    if header is not None and not syntax.is_encapsulated:
+        raise InvalidInstance("PixelData has undefined length in a native transfer syntax")
     # Encapsulated (PS3.5 A.4): items, each with its own length, then a sequence delimiter.
     at = value_at
     while True:
@@ -166,6 +231,37 @@ def check_pixel_data_complete(encoded: bytes, offset: int, syntax: UID) -> None:
         at += 8 + item_length
         if at > end:
             raise EOFError("encapsulated PixelData truncated inside a fragment")
+
+
+def _check_native_length(length: int, header: InstanceHeader, syntax: UID) -> None:
+    if syntax.is_encapsulated:
+        # PS3.5 A.4: encapsulated pixel data always has undefined length.
+        raise InvalidInstance("PixelData has a defined length in an encapsulated transfer syntax")
+    expected = header.pixel_data_bytes
+    if length not in (expected, expected + expected % 2):
+        raise InvalidInstance(
+            f"PixelData is {length} bytes, Rows x Columns x BitsAllocated x frames "
+            f"need {expected} (PS3.5 8.1.1)"
+        )
+
+
+def inflate(deflated: bytes, max_bytes: int) -> bytes:
+    """The inflated dataset of Deflated Explicit VR Little Endian (PS3.5 A.5), at most
+    ``max_bytes``: a deflate stream expands up to ~1000:1, so an unbounded inflate lets 1.6 MB
+    on the wire take 1.6 GB of memory (issue 9). Raises OversizedInstance beyond the bound and
+    EOFError for a corrupt or cut stream."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(deflated, max_bytes + 1)
+    except zlib.error as exc:
+        raise EOFError(f"deflated dataset is corrupt: {exc}") from None
+    if len(inflated) > max_bytes:
+        raise OversizedInstance(
+            f"deflated dataset inflates beyond the limit of {max_bytes // 2**20} MiB"
+        )
+    if not inflater.eof:
+        raise EOFError("deflated dataset is truncated")
+    return inflated
 
 
 def _meta_element(keyword: str, vr: str, value: bytes) -> bytes:
@@ -209,21 +305,82 @@ def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag in PIXEL_DATA_TAGS
 
 
-def read_header(dataset: bytes, syntax: UID) -> tuple[Dataset, int]:
+def read_header(
+    dataset: bytes, syntax: UID, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
+) -> tuple[Dataset, int]:
     """The dataset's elements before its pixel data, and the offset where the pixel data start.
 
     ``dataset`` is the encoded C-STORE dataset, without file meta: parsing it directly instead of
     a whole file built around it skips encoding and re-reading the file meta on the hot path.
-    For a deflated dataset the offset is into the inflated bytes.
+    For a deflated dataset the offset is into the inflated bytes (see ``inflate``).
     """
     if syntax == DeflatedExplicitVRLittleEndian:
-        try:
-            dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise EOFError(f"deflated dataset is corrupt: {exc}") from None
+        dataset = inflate(dataset, max_bytes)
     fp = BytesIO(dataset)
     ds = read_dataset(fp, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_at_pixel_data)
     return ds, fp.tell()
+
+
+def resolve_host(host: str) -> frozenset[str]:
+    """The addresses a device's host (a name or an address) stands for; empty if unresolvable."""
+    try:
+        infos = socket.getaddrinfo(host.strip(), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return frozenset()
+    return frozenset(_normalised_address(str(info[4][0])) for info in infos)
+
+
+def _normalised_address(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)  # ::ffff:127.0.0.1 is 127.0.0.1
+    return str(ip)
+
+
+def source_refusal(
+    calling_ae: str,
+    peer_address: str,
+    sources: Sequence[tuple[str, str]],
+    *,
+    resolve: Callable[[str], frozenset[str]] = resolve_host,
+) -> str:
+    """Why a sender is refused when only configured sources may store; "" when it may.
+
+    ``sources`` are the source devices' (AE title, host). Fails closed: with no source device
+    nobody may store (issue 9: the whitelist used to fail open). A known AE title must also
+    call from its device's host, resolved, since an AE title is only a name anyone can send.
+    """
+    if not sources:
+        return "only configured sources may store, and no source device is configured"
+    hosts = [host for ae_title, host in sources if ae_title.strip() == calling_ae]
+    if not hosts:
+        return f"calling AE title {calling_ae!r} is not a configured source"
+    peer = _normalised_address(peer_address)
+    if any(peer in resolve(host) for host in hosts):
+        return ""
+    return f"calling AE title {calling_ae!r} called from {peer}, not from its device's host"
+
+
+def check_identity(ds: Dataset, sop_class: str, sop_instance: str) -> None:
+    """The dataset must be what the C-STORE request says it is (PS3.4 B.2.3, PS3.7 9.1.1.1).
+
+    A PET dataset sent under the CT Image Storage context would otherwise be stored with CT in
+    its file meta and PET in its dataset (issue 9). Refused with 0xA900 via InvalidInstance.
+    """
+    try:
+        in_dataset = {
+            "SOPClassUID": str(ds.get("SOPClassUID") or "").rstrip("\x00 "),
+            "SOPInstanceUID": str(ds.get("SOPInstanceUID") or "").rstrip("\x00 "),
+        }
+    except Exception:  # pydicom decodes lazily; the header check names the broken element
+        return
+    if in_dataset["SOPClassUID"] and in_dataset["SOPClassUID"] != sop_class:
+        raise InvalidInstance("SOP Class UID differs from the negotiated SOP class")
+    if in_dataset["SOPInstanceUID"] and in_dataset["SOPInstanceUID"] != sop_instance:
+        raise InvalidInstance("SOP Instance UID differs from Affected SOP Instance UID")
 
 
 class _ImmediateDispatch(queue.Queue[Any]):
@@ -245,7 +402,39 @@ class _ImmediateDispatch(queue.Queue[Any]):
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         context_id, message = item
+        if message is None:
+            return  # pynetdicom's wake-up for its reactor when the association ends (AA-2)
         self._serve(message, context_id)
+
+
+def install_size_guard(assoc: Association, max_bytes: int) -> bool:
+    """Abort an association whose current message grows beyond ``max_bytes``; True if done.
+
+    pynetdicom gathers a C-STORE's P-DATA fragments in memory until the last one arrives, with
+    no bound of its own, so a sender could fill the memory with one endless dataset. Checked
+    after each fragment, in the DUL thread; Evt19 (invalid PDU) makes pynetdicom send an
+    A-ABORT and end the association (PS3.8 9.2). Relies on ``dimse.message.data_set``.
+    """
+    dimse, dul = assoc.dimse, assoc.dul
+    receive = getattr(dimse, "receive_primitive", None)
+    if not callable(receive) or not hasattr(dimse, "message"):
+        return False
+
+    def guarded(primitive: Any) -> None:
+        receive(primitive)
+        message = dimse.message
+        data_set = getattr(message, "data_set", None)
+        if isinstance(data_set, BytesIO) and data_set.tell() > max_bytes:
+            logger.warning(
+                "aborting an association from %s: instance beyond %d MiB",
+                assoc.requestor.ae_title,
+                max_bytes // 2**20,
+            )
+            dimse.message = None  # frees what was gathered so far
+            dul.event_queue.put("Evt19")
+
+    dimse.receive_primitive = guarded  # type: ignore[method-assign]
+    return True
 
 
 def install_immediate_dispatch(assoc: Association) -> bool:
@@ -278,7 +467,9 @@ class StoreService:
         sessions: sessionmaker[Session],
         *,
         on_instance: Callable[[ReceivedInstance], None],
+        limits: IngestLimits | None = None,
     ) -> None:
+        self._limits = limits or IngestLimits()
         self._store = store
         self._sessions = sessions
         self._on_instance = on_instance
@@ -289,7 +480,11 @@ class StoreService:
     def make_ae(self, ae_title: str) -> AE:
         ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = MAX_PDU_BYTES
-        ae.maximum_associations = MAX_ASSOCIATIONS
+        ae.maximum_associations = self._limits.max_associations
+        # The ACSE timeout bounds both the wait for the A-ASSOCIATE-RQ and the ARTIM timer
+        # (PS3.8 9.1.5): a connection that never asks for an association frees its slot then.
+        ae.acse_timeout = self._limits.acse_timeout_s
+        ae.network_timeout = self._limits.network_timeout_s
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
@@ -301,13 +496,19 @@ class StoreService:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_CONN_OPEN, self._on_conn_open, [ae]),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_closed, ["released"]),
             (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
         ]
         server = ae.start_server((listener.bind, listener.port), block=False, evt_handlers=handlers)
         assert server is not None  # non-blocking start always returns the server
+        # socketserver listens with a backlog of 5: a burst of connections (senders starting
+        # together, or a port scan) would have its SYNs dropped and retried a second later.
+        if server.socket is not None:
+            server.socket.listen(LISTEN_BACKLOG)
         logger.info(
             "Store SCP %s listening on %s:%d", listener.ae_title, listener.bind, listener.port
         )
@@ -315,17 +516,72 @@ class StoreService:
 
     # -- association events -------------------------------------------------------------
 
-    def _on_conn_open(self, event: evt.Event, ae: AE) -> None:
+    def _on_conn_open(self, event: evt.Event) -> None:
         if not install_immediate_dispatch(event.assoc):
             logger.warning("pynetdicom internals changed: ingest falls back to its polling")
-        # pynetdicom checks require_calling_aet when the association request arrives, which is
-        # after this event, so the whitelist follows the device table without a restart.
+        if not install_size_guard(event.assoc, self._limits.max_instance_bytes):
+            logger.warning("pynetdicom internals changed: received instances are not bounded")
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        # A peer that closes before its A-ASSOCIATE-RQ (a port probe) leaves pynetdicom's
+        # acceptor thread waiting the whole ACSE timeout for a request that cannot come, and
+        # that thread counts against maximum_associations (issue 8: 40 probes locked senders
+        # out for 10-35 s). An empty item ends that wait now, as the timeout itself would.
+        assoc = event.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None:
+            assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Accept or reject the A-ASSOCIATE-RQ by called AE title and source devices.
+
+        Read from the database for every request, so it follows the device table without a
+        restart; a bare connection costs no query.
+        """
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        if request is None:
+            return
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        ours = assoc.ae.ae_title.strip()
+        if self._limits.check_called_ae and called != ours:
+            self._reject(
+                assoc,
+                RejectDiagnostic.CALLED_AE_NOT_RECOGNISED,
+                f"called AE title {called!r} is not {ours!r}",
+            )
+            return
         with unit_of_work(self._sessions) as session:
-            restrict = get_site_config(session=session).restrict_sources
-            allowed = calling_ae_whitelist(session=session)
-        ae.require_calling_aet = allowed
-        if restrict and not allowed:
-            logger.warning("source restriction is on but no source device is configured")
+            if not get_site_config(session=session).restrict_sources:
+                return
+            sources = [(d.ae_title, d.host) for d in list_devices(session=session) if d.is_source]
+        reason = source_refusal(calling, str(assoc.requestor.address), sources)
+        if reason:
+            self._reject(assoc, RejectDiagnostic.CALLING_AE_NOT_RECOGNISED, reason)
+
+    def _reject(self, assoc: Association, diagnostic: RejectDiagnostic, reason: str) -> None:
+        logger.warning("rejected an association from %s: %s", assoc.requestor.address, reason)
+        with self._lock:
+            self.counters.rejected += 1
+        # As pynetdicom rejects by itself: answer A-ASSOCIATE-RJ, then end the association.
+        assoc.acse.send_reject(REJECTED_PERMANENT, REJECT_SOURCE_SERVICE_USER, int(diagnostic))
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        now = datetime.now(UTC)
+        log = AssociationLog(
+            direction="in",
+            calling_ae=assoc.requestor.ae_title,
+            called_ae=assoc.acceptor.ae_title,
+            peer_host=str(assoc.requestor.address),
+            started=now,
+            ended=now,
+            outcome=f"rejected: {reason}"[:255],
+        )
+        try:
+            with unit_of_work(self._sessions) as session:
+                session.add(log)
+        except Exception:
+            logger.exception("could not record the association log")
+        assoc.kill()
 
     def _on_accepted(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -376,6 +632,11 @@ class StoreService:
             logger.error("refusing an instance: %s", exc)
             self._count(record, refused=True, problem="disk below floor")
             return _failure(StoreStatus.OUT_OF_RESOURCES, "petray: free disk below floor")
+        except OversizedInstance as exc:
+            # Not "out of resources" (A700): a sender would retry the same bomb for ever.
+            logger.warning("refused an oversized instance from %s: %s", requestor.ae_title, exc)
+            self._count(record, refused=True, problem=str(exc))
+            return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc))
         except InvalidInstance as exc:
             logger.warning("refused an invalid instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem=str(exc))
@@ -404,15 +665,29 @@ class StoreService:
     ) -> ReceivedInstance | None:
         """Store one instance durably; None when it is not PET and was ignored."""
         sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        if sop_class != str(event.context.abstract_syntax):
+            raise InvalidInstance("Affected SOP Class UID differs from the presentation context")
         dataset = cast(BytesIO, request.DataSet).getvalue()
-        meta = encode_file_meta(sop_class, str(request.AffectedSOPInstanceUID or ""), syntax)
+        limits = self._limits
+        if len(dataset) > limits.max_instance_bytes:  # when pynetdicom's guard is not installed
+            raise OversizedInstance(
+                f"dataset is larger than the limit of {limits.max_instance_bytes // 2**20} MiB"
+            )
+        meta = encode_file_meta(sop_class, sop_instance, syntax)
         parts = (PREAMBLE_AND_PREFIX, meta, dataset)
         # The file's fsync is the slowest step: start it now, while the header is checked. Only
         # for PET, so that the CT of a forwarded PET/CT study is not written just to be dropped.
         pending = self._store.begin(parts) if sop_class in ACCEPTED_SOP_CLASSES else None
         try:
-            # Only the header is parsed: pixel data stay encoded as the sender sent them.
-            ds, pixel_offset = read_header(dataset, syntax)
+            # Only the header is parsed: pixel data stay encoded as the sender sent them. A
+            # deflated dataset is inflated (bounded) once, for the header and the pixel check.
+            plain, plain_syntax = dataset, syntax
+            if syntax == DeflatedExplicitVRLittleEndian:
+                plain = inflate(dataset, limits.max_instance_bytes)
+                plain_syntax = ExplicitVRLittleEndian
+            ds, pixel_offset = read_header(plain, plain_syntax)
+            check_identity(ds, sop_class, sop_instance)
             if "SOPClassUID" not in ds:
                 # is_pet falls back on the media storage SOP class, i.e. the one negotiated.
                 ds.file_meta = FileMetaDataset()
@@ -427,8 +702,14 @@ class StoreService:
                 if pending is not None:
                     self._store.discard(pending)
                 return None
-            header = extract_instance_header(ds)
-            check_pixel_data_complete(dataset, pixel_offset, syntax)
+            header = extract_instance_header(ds, max_dimension=limits.max_image_dimension)
+            if header.pixel_data_bytes > limits.max_instance_bytes:
+                # Also bounds encapsulated images, whose decoded size no length shows.
+                raise OversizedInstance(
+                    f"Rows x Columns x BitsAllocated x frames exceed "
+                    f"{limits.max_instance_bytes // 2**20} MiB"
+                )
+            check_pixel_data_complete(plain, pixel_offset, plain_syntax, header)
         except BaseException:
             if pending is not None:
                 self._store.discard(pending)

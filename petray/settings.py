@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from petray.errors import ConfigurationError
@@ -55,6 +55,34 @@ class Settings(BaseSettings):
     dashboard: bool = True
     secret_key: str | None = None
     production: bool = False
+    # Hostile input (issue 9) and association slots (issue 8): what the Store SCP refuses.
+    # The largest instance accepted, after inflating a deflated one: a 1024x1024 32-bit PET
+    # slice is 4 MiB, so 64 MiB leaves room for any real header; each association may hold one.
+    max_instance_bytes: int = Field(default=64 * 2**20, ge=2**20)
+    # Rows and Columns above this are refused at ingest (PET matrices are 128-1024).
+    max_image_dimension: int = Field(default=4096, ge=16, le=65535)
+    dicom_max_associations: int = Field(default=32, ge=1, le=1024)
+    # Memory the Store SCP may hold in received instances at once; start-up refuses
+    # dicom_max_associations x max_instance_bytes above it.
+    dicom_memory_budget_mb: int = Field(default=4096, ge=64)
+    # A connection that sends no A-ASSOCIATE-RQ within this is dropped (a probe must not hold
+    # an association slot); an established association silent for the network timeout too.
+    dicom_acse_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    dicom_network_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Refuse associations whose called AE title is not ours (A-ASSOCIATE-RJ, PS3.8 9.3.4).
+    dicom_check_called_ae: bool = True
+    # A result value beyond this factor times the input volume's largest magnitude is refused.
+    result_max_factor: float = Field(default=100.0, gt=1)
+
+    @model_validator(mode="after")
+    def _check_ingest_memory(self) -> Settings:
+        held = self.dicom_max_associations * self.max_instance_bytes
+        if held > self.dicom_memory_budget_mb * 2**20:
+            raise ValueError(
+                f"dicom_max_associations x max_instance_bytes = {held // 2**20} MiB exceeds "
+                f"dicom_memory_budget_mb ({self.dicom_memory_budget_mb})"
+            )
+        return self
 
     @field_validator("ae_title")
     @classmethod

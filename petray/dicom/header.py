@@ -42,11 +42,16 @@ MANDATORY_KEYWORDS: tuple[str, ...] = (
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "RescaleSlope",
+    "BitsAllocated",
 )
 UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 # Direction cosines from real scanners are unit vectors to a few decimals; anything further off
 # means a broken header, not rounding.
 ORIENTATION_TOLERANCE = 1e-2
+# Rows/Columns above this are refused unless the caller passes its own bound (a setting).
+DEFAULT_MAX_DIMENSION = 4096
+# PS3.3 C.8.9.4.1: PET stores 16- or 32-bit samples; 8 is tolerated (secondary tools).
+BITS_ALLOCATED = frozenset({8, 16, 32})
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
@@ -93,6 +98,14 @@ class InstanceHeader:
     image_orientation: tuple[float, float, float, float, float, float] = AXIAL
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
+    bits_allocated: int = 16
+    number_of_frames: int = 1
+
+    @property
+    def pixel_data_bytes(self) -> int:
+        """Bytes of native (uncompressed) PixelData the header implies (PS3.5 8.1.1, one sample
+        per pixel as PET requires, PS3.3 C.8.9.4), before padding to an even length."""
+        return self.rows * self.columns * self.number_of_frames * self.bits_allocated // 8
 
 
 class _Problems:
@@ -278,13 +291,45 @@ def is_pet(ds: Dataset) -> bool:
     return not modality or str(modality).strip() == PET_MODALITY
 
 
-def extract_instance_header(ds: Dataset) -> InstanceHeader:
-    """The header of one received instance, or InvalidInstance naming every problem."""
+def _at_most(limit: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        number = _positive_int(value)
+        if number > limit:
+            raise ValueError(f"above the limit of {limit}")
+        return number
+
+    return convert
+
+
+def _bits_allocated(value: Any) -> int:
+    bits = _positive_int(value)
+    if bits not in BITS_ALLOCATED:
+        raise ValueError(f"must be one of {', '.join(map(str, sorted(BITS_ALLOCATED)))}")
+    return bits
+
+
+def _one_sample(value: Any) -> int:
+    if _positive_int(value) != 1:
+        raise ValueError("PET images have one sample per pixel (PS3.3 C.8.9.4)")
+    return 1
+
+
+def extract_instance_header(
+    ds: Dataset, *, max_dimension: int = DEFAULT_MAX_DIMENSION
+) -> InstanceHeader:
+    """The header of one received instance, or InvalidInstance naming every problem.
+
+    Rows and Columns above ``max_dimension`` are refused: an image that size is not PET, and its
+    pixel data would be allocated whole later on (issue 9).
+    """
     p = _Problems(ds)
     uids = {keyword: p.required(keyword, _uid, "") for keyword in UID_KEYWORDS}
     modality = p.required("Modality", _text, "")
-    rows = p.required("Rows", _positive_int, 0)
-    columns = p.required("Columns", _positive_int, 0)
+    rows = p.required("Rows", _at_most(max_dimension), 0)
+    columns = p.required("Columns", _at_most(max_dimension), 0)
+    bits_allocated = p.required("BitsAllocated", _bits_allocated, 16)
+    p.optional("SamplesPerPixel", _one_sample)
+    number_of_frames = p.optional("NumberOfFrames", _positive_int) or 1
     spacing = p.required("PixelSpacing", _spacing, (1.0, 1.0))
     position: tuple[float, ...] = p.required("ImagePositionPatient", _numbers(3), (0.0,) * 3)
     orientation = p.required("ImageOrientationPatient", _orientation, AXIAL)
@@ -343,4 +388,6 @@ def extract_instance_header(ds: Dataset) -> InstanceHeader:
         image_orientation=orientation,
         rescale_slope=slope,
         rescale_intercept=intercept if intercept is not None else 0.0,
+        bits_allocated=bits_allocated,
+        number_of_frames=number_of_frames,
     )
