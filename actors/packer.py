@@ -7,7 +7,7 @@ from pathlib import Path
 import ray
 
 from actors.stage import StageWorker
-from petray.archive import write_upload_archive
+from petray.archive import peak_magnitude, write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.packing import upload_metadata
@@ -45,6 +45,7 @@ class PackerActor(StageWorker):
             metadata=metadata,
             compresslevel=self.settings.zip_compression_level,
         )
+        input_peak = peak_magnitude(view)
         del view, volume_ref
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
@@ -54,6 +55,8 @@ class PackerActor(StageWorker):
                 "sha256": sha256,
                 "shape": list(shape),
                 "spacing_zyx": list(spacing),
+                # The Unpacker bounds the result's values by it (issue 9).
+                "input_peak": input_peak,
                 "slice_paths": slice_paths,
             }
         return Stage.UPLOADING

@@ -69,6 +69,9 @@ class UnpackerActor(StageWorker):
                 self.settings.work_dir / f"{task_id}.result.zip",
                 expected_shape=details["shape"],
                 max_uncompressed_bytes=self.settings.max_result_bytes,
+                expected_task_id=task_id,
+                input_peak=details.get("input_peak"),
+                max_factor=self.settings.result_max_factor,
             )
             templates = templates_future.result()
         # Each volume and the templates are put once; every job reads the same shared copy.

@@ -44,6 +44,9 @@ MAX_NPY_HEADER_BYTES = 10_000 + 64
 # stays under ~100:1. Deflate itself tops out near 1032:1, so this flags near-empty payloads.
 DEFAULT_MAX_RATIO = 250.0
 ALLOWED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+# Issue 9: a result value beyond this factor times the input's largest magnitude is not a
+# denoised activity concentration (one 3e38 voxel zeroed two slices through their rescale).
+DEFAULT_MAX_FACTOR = 100.0
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -213,6 +216,31 @@ class _CountingReader:
         return data
 
 
+def peak_magnitude(volume: np.ndarray) -> float:
+    """The largest absolute value of a volume, slice by slice (no full-size temporary)."""
+    peak = 0.0
+    for plane in volume:
+        if plane.size:
+            peak = max(peak, float(np.max(plane)), -float(np.min(plane)))
+    return peak
+
+
+def check_plausible(array: np.ndarray, name: str, *, input_peak: float, factor: float) -> None:
+    """ArchiveRejected naming the first slice and value beyond ``factor`` x ``input_peak``.
+
+    The bound is never below ``factor`` (an all-zero input still allows small values).
+    """
+    bound = factor * max(input_peak, 1.0)
+    for z in range(array.shape[0]):
+        plane = array[z]
+        if plane.size and max(float(np.max(plane)), -float(np.min(plane))) > bound:
+            value = float(plane.flat[int(np.argmax(np.abs(plane)))])
+            raise ArchiveRejected(
+                f"{name}: value {value:.3g} in slice {z} is implausible "
+                f"(beyond {factor:g} x the input's peak {input_peak:.3g})"
+            )
+
+
 def _read_npy(reader: _CountingReader, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
     try:
         version = npy_format.read_magic(reader)
@@ -285,8 +313,17 @@ def read_result_archive(
     expected_shape: Sequence[int],
     max_uncompressed_bytes: int,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    expected_task_id: str | None = None,
+    input_peak: float | None = None,
+    max_factor: float = DEFAULT_MAX_FACTOR,
 ) -> ResultArrays:
-    """Read and check the service's result archive; raise ArchiveRejected with the reason."""
+    """Read and check the service's result archive; raise ArchiveRejected with the reason.
+
+    With ``expected_task_id``, a ``metadata.json`` naming another task is refused: it is the
+    only sign that the service swapped two same-sized results (issue 9). With ``input_peak``
+    (the uploaded volume's largest magnitude), every value of every array must stay within
+    ``max_factor`` times it: denoising smooths activity, it never multiplies it a hundredfold.
+    """
     shape = tuple(int(n) for n in expected_shape)
     npy_limit = int(np.prod(shape)) * VOLUME_DTYPE.itemsize + MAX_NPY_HEADER_BYTES
     try:
@@ -327,6 +364,7 @@ def read_result_archive(
                 if not isinstance(loaded, dict):
                     raise ArchiveRejected(f"{METADATA_NAME} is not a JSON object")
                 metadata = loaded
+            _check_task_id(metadata, expected_task_id)
             arrays: dict[str, np.ndarray] = {}
             for name in (DENOISED_NAME, NOISE_NAME):
                 if name not in names:
@@ -337,6 +375,8 @@ def read_result_archive(
                 expected_sha = _sha_for(metadata, name)
                 if expected_sha is not None and expected_sha != reader.sha256.hexdigest():
                     raise ArchiveRejected(f"{name}: sha256 does not match metadata.json")
+                if input_peak is not None:
+                    check_plausible(arrays[name], name, input_peak=input_peak, factor=max_factor)
     except zipfile.BadZipFile as exc:
         # zipfile verifies each entry's CRC-32 when it is read to the end.
         raise ArchiveRejected(f"{path.name} is corrupt ({exc})") from None
@@ -347,6 +387,17 @@ def read_result_archive(
         noise=arrays.get(NOISE_NAME),
         algorithm=_algorithm(metadata),
     )
+
+
+def _check_task_id(metadata: Mapping[str, Any], expected: str | None) -> None:
+    if expected is None or "task_id" not in metadata:
+        return  # metadata.json and its task_id are optional (REMOTE_PROTOCOL.md)
+    named = metadata["task_id"]
+    if not isinstance(named, str) or named.strip().lower() != expected.lower():
+        shown = named[:64] if isinstance(named, str) else type(named).__name__
+        raise ArchiveRejected(
+            f"{METADATA_NAME} names task {shown!r}, not {expected}: the result of another task"
+        )
 
 
 def verify_zip(path: Path, *, max_uncompressed_bytes: int | None = None) -> None:
