@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -12,7 +13,16 @@ from ray import serve
 from actors.names import FILTER_RESOURCE, NAMESPACE
 from actors.pipeline import Pipeline, build_pipeline
 from petray.commands.gateway import prepare_storage
+from petray.gateway_lock import GatewayLock, acquire_gateway_lock
+from petray.ray_leftovers import (
+    RUN_MARKER,
+    new_record,
+    reap_previous_run,
+    record_path,
+    write_record,
+)
 from petray.settings import Settings
+from petray.watchdog import Watchdog
 from serve.deployment import start_http
 
 logger = logging.getLogger(__name__)
@@ -22,13 +32,37 @@ DASHBOARD_PORT = 8265
 class Gateway:
     """Ray (local, or the cluster at RAY_ADDRESS), the pipeline actors and the HTTP app."""
 
-    def __init__(self, settings: Settings, *, log_to_driver: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, log_to_driver: bool = True, lock: GatewayLock | None = None
+    ) -> None:
+        """``lock``: the home's gateway lock when the caller already holds it (``petray demo``
+        takes it before preparing the home); without it, :meth:`start` takes it.
+        """
         self.settings = settings
         self._log_to_driver = log_to_driver
         self._pipeline: Pipeline | None = None
         self._started_ray = False
+        self._lock = lock
+        self._owns_lock = False
+        self._watchdog: Watchdog | None = None
 
     def start(self) -> Gateway:
+        if self._lock is None:
+            self._lock = acquire_gateway_lock(
+                self.settings.home, self.settings.resolved_database_url
+            )
+            self._owns_lock = True
+        try:
+            return self._start()
+        except BaseException:
+            # Leave nothing half-started behind (e.g. the HTTP port was taken).
+            self.stop()
+            raise
+
+    def _start(self) -> Gateway:
+        # Holding the lock, a recorded earlier gateway is dead: whatever of its Ray still runs
+        # would keep serving its ports or finishing its tasks alongside ours (issue 8).
+        reap_previous_run(self.settings.home)
         prepare_storage(self.settings)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = os.environ.get("RAY_ADDRESS")
@@ -46,16 +80,32 @@ class Gateway:
             # A single-node Ray has no reason to listen beyond loopback.
             options["_node_ip_address"] = "127.0.0.1"
         if not ray.is_initialized():
-            ray.init(address=address, **options)
+            if address:
+                ray.init(address=address, **options)
+            else:
+                self._init_local_ray(options)
             self._started_ray = True
-        try:
-            self._pipeline = build_pipeline(self.settings)
-            start_http(self.settings)
-        except BaseException:
-            # Leave nothing half-started behind (e.g. the HTTP port was taken).
-            self.stop()
-            raise
+        self._pipeline = build_pipeline(self.settings)
+        start_http(self.settings)
         return self
+
+    def _init_local_ray(self, options: dict[str, Any]) -> None:
+        """Start a local Ray that cannot outlive this process: tag every process it starts,
+        record the run, and have a watchdog kill the run should this process die unannounced.
+        """
+        path = record_path(self.settings.home)
+        record = new_record()
+        write_record(path, record)
+        self._watchdog = Watchdog.start(run_id=record.run_id, record=path)
+        # Ray's processes inherit the driver's environment, and its workers the raylet's.
+        os.environ[RUN_MARKER] = record.run_id
+        try:
+            ray.init(**options)
+        finally:
+            del os.environ[RUN_MARKER]
+        node = ray._private.worker._global_node  # no public API names the session directory
+        session_dir = node.get_session_dir_path() if node is not None else None
+        write_record(path, dataclasses.replace(record, session_dir=session_dir))
 
     @property
     def dashboard_url(self) -> str:
@@ -66,13 +116,22 @@ class Gateway:
         return dict(self._pipeline.listener) if self._pipeline else {}
 
     def stop(self) -> None:
-        try:
-            serve.shutdown()
-        except Exception:
-            logger.exception("serve shutdown failed")
+        # Without Ray (a start that failed before ray.init), serve.shutdown() would start one.
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            except Exception:
+                logger.exception("serve shutdown failed")
         if self._pipeline is not None:
             self._pipeline.stop()
             self._pipeline = None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if self._owns_lock and self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self._owns_lock = False

@@ -149,7 +149,10 @@ def _lock_database(database_url: str) -> Connection | None:
         raise
     conn.close()
     engine.dispose()
-    described = f" ({holder.removeprefix(APPLICATION_NAME).strip()})" if holder else ""
+    described = ""
+    if holder:
+        who = holder.removeprefix(APPLICATION_NAME).strip()
+        described = f" ({who.removesuffix(f' on {socket.gethostname()}')})"
     raise GatewayAlreadyRunning(
         f"another gateway is running on database {url.render_as_string(hide_password=True)}"
         f"{described}; stop it first"

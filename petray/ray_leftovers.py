@@ -78,8 +78,16 @@ def read_record(path: Path) -> GatewayRecord | None:
 class _Process:
     pid: int
     ppid: int
-    cmdline: str
+    argv: tuple[str, ...]
     tagged: bool
+
+    def is_ray(self, session: str) -> bool:
+        """A Ray process: a worker or agent by its title, or a program or script of the ray
+        package (``petray`` also contains "ray"; an operator's ``tail`` of a session log is not).
+        """
+        if self.argv and self.argv[0].startswith(("ray::", "ray-dashboard-")):
+            return True
+        return any("/ray/" in arg and not arg.startswith(session) for arg in self.argv[:3])
 
 
 def _read_process(pid: int, marker: bytes) -> _Process | None:
@@ -90,12 +98,12 @@ def _read_process(pid: int, marker: bytes) -> _Process | None:
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] == "Z":
             return None  # already dead, only waiting to be reaped
-        cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        argv = tuple((base / "cmdline").read_bytes().decode(errors="replace").split("\0"))
         try:
             tagged = marker in (base / "environ").read_bytes().split(b"\0")
         except PermissionError:
             tagged = False  # another user's process: never ours
-        return _Process(pid=pid, ppid=int(fields[1]), cmdline=cmdline, tagged=tagged)
+        return _Process(pid=pid, ppid=int(fields[1]), argv=argv, tagged=tagged)
     except (OSError, ValueError, IndexError):
         return None  # gone while we looked, or not readable
 
@@ -131,8 +139,8 @@ def find_run_processes(run_id: str, session_dir: str | None = None) -> list[int]
         if p.tagged
         or (
             session is not None
-            and "ray" in p.cmdline
-            and (session in p.cmdline or _holds_file_under(p.pid, session))
+            and p.is_ray(session)
+            and (any(session in arg for arg in p.argv) or _holds_file_under(p.pid, session))
         )
     }
     # Descendants: Ray's agents are started by the raylet with an environment of their own.

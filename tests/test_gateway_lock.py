@@ -183,8 +183,10 @@ def test_run_processes_are_the_tagged_their_descendants_and_ray_files_holders(
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     holds = "import sys, time; f = open(sys.argv[1], 'w'); print(1, flush=True); time.sleep(300)"
+    # Ray's agents and workers replace their command line with a title such as "ray::X".
+    agent_log = session / "logs" / "agent.log"
     ray_agent = spawn(
-        [sys.executable, "-c", holds, str(session / "logs" / "agent.log"), "ray::FakeAgent"],
+        ["bash", "-c", f'exec -a ray::FakeAgent "{sys.executable}" -c "{holds}" {agent_log}'],
         stdout=subprocess.PIPE,
     )
     reader = spawn(  # an operator's tail of a log is not Ray's

@@ -12,23 +12,28 @@ from pathlib import Path
 import httpx
 import pytest
 
+from petray.ray_leftovers import GatewayRecord, find_run_processes, read_record, record_path
 from tests.peers import free_port, run_echoscu
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 START_TIMEOUT_S = 120
 
 
-def test_start_serves_dicom_and_http_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    dicom_port, http_port = free_port(), free_port()
-    env = {
+def _env(home: Path, dicom_port: int, http_port: int) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PETRAY_", "RAY_ADDRESS"))},
-        "PETRAY_HOME": str(tmp_path / "home"),
+        "PETRAY_HOME": str(home),
         "PETRAY_DICOM_PORT": str(dicom_port),
         "PETRAY_HTTP_PORT": str(http_port),
         "PETRAY_DASHBOARD": "false",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+
+
+def test_start_serves_dicom_and_http_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    dicom_port, http_port = free_port(), free_port()
+    env = _env(tmp_path / "home", dicom_port, http_port)
     log = (tmp_path / "start.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "petray.cli", "start"],
@@ -69,3 +74,86 @@ def test_start_serves_dicom_and_http_then_stops_cleanly_on_sigterm(tmp_path: Pat
     # Once stopped, nothing listens any more.
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{http_port}/api/v1/health", timeout=2)
+
+
+def _start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``petray start`` in a session of its own, like a service manager starts it."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "petray.cli", "start"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_running(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "petray running" not in log_path.read_text():
+        assert process.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
+
+
+def _run_processes(home: Path) -> tuple[GatewayRecord, list[int]]:
+    record = read_record(record_path(home))
+    assert record is not None
+    return record, find_run_processes(record.run_id, record.session_dir)
+
+
+def _until_gone(home: Path, bound_s: float) -> float:
+    """Seconds until no process of the recorded run is left; fails after ``bound_s``."""
+    started = time.monotonic()
+    while True:
+        _record, left = _run_processes(home)
+        if not left:
+            return time.monotonic() - started
+        assert time.monotonic() - started < bound_s, f"still running: {left}"
+        time.sleep(0.2)
+
+
+def test_one_gateway_per_home_and_no_ray_left_after_a_sigkill(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = _start(_env(home, free_port(), free_port()), tmp_path / "first.log")
+    processes = [first]
+    try:
+        _wait_running(first, tmp_path / "first.log")
+        # A second gateway on the same home, other ports: refused before it touches anything.
+        second = subprocess.run(
+            [sys.executable, "-m", "petray.cli", "start"],
+            env=_env(home, free_port(), free_port()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [
+            f"petray: another gateway is running on {home} (pid {first.pid}); stop it first"
+        ]
+        record, ray_processes = _run_processes(home)
+        assert record.pid == first.pid and record.session_dir
+        # GCS, raylet, dashboard, log monitor, agents and the pipeline and Serve actors.
+        assert len(ray_processes) >= 15, ray_processes
+
+        os.killpg(first.pid, signal.SIGKILL)  # the power cut: the group this test started
+        first.wait(timeout=30)
+        gone_after = _until_gone(home, bound_s=30)
+        assert "the gateway (pid" in (tmp_path / "first.log").read_text()  # the watchdog's line
+
+        third = _start(_env(home, free_port(), free_port()), tmp_path / "third.log")
+        processes.append(third)
+        _wait_running(third, tmp_path / "third.log")
+        third_record, third_processes = _run_processes(home)
+        assert third_record.pid == third.pid and third_record.run_id != record.run_id
+        assert third_processes
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=90) == 0
+        # A clean stop leaves nothing either (the watchdog removes slow-exiting workers).
+        clean_after = _until_gone(home, bound_s=30)
+        print(f"Ray gone {gone_after:.1f} s after SIGKILL, {clean_after:.1f} s after SIGTERM")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)  # only process groups this test started
+                process.wait(timeout=30)

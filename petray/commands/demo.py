@@ -27,6 +27,7 @@ from petray.demo_check import DestinationSeries, verify_outputs
 from petray.destination_peer import start_destination
 from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
+from petray.gateway_lock import acquire_gateway_lock
 from petray.scu import DicomNode, send_instances
 from petray.settings import Settings, load_settings
 from petray.siteconfig import add_destination_and_filters
@@ -131,9 +132,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with _home(args) as home:
         settings = _demo_settings(home)
-        prepare_storage(settings)
-        _say(f"petray demo in {home}")
-        with contextlib.ExitStack() as stack:
+        # The demo runs a gateway: like `petray start`, never two on one home (issue 8).
+        lock = acquire_gateway_lock(settings.home, settings.resolved_database_url)
+        with lock, contextlib.ExitStack() as stack:
+            prepare_storage(settings)
+            _say(f"petray demo in {home}")
             port = int(settings.remote_url.rsplit(":", 1)[1])
             reference = stack.enter_context(running_reference(settings, port=port))
             _say(f"reference processing service: {reference.url}")
@@ -144,7 +147,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
             started = time.monotonic()
             # Actor logs stay in Ray's session logs; the demo prints its own progress.
-            gateway = Gateway(settings, log_to_driver=False).start()
+            gateway = Gateway(settings, log_to_driver=False, lock=lock).start()
             stack.callback(gateway.stop)
             listener = gateway.listener
             _say(

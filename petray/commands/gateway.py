@@ -9,6 +9,7 @@ import threading
 from types import FrameType
 
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.gateway_lock import GatewayLock, acquire_gateway_lock
 from petray.radiopharm import seed_radiopharmaceuticals
 from petray.settings import Settings, load_settings
 from petray.siteconfig import get_site_config
@@ -31,6 +32,13 @@ def prepare_storage(settings: Settings) -> None:
 
 def run_start(args: argparse.Namespace) -> int:
     settings = load_settings()
+    # Before importing Ray (seconds): a second gateway on this home is refused at once with one
+    # line and exit 2 (GatewayAlreadyRunning is a PetrayError), and held until this process ends.
+    with acquire_gateway_lock(settings.home, settings.resolved_database_url) as lock:
+        return _serve(settings, lock)
+
+
+def _serve(settings: Settings, lock: GatewayLock) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -39,7 +47,7 @@ def run_start(args: argparse.Namespace) -> int:
 
     from actors.gateway import Gateway
 
-    gateway = Gateway(settings).start()
+    gateway = Gateway(settings, lock=lock).start()
     # After Ray's start-up: its core worker installs its own fatal-signal handlers, which would
     # otherwise turn SIGTERM into an abort instead of this clean shutdown.
     signal.signal(signal.SIGTERM, _on_signal)
