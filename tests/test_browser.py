@@ -19,6 +19,7 @@ import uvicorn
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
+from petray.ports import ActorStatus
 from tests.peers import start_storescp
 from tests.test_app_helpers import PASSWORDS, PATIENT_NAME, AppHarness, build_harness, make_task
 
@@ -102,6 +103,20 @@ def test_first_login_reaches_the_dashboard(page: Page) -> None:
     _login(page, "admin", PASSWORDS["admin"])
     expect(page.locator("h1")).to_have_text(re.compile("Dashboard"))
     expect(page.locator("header .who")).to_contain_text("admin")
+
+
+def test_dashboard_shows_a_failing_check(page: Page, served: Served) -> None:
+    actors = served.harness.pipeline.actors
+    healthy = list(actors)
+    actors[:] = [ActorStatus(name="store_scp", alive=False, listening=False)]
+    try:
+        _login(page, "viewer", PASSWORDS["viewer"])
+        expect(page.locator("#health-status")).to_have_text("down")
+        expect(page.locator("#health .problems")).to_contain_text("not listening")
+        expect(page.locator("#actors")).to_contain_text("store_scp down")
+        expect(page.locator("#health-status")).to_have_css("background-color", "rgb(180, 35, 24)")
+    finally:
+        actors[:] = healthy
 
 
 def test_wrong_password_shows_an_error(page: Page) -> None:

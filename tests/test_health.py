@@ -87,6 +87,7 @@ def test_all_well_is_ok_with_every_check_named() -> None:
         ({"actors": with_actor(1, alive=False, details={"state": "RESTARTING"})},
          CheckKind.ACTOR, "restarting"),
         ({"actors": []}, CheckKind.ACTOR, "no pipeline actor"),
+        ({"actors": None}, CheckKind.ACTOR, "did not report in time"),
         ({"free_disk_mb": 100}, CheckKind.DISK, "new studies are refused"),
     ],
 )  # fmt: skip
