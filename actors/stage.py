@@ -62,6 +62,9 @@ class StageWorker:
         self._processed = 0
         self._failed = 0
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._rescanning = False
+        # Async actors run their constructor inside the actor's event loop.
+        self._loop = asyncio.get_running_loop()
         tags = {"stage": self.stage.value}
         self._m_tasks = metrics.Counter(
             "petray_stage_tasks", "Tasks handled by stage and outcome", ("stage", "outcome")
@@ -85,29 +88,51 @@ class StageWorker:
     # -- the mailbox ---------------------------------------------------------------------
 
     async def resume(self) -> int:
-        """Take up every runnable task of this actor's stages; returns how many."""
+        """Take up every runnable task of this actor's stages; returns how many.
+
+        Runs when the actor (re)starts, then every ``sweep_interval_s``: a message lost on its
+        way (an actor that died while telling this one) costs at most one interval.
+        """
+        if not self._rescanning:
+            self._rescanning = True
+            self.background.spawn(self._rescan_forever())
         try:
-            with unit_of_work(self.sessions) as session:
-                runnable = runnable_in(self.resumes(), session=session)
+            taken = await asyncio.to_thread(self._take_up)
         except Exception:
             logger.exception("%s cannot read its tasks; trying again", self.stage)
-            asyncio.get_running_loop().call_later(RESUME_RETRY_S, self._resume_later)
-            return 0
-        now = datetime.now(UTC)
-        for task_id, next_attempt_at in runnable:
-            delay = (next_attempt_at - now).total_seconds() if next_attempt_at else 0.0
-            self._schedule(task_id, max(delay, 0.0))
-        if runnable:
+            await asyncio.sleep(RESUME_RETRY_S)
+            return await self.resume()
+        if taken:
             logger.info(
                 "%s %s: took up %d tasks",
                 self.stage,
                 "restarted" if self._restarted else "started",
-                len(runnable),
+                taken,
             )
-        return len(runnable)
+        return taken
 
-    def _resume_later(self) -> None:
-        self.background.spawn(self.resume())
+    async def _rescan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                if taken := await asyncio.to_thread(self._take_up):
+                    logger.warning("%s: took up %d unannounced tasks", self.stage, taken)
+            except Exception:
+                logger.exception("%s could not scan for its tasks", self.stage)
+
+    def _take_up(self) -> int:
+        """Schedule every runnable task nobody is working on or waiting for (thread-side)."""
+        with unit_of_work(self.sessions) as session:
+            runnable = runnable_in(self.resumes(), session=session)
+        now = datetime.now(UTC)
+        taken = 0
+        for task_id, next_attempt_at in runnable:
+            if task_id in self._inflight or task_id in self._timers:
+                continue
+            delay = (next_attempt_at - now).total_seconds() if next_attempt_at else 0.0
+            self._loop.call_soon_threadsafe(self._schedule, task_id, max(delay, 0.0))
+            taken += 1
+        return taken
 
     def _schedule(self, task_id: str, delay: float) -> None:
         """One pending timer per task: a newer schedule replaces the older one."""

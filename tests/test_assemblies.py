@@ -5,22 +5,33 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.assemblies import assign, load_config, open_task, restore, slice_spacing_mm
+from petray.assemblies import (
+    assign,
+    compiling,
+    load_config,
+    open_task,
+    reopen_or_fail,
+    restore,
+    slice_spacing_mm,
+    still_unassigned,
+    unassigned,
+)
 from petray.compilator import CompilatorConfig, SeriesAssembly
 from petray.db.engine import unit_of_work
 from petray.db.models import Instance, Task
 from petray.dicom.header import extract_instance_header
-from petray.domain import Stage
+from petray.domain import Stage, State
 from petray.ingest import InstanceStore, ReceivedInstance
 from petray.siteconfig import get_site_config
 from petray.synth import make_pet_series
-from petray.tasks import move_to
+from petray.tasks import delete_task, get_task, move_to
 
 
 def store_series(
@@ -178,3 +189,99 @@ def test_assign_links_the_instance_row(
             select(Instance.id).where(Instance.task_id == compiled.task_id).order_by(Instance.id)
         ).all()
     assert linked == [i.instance_pk for i in instances[:2]]
+
+
+# --- issue 8: acknowledged means owned ---
+
+
+def test_still_unassigned_keeps_each_unclaimed_instance_once(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    instances = store_series(store, slices=4)
+    compile_into_task(instances[:1], sessions, time.time())
+    with unit_of_work(sessions) as session:
+        kept = still_unassigned([*instances, instances[2]], session=session)
+    # The claimed one is dropped, the repeated message of an unclaimed one counts once.
+    assert [i.instance_pk for i in kept] == [i.instance_pk for i in instances[1:]]
+
+
+def test_a_message_about_a_deleted_instance_cannot_claim_a_reused_row_id(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    # SQLite gives the next insert the id of a deleted last row; PostgreSQL never reuses ids.
+    old = store_series(store, slices=1, seed=1)[0]
+    with unit_of_work(sessions) as session:
+        session.execute(delete(Instance).where(Instance.id == old.instance_pk))
+    new = store_series(store, slices=1, seed=2)[0]
+    if sessions.kw["bind"].dialect.name == "sqlite":
+        assert new.instance_pk == old.instance_pk  # the reuse this guards against
+    with unit_of_work(sessions) as session:
+        assert still_unassigned([old], session=session) == []
+        assert still_unassigned([new], session=session) == [new]
+
+
+def test_unassigned_after_a_delete_of_the_newest_task_are_found(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    first = store_series(store, slices=3, seed=1)
+    compiled = compile_into_task(first, sessions, time.time())
+    with unit_of_work(sessions) as session:
+        delete_task(compiled.task_id, session=session)
+    second = store_series(store, slices=3, seed=2)
+    with unit_of_work(sessions) as session:
+        found = unassigned(session=session)
+        assert compiling([compiled.task_id], session=session) == set()
+    assert [i.sop_instance_uid for i in found] == [i.sop_instance_uid for i in second]
+
+
+def test_the_sweep_leaves_fresh_instances_to_their_messages(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    store_series(store, slices=2)
+    with unit_of_work(sessions) as session:
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        assert unassigned(session=session, received_before=long_ago) == []
+        assert len(unassigned(session=session)) == 2
+
+
+def _dispatched(
+    store: InstanceStore, sessions: sessionmaker[Session], stage: Stage, state: State
+) -> str:
+    compiled = compile_into_task(store_series(store, slices=3), sessions, time.time())
+    with unit_of_work(sessions) as session:
+        move_to(get_task(compiled.task_id, session=session), stage, session=session, state=state)
+    return compiled.task_id
+
+
+@pytest.mark.parametrize("stage", [Stage.VALIDATING, Stage.PACKING])
+def test_a_task_still_on_the_gateway_is_reopened_for_more_slices(
+    store: InstanceStore, sessions: sessionmaker[Session], stage: Stage
+) -> None:
+    task_id = _dispatched(store, sessions, stage, State.WAITING)
+    with unit_of_work(sessions) as session:
+        assert reopen_or_fail(task_id, "more slices than NumberOfSlices", session=session)
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session)
+        assert (task.stage, task.state, task.expected_images) == ("compiling", "active", None)
+        assert task.notes == "more slices than NumberOfSlices"
+        assert compiling([task_id], session=session) == {task_id}
+
+
+def test_a_task_that_left_the_gateway_fails_naming_the_contradiction(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    task_id = _dispatched(store, sessions, Stage.PROCESSING, State.WAITING)
+    with unit_of_work(sessions) as session:
+        assert not reopen_or_fail(task_id, "more slices than NumberOfSlices", session=session)
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session)
+        assert (task.state, task.reason) == ("failed", "more slices than NumberOfSlices")
+
+
+def test_a_delivered_task_is_left_alone(
+    store: InstanceStore, sessions: sessionmaker[Session]
+) -> None:
+    task_id = _dispatched(store, sessions, Stage.DONE, State.DONE)
+    with unit_of_work(sessions) as session:
+        assert not reopen_or_fail(task_id, "late slices", session=session)
+        assert get_task(task_id, session=session).state == "done"

@@ -14,8 +14,10 @@ from petray.db.engine import unit_of_work
 from petray.db.models import Instance, Patient, Series, Study, Task, TaskDestination, TaskEvent
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
+from petray.retry import Backoff, RetryPolicy
 from petray.tasks import (
     accept_result_callback,
+    awaiting_result,
     cancel,
     complete,
     create_task,
@@ -24,7 +26,9 @@ from petray.tasks import (
     instance_paths,
     list_tasks,
     move_to,
+    record_transient_failure,
     retry,
+    runnable_in,
     summarize,
     unfinished_tasks,
     wait,
@@ -524,3 +528,105 @@ def test_instance_paths_and_count_of_a_task(sessions: sessionmaker[Session]) -> 
         task_id = task.id
     with sessions() as session:
         assert instance_paths(task_id, session=session) == [f"/data/{i}.dcm" for i in range(3)]
+
+
+# --- issue 8: retries end, and say where they stand ---
+
+POLICY = RetryPolicy(backoff=Backoff(base_s=1, cap_s=60, jitter=0), budget_s=3600)
+
+
+def test_transient_failures_wait_count_and_schedule_the_next_attempt(
+    sessions: sessionmaker[Session],
+) -> None:
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with unit_of_work(sessions) as session:
+        task = make_task(session, Stage.SENDING)
+        delays = [
+            record_transient_failure(
+                task,
+                "PACS@10.0.0.1:104: connection refused",
+                policy=POLICY,
+                now=t0 + timedelta(seconds=s),
+                session=session,
+            )
+            for s in (0, 1, 3)
+        ]
+        task_id = task.id
+    assert delays == [1, 2, 4]
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session)
+        assert (task.state, task.retry_attempts) == ("waiting", 3)
+        assert task.retrying_since == t0
+        assert task.next_attempt_at == t0 + timedelta(seconds=7)
+        assert task.last_error == "PACS@10.0.0.1:104: connection refused"
+        assert "attempt 3" in task.reason
+        summary = summarize(task).as_dict()
+    assert summary["retry_attempts"] == 3
+    assert summary["next_attempt_at"] == (t0 + timedelta(seconds=7)).isoformat()
+    assert summary["last_error"].endswith("connection refused")
+
+
+def test_out_of_budget_the_task_fails_with_attempts_time_and_last_error(
+    sessions: sessionmaker[Session],
+) -> None:
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with unit_of_work(sessions) as session:
+        task = make_task(session, Stage.UPLOADING)
+        record_transient_failure(task, "service down", policy=POLICY, now=t0, session=session)
+        last = record_transient_failure(
+            task,
+            "service still down",
+            policy=POLICY,
+            now=t0 + timedelta(hours=2),
+            session=session,
+        )
+        task_id = task.id
+    assert last is None
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session)
+        assert task.state == "failed"
+        assert task.reason == "gave up after 2 attempts over 2 h: service still down"
+
+
+def test_moving_on_or_an_operator_retry_starts_a_fresh_budget(
+    sessions: sessionmaker[Session],
+) -> None:
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with unit_of_work(sessions) as session:
+        task = make_task(session, Stage.UPLOADING)
+        record_transient_failure(task, "down", policy=POLICY, now=t0, session=session)
+        move_to(task, Stage.PROCESSING, session=session, state=State.WAITING)
+        assert (task.retry_attempts, task.retrying_since, task.next_attempt_at) == (0, None, None)
+        record_transient_failure(task, "down", policy=POLICY, now=t0, session=session)
+        fail(task, "no", session=session)
+        task_id = task.id
+    with unit_of_work(sessions) as session:
+        retry(task_id, session=session)
+        task = get_task(task_id, session=session)
+        assert (task.retry_attempts, task.attempts) == (0, 1)
+
+
+def test_runnable_in_lists_active_and_waiting_tasks_with_their_next_attempt(
+    sessions: sessionmaker[Session],
+) -> None:
+    later = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    with unit_of_work(sessions) as session:
+        active = make_task(session, Stage.SENDING)
+        waiting = make_task(session, Stage.SENDING, State.WAITING)
+        waiting.next_attempt_at = later
+        make_task(session, Stage.SENDING, State.FAILED)
+        make_task(session, Stage.PACKING)
+        ids = {active.id: None, waiting.id: later}
+    with unit_of_work(sessions) as session:
+        assert dict(runnable_in((Stage.SENDING,), session=session)) == ids
+
+
+def test_awaiting_result_lists_uploaded_tasks_only(sessions: sessionmaker[Session]) -> None:
+    with unit_of_work(sessions) as session:
+        uploading = make_task(session, Stage.UPLOADING)
+        processing = make_task(session, Stage.PROCESSING, State.WAITING)
+        make_task(session, Stage.PROCESSING, State.FAILED)
+        make_task(session, Stage.DOWNLOADING)
+        expected = {uploading.id, processing.id}
+    with unit_of_work(sessions) as session:
+        assert set(awaiting_result(session=session)) == expected

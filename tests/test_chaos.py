@@ -1,0 +1,280 @@
+"""Chaos on the shared Ray cluster (issue 8): actors killed while they hold a task, a deleted task,
+a lying NumberOfSlices, a lost callback, retries that end. Each case runs as a user would — a
+real storescu sends, the reference service processes, DCMTK storescp (``+uf``: every copy kept)
+receives — and ends with every acknowledged instance delivered exactly once or failed with a
+reason. Actors are killed with ``ray.kill(no_restart=False)``: Ray restarts them and they must
+take up their work by themselves, without a new ``build_pipeline``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+import ray
+
+from actors import names
+from actors.pipeline import Pipeline, build_pipeline
+from actors.runtime import actor_state
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.filters import FilterSpec
+from petray.settings import Settings
+from petray.synth import make_pet_series, write_series
+from petray.tasks import TaskSummary, delete_task, list_tasks
+from serve.reference.main import RunningServer, running_reference
+from tests.gateway_site import prepare_site, site_settings
+from tests.peers import StoreSCP, free_port, run_storescu, start_storescp
+
+pytestmark = [pytest.mark.ray, pytest.mark.peers]
+
+WAIT_S = 90
+FILTER = FilterSpec(id=None, description="Gauss 4mm", series_number=901, fwhm_mm=4.0)
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    reference: RunningServer
+    destination: StoreSCP
+    pipeline: Pipeline
+    sessions: Any
+    tmp_path: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.pipeline.listener["port"])
+
+    def tasks(self) -> list[TaskSummary]:
+        with unit_of_work(self.sessions) as session:
+            return list_tasks(session=session)
+
+    def wait_for(
+        self, condition: Callable[[list[TaskSummary]], bool], what: str, timeout_s: float = WAIT_S
+    ) -> list[TaskSummary]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            tasks = self.tasks()
+            if tasks and condition(tasks):
+                return tasks
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}: {[t.as_dict() for t in self.tasks()]}")
+
+    def finished(self, count: int = 1) -> list[TaskSummary]:
+        return self.wait_for(
+            lambda ts: len(ts) >= count and all(t.state in ("done", "failed") for t in ts),
+            f"{count} task(s) to finish",
+        )
+
+    def control(self, **switches: Any) -> None:
+        httpx.post(
+            f"{self.reference.url}/_control",
+            json=switches,
+            headers={"Authorization": f"Bearer {self.settings.remote_token}"},
+        ).raise_for_status()
+
+    def files(self, name: str, **spec: Any) -> list[Path]:
+        return write_series(make_pet_series(**spec), self.tmp_path / name)
+
+    def send(self, files: list[Path]) -> None:
+        result = run_storescu(files, host="127.0.0.1", port=self.port, called_ae="PETRAY")
+        assert result.returncode == 0, result.stderr
+
+    def kill(self, name: str) -> None:
+        """Kill one actor as a crash would; Ray restarts it (max_restarts=-1)."""
+        handle = self.pipeline.handles[name]
+        restarts = actor_state(handle)[1]
+        ray.kill(handle, no_restart=False)
+        deadline = time.monotonic() + 60
+        while actor_state(handle) != ("ALIVE", restarts + 1):
+            assert time.monotonic() < deadline, f"{name} did not come back"
+            time.sleep(0.05)
+
+    def delivered_sop_uids(self, expected: int) -> list[str]:
+        files = self.destination.wait_received(expected, timeout_s=20)
+        return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path, ray_cluster: None) -> Iterator[Callable[..., Rig]]:
+    with ExitStack() as stack:
+
+        def make(*, storescp_args: tuple[str, ...] = (), **overrides: Any) -> Rig:
+            reference_port = free_port()
+            values: dict[str, Any] = {
+                "remote_url": f"http://127.0.0.1:{reference_port}",
+                "filter_workers": 2,
+                "sweep_interval_s": 1.0,
+                **overrides,
+            }
+            settings = site_settings(tmp_path / "home", **values)
+            reference = stack.enter_context(running_reference(settings, port=reference_port))
+            destination = stack.enter_context(
+                start_storescp(tmp_path / "dest", extra_args=["+uf", *storescp_args])
+            )
+            prepare_site(
+                settings,
+                destination=(destination.aet, destination.port),
+                filters=(FILTER,),
+                inactivity_wait_s=1.0,
+            )
+            pipeline = build_pipeline(settings)
+            stack.callback(pipeline.stop)
+            sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+            return Rig(settings, reference, destination, pipeline, sessions, tmp_path)
+
+        yield make
+
+
+def _assert_delivered_once(rig: Rig, task: TaskSummary, images: int) -> None:
+    assert (task.stage, task.state) == ("done", "done"), task.reason
+    uids = rig.delivered_sop_uids(images)
+    assert len(uids) == images, "an instance was lost or delivered twice"
+    assert len(set(uids)) == images, "an instance was delivered twice"
+
+
+def test_compilator_killed_mid_series_keeps_one_task(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    files = rig.files("a", slices=12, rows=32, cols=32, seed=1)
+    rig.send(files[:6])
+    rig.wait_for(lambda ts: ts[0].images == 6, "the first half to be assigned")
+    rig.kill(names.COMPILATOR)
+    rig.send(files[6:])
+    tasks = rig.finished()
+    assert len(tasks) == 1, [t.as_dict() for t in tasks]
+    assert tasks[0].images == 12
+    _assert_delivered_once(rig, tasks[0], 12)
+
+
+@pytest.mark.parametrize(
+    ("actor", "stage", "slices"),
+    [
+        (names.VALIDATOR, "validating", 8),
+        (names.PACKER, "packing", 160),
+        (names.UPLOADER, "uploading", 8),
+        (names.UNPACKER, "unpacking", 160),
+    ],
+)
+def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
+    rig_factory: Callable[..., Rig], actor: str, stage: str, slices: int
+) -> None:
+    rig = rig_factory()
+    if stage == "validating":
+        rig.control(delay=3.0)  # check_model answers late: the Validator holds the task
+    files = rig.files("a", slices=slices, rows=96, cols=96, seed=2)
+    if stage == "uploading":
+        # Hold only the POST /processing: let validation through first.
+        rig.send(files)
+        rig.wait_for(lambda ts: ts[0].stage == "packing", "packing")
+        rig.control(delay=3.0)
+    else:
+        rig.send(files)
+    rig.wait_for(lambda ts: ts[0].stage == stage, f"the task to reach {stage}", timeout_s=60)
+    rig.kill(actor)
+    # The kill landed while the task was in the stage: nothing moved it on meanwhile.
+    assert rig.tasks()[0].stage == stage
+    rig.control(delay=0.0)
+    tasks = rig.finished()
+    assert len(tasks) == 1
+    _assert_delivered_once(rig, tasks[0], slices)
+
+
+def test_store_scu_killed_mid_send_resumes_without_duplicates(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    # storescp sleeps after each store: the kill lands between acknowledged instances.
+    rig = rig_factory(storescp_args=("--sleep-after", "1"))
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=3))
+    rig.wait_for(
+        lambda ts: bool(ts[0].destinations) and 1 <= ts[0].destinations[0]["sent"] < 6,
+        "sending to be under way",
+    )
+    rig.kill(names.STORE_SCU)
+    tasks = rig.finished()
+    _assert_delivered_once(rig, tasks[0], 6)
+
+
+def test_store_scp_killed_listens_again_by_itself(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    rig.kill(names.STORE_SCP)
+    deadline = time.monotonic() + 30
+    while not ray.get(rig.pipeline.handles[names.STORE_SCP].status.remote(), timeout=10)[
+        "listening"
+    ]:
+        assert time.monotonic() < deadline, "the restarted SCP does not listen"
+        time.sleep(0.1)
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=4))
+    _assert_delivered_once(rig, rig.finished()[0], 6)
+
+
+def test_a_lost_callback_is_made_up_for_by_the_result_in_the_shared_folder(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory()
+    rig.control(drop_callback=True)
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=5))
+    tasks = rig.finished()
+    _assert_delivered_once(rig, tasks[0], 6)
+
+
+def test_a_new_series_after_deleting_the_newest_task_is_processed(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory()
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=6))
+    first = rig.finished()[0]
+    with unit_of_work(rig.sessions) as session:
+        delete_task(first.id, session=session)
+    delivered_before = len(rig.destination.received())
+    rig.send(rig.files("b", slices=6, rows=32, cols=32, seed=7))
+    tasks = rig.finished()
+    assert len(tasks) == 1 and tasks[0].id != first.id
+    assert (tasks[0].state, tasks[0].images) == ("done", 6), tasks[0].reason
+    assert len(rig.destination.wait_received(delivered_before + 6)) == delivered_before + 6
+
+
+def test_more_slices_than_number_of_slices_says_make_one_volume(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory()
+    datasets = make_pet_series(slices=24, rows=32, cols=32, seed=8)
+    for dataset in datasets:
+        dataset.NumberOfSlices = 12  # the scanner lies
+    rig.send(write_series(datasets, rig.tmp_path / "liar"))
+    tasks = rig.finished()
+    assert len(tasks) == 1, [t.as_dict() for t in tasks]
+    assert tasks[0].images == 24
+    assert "NumberOfSlices" in tasks[0].notes
+    _assert_delivered_once(rig, tasks[0], 24)
+
+
+def test_a_destination_refusing_for_good_fails_at_once_with_the_reason(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(storescp_args=("--refuse",))
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=9))
+    task = rig.finished()[0]
+    assert (task.stage, task.state) == ("sending", "failed")
+    assert "rejected the association permanently" in task.reason
+    assert task.retry_attempts == 0
+
+
+def test_an_unreachable_destination_gives_up_after_its_budget(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(delivery_retry_budget_s=3.0, retry_base_s=0.2, retry_cap_s=0.5)
+    rig.destination.process.kill()
+    rig.destination.process.wait()
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=10))
+    waiting = rig.wait_for(lambda ts: ts[0].retry_attempts >= 1, "a first retry")
+    assert waiting[0].state == "waiting" and waiting[0].next_attempt_at
+    task = rig.finished()[0]
+    assert (task.stage, task.state) == ("sending", "failed")
+    assert task.reason.startswith("gave up after ")
+    assert "cannot associate" in task.reason and task.retry_attempts >= 2
