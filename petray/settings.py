@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     dicom_check_called_ae: bool = True
     # A result value beyond this factor times the input volume's largest magnitude is refused.
     result_max_factor: float = Field(default=100.0, gt=1)
+    # HTTP request bodies above this are refused with 413 before they are read (API, console
+    # forms and callback alike: the largest honest body is a few kilobytes of JSON).
+    max_request_bytes: int = Field(default=2**20, ge=1024)
 
     @model_validator(mode="after")
     def _check_ingest_memory(self) -> Settings:

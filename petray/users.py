@@ -8,6 +8,7 @@ them: there is nothing to brute-force, and a lookup by hash stays one indexed qu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -28,6 +29,41 @@ NAME_MAX_LENGTH = 64
 # Issue 5 (users page): initial and reset passwords have at least 12 characters.
 MIN_PASSWORD_LENGTH = 12
 PASSWORD_MAX_LENGTH = 1024
+# Issue 9: twelve spaces or "aaaaaaaaaaaa" passed the length rule. Five different characters
+# rule out one repeated character and short repeated patterns ("abababababab").
+MIN_DISTINCT_CHARACTERS = 5
+# A user name shorter than this is not searched for inside the password ("op" in "operator").
+NAME_IN_PASSWORD_MIN_LENGTH = 3
+# The words every password-guessing list starts with, and keyboard and digit runs: refused when
+# the password is one of them padded with digits and punctuation ("Password1234!").
+COMMON_PASSWORD_WORDS = frozenset(
+    {
+        "password",
+        "passw0rd",
+        "qwerty",
+        "qwertyuiop",
+        "asdfghjkl",
+        "azerty",
+        "letmein",
+        "welcome",
+        "admin",
+        "administrator",
+        "changeme",
+        "iloveyou",
+        "monkey",
+        "dragon",
+        "football",
+        "baseball",
+        "sunshine",
+        "princess",
+        "master",
+        "secret",
+        "petray",
+        "hospital",
+        "abcdefghijkl",
+        "abc",
+    }
+)
 TOKEN_PREFIX = "ptr_"
 # Lockout: the first few mistakes are free (typos), then each further failure doubles the wait.
 FREE_FAILURES = 4
@@ -68,12 +104,40 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def check_password_policy(password: str) -> None:
+class WeakPassword(ConfigurationError):
+    """A password the policy refuses; the message says which rule, never the password."""
+
+
+def check_password_policy(password: str, *, user_name: str = "") -> None:
+    """Refuse passwords that are short, blank, repetitive, common, or built on the user name.
+
+    The same rules hold for ``petray user add``, the console and the API, which all create and
+    reset passwords through this module.
+    """
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ConfigurationError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+        raise WeakPassword(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > PASSWORD_MAX_LENGTH:
         # The login form accepts no more, so a longer password could never be typed in.
-        raise ConfigurationError(f"password must have at most {PASSWORD_MAX_LENGTH} characters")
+        raise WeakPassword(f"password must have at most {PASSWORD_MAX_LENGTH} characters")
+    if not password.strip():
+        raise WeakPassword("password must not be only spaces")
+    if len(set(password)) < MIN_DISTINCT_CHARACTERS:
+        raise WeakPassword(
+            f"password must use at least {MIN_DISTINCT_CHARACTERS} different characters"
+        )
+    lowered = password.casefold()
+    name = user_name.strip().casefold()
+    if name and (lowered == name or (len(name) >= NAME_IN_PASSWORD_MIN_LENGTH and name in lowered)):
+        raise WeakPassword("password must not contain the user name")
+    letters = "".join(ch for ch in lowered if ch.isalpha())
+    if letters in COMMON_PASSWORD_WORDS or _is_run(lowered):
+        raise WeakPassword("password is too common: use a few unrelated words")
+
+
+def _is_run(text: str) -> bool:
+    """A keyboard-style run of consecutive characters ("123456789012", "abcdefghijkl")."""
+    steps = {ord(b) - ord(a) for a, b in itertools.pairwise(text)}
+    return steps <= {1, -9} or steps <= {-1, 9}
 
 
 def parse_role(role: Role | str) -> Role:
@@ -93,7 +157,7 @@ def validate_user_name(name: str) -> str:
 def create_user(*, session: Session, name: str, password: str, role: Role | str) -> User:
     name = validate_user_name(name)
     role = parse_role(role)
-    check_password_policy(password)
+    check_password_policy(password, user_name=name)
     if get_user_by_name(name, session=session) is not None:
         raise ConfigurationError(f"a user named {name!r} already exists")
     user = User(name=name, password_hash=hash_password(password), role=role, failed_logins=0)
@@ -104,7 +168,7 @@ def create_user(*, session: Session, name: str, password: str, role: Role | str)
 
 def set_password(user: User, password: str) -> None:
     """A new password (also an admin's reset); signs out the user's browser sessions."""
-    check_password_policy(password)
+    check_password_policy(password, user_name=user.name)
     user.password_hash = hash_password(password)
     unlock(user)
 

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,7 +25,15 @@ import petray
 from petray.errors import InvalidTransition, UnknownTask
 from petray.ports import PipelineControl
 from petray.settings import Settings
-from serve.deps import AppContext, CsrfRejected, LoginRequired, PageForbidden, login_url
+from serve.deps import (
+    SAFE_METHODS,
+    AppContext,
+    CsrfRejected,
+    LoginRequired,
+    PageForbidden,
+    login_url,
+    optional_user,
+)
 from serve.routes import (
     activity,
     auth,
@@ -39,6 +48,7 @@ from serve.routes import (
     users,
 )
 from serve.routes.common import render
+from serve.routes.crud import API_PREFIX
 from serve.security import resolve_secret_key
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,40 @@ DOCS_CSP = (
 
 # Modules with a REST router ``api`` and a console router ``pages``.
 RESOURCES = (auth, tasks, devices, filters, radiopharmaceuticals, config, activity, users)
+
+
+class AuthenticateFirst:
+    """API changes prove who is asking before their body is read (issue 9).
+
+    FastAPI reads and parses a request body before it runs the route's dependencies, so an
+    anonymous client could make the app read and parse a large body only to be told 401. Must
+    run inside SessionMiddleware (the cookie is one of the two credentials). The route's own
+    dependency still checks the role (and CSRF) as before.
+    """
+
+    def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in SAFE_METHODS
+            or not scope["path"].startswith(API_PREFIX + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        # A Request without ``receive``: headers and session only, the body stays unread.
+        user = await run_in_threadpool(optional_user, Request(scope), self.ctx)
+        if user is None:
+            response = JSONResponse(
+                {"detail": "authentication required"},
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -173,13 +217,18 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Issue 9: 413 before the body is read when Content-Length is too large, and as soon
+        # as a streamed body passes the limit.
+        max_body_size=settings.max_request_bytes,
     )
-    app.state.petray = AppContext(
+    app.state.petray = ctx = AppContext(
         settings=settings,
         session_factory=session_factory,
         pipeline=pipeline,
         templates=Jinja2Templates(directory=HERE / "templates"),
     )
+    # Added first, so it runs inside the session middleware added next.
+    app.add_middleware(AuthenticateFirst, ctx=ctx)
     app.add_middleware(
         SessionMiddleware,
         secret_key=secret,

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     computed_field,
     field_validator,
     model_validator,
@@ -26,6 +27,7 @@ from petray.users import (
     NAME_MAX_LENGTH,
     PASSWORD_MAX_LENGTH,
     Role,
+    check_password_policy,
     validate_user_name,
 )
 
@@ -422,6 +424,16 @@ Password = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=PASSW
 class WithPassword(BaseModel):
     # Not stripped: leading or trailing spaces are part of a password, as at login.
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("password", check_fields=False)
+    @classmethod
+    def _policy(cls, value: str, info: ValidationInfo) -> str:
+        # The user name is validated first (field order), so the form shows the rule at once.
+        try:
+            check_password_policy(value, user_name=str(info.data.get("name") or ""))
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class UserCreate(WithPassword):

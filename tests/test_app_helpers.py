@@ -22,10 +22,11 @@ from petray.users import create_user
 from serve.app import create_app
 
 CALLBACK_TOKEN = "test-callback-token-0123456789"
+# Issue 9: a password may not contain its user name.
 PASSWORDS = {
-    "admin": "admin-password-1",
-    "operator": "operator-password-1",
-    "viewer": "viewer-password-1",
+    "admin": "granite-harbour-41",
+    "operator": "quiet-lantern-52",
+    "viewer": "amber-meadow-63",
 }
 PATIENT_NAME = "Doe^Jane"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -145,11 +145,11 @@ def test_password_policy_is_twelve_characters_and_unlock_clears_the_lockout(
     assert MIN_PASSWORD_LENGTH == 12
     with pytest.raises(ConfigurationError, match="at least 12"):
         create_user(session=session, name="bob", password="x" * 11, role="viewer")
-    bob = create_user(session=session, name="bob", password="x" * 12, role="viewer")
+    bob = create_user(session=session, name="bob", password="kq7-vbn-2wzp", role="viewer")
     now = datetime.now(UTC)
     for _ in range(FREE_FAILURES + 1):
         authenticate("bob", "wrong", session=session, now=now)
     assert is_locked(bob, now=now)
     unlock(bob)
     assert not is_locked(bob, now=now) and bob.failed_logins == 0
-    assert authenticate("bob", "x" * 12, session=session, now=now).outcome == LoginOutcome.OK
+    assert authenticate("bob", "kq7-vbn-2wzp", session=session, now=now).outcome == LoginOutcome.OK

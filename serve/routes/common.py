@@ -80,7 +80,12 @@ def field_errors(exc: ValidationError) -> dict[str, str]:
 
 def parse_form(model: type[M], data: Mapping[str, Any]) -> tuple[M | None, dict[str, str]]:
     """Validate form values with an API schema; empty optional fields count as absent."""
-    cleaned = {k: v for k, v in data.items() if not (isinstance(v, str) and v.strip() == "")}
+    # A password of spaces is a value to refuse with its own reason, not an absent field.
+    cleaned = {
+        k: v
+        for k, v in data.items()
+        if not (isinstance(v, str) and (v if k == "password" else v.strip()) == "")
+    }
     try:
         return model.model_validate(cleaned), {}
     except ValidationError as exc:

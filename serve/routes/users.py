@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi import Request, status
+from fastapi import HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -95,7 +95,10 @@ def api_reset_password(
     request: Request, row_id: int, body: PasswordReset, session: SessionDep, user: ApiAdmin
 ) -> User:
     account = USERS.get(row_id, session)
-    _reset_password(request, account, body, user)
+    try:
+        _reset_password(request, account, body, user)
+    except ConfigurationError as exc:  # the policy's rules that need the user's name
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     return account
 
 
