@@ -175,7 +175,11 @@ class OutputSeriesPublic(BaseModel):
 
 
 class TaskDetail(TaskPublic):
-    attempts: int
+    attempts: int = Field(description="retries asked for by an operator")
+    retry_attempts: int = Field(description="automatic attempts in the current stage (issue 8)")
+    last_error: str
+    next_attempt_at: datetime | None = Field(description="when the next automatic attempt runs")
+    notes: list[str] = Field(description="what staff should know that did not stop the task")
     radiopharmaceutical: str
     events: list[TaskEventPublic]
     destinations: list[DestinationProgress]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
@@ -13,7 +14,9 @@ from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, Device, Instance, OutputSeries, Task
 from petray.domain import Stage, State
 from petray.ports import ActorStatus
+from petray.retry import Backoff, RetryPolicy
 from petray.synth import make_pet_series, write_series
+from petray.tasks import add_note, record_transient_failure
 from tests.test_app_helpers import PATIENT_NAME, AppHarness, csrf_of, harness, make_task
 
 __all__ = ["harness"]
@@ -289,3 +292,35 @@ def test_device_edit_form(harness: AppHarness) -> None:
     harness.client.cookies.clear()
     harness.login("operator")
     assert harness.client.get(f"/devices/{device_id}/edit").status_code == 403
+
+
+def test_a_retrying_task_shows_as_a_warning_with_attempts_error_and_next_attempt(
+    harness: AppHarness,
+) -> None:
+    # Issue 8: never a green banner with "Attempts 0" while retries run.
+    task_id = make_task(harness.sessions, stage=Stage.SENDING, state=State.WAITING)
+    with unit_of_work(harness.sessions) as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        policy = RetryPolicy(backoff=Backoff(base_s=30, cap_s=60, jitter=0), budget_s=3600)
+        now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+        for _ in range(3):
+            record_transient_failure(
+                task,
+                "PACS@10.0.0.9:104: connection refused",
+                policy=policy,
+                now=now,
+                session=session,
+            )
+        add_note(task, "NumberOfSlices says 12 images but more arrived")
+    harness.login("viewer")
+    page = harness.client.get(f"/tasks/{task_id}").text
+    assert 'class="flash warn" id="waiting-reason"' in page
+    assert "next attempt at 08:01:00 UTC" in page
+    assert 'id="retry-attempts">3 — last error: PACS@10.0.0.9:104: connection refused' in page
+    assert "Note: NumberOfSlices says 12" in page
+    api = harness.client.get(f"/api/v1/tasks/{task_id}").json()
+    assert api["retry_attempts"] == 3
+    assert api["last_error"] == "PACS@10.0.0.9:104: connection refused"
+    assert api["next_attempt_at"].startswith("2026-12-01T08:01:00")
+    assert api["notes"] == ["NumberOfSlices says 12 images but more arrived"]

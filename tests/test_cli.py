@@ -28,6 +28,10 @@ TASK_KEYS = {
     "reason",
     "created",
     "updated",
+    "retry_attempts",
+    "last_error",
+    "next_attempt_at",
+    "notes",
 }
 USAGE_ERROR = 2  # argparse and PetrayError both exit 2 with a message on stderr
 _ENTRY_POINT = Path(sys.executable).with_name("petray")

@@ -138,5 +138,7 @@ def run_tasks(args: argparse.Namespace) -> int:
                 line += f"  {d['name']} {d['state']} {d['sent']}/{d['total']}"
             if t.reason:
                 line += f"  {t.reason}"
+            if t.state == "waiting" and t.next_attempt_at:
+                line += f"  (next attempt {t.next_attempt_at})"
             print(line)
     return 0

@@ -130,6 +130,10 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
         series_description=series.description,
         patient_name=series.study.patient.name if user.sees_patient_data else None,
         attempts=task.attempts,
+        retry_attempts=task.retry_attempts,
+        last_error=task.last_error,
+        next_attempt_at=task.next_attempt_at,
+        notes=[line for line in task.notes.splitlines() if line],
         radiopharmaceutical=task.radiopharmaceutical,
         events=[
             TaskEventPublic(stage=e.stage, state=e.state, message=e.message, at=e.at)
