@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -140,6 +141,8 @@ class Task(Base):
     # Things a technologist should know that did not stop the task (e.g. a NumberOfSlices
     # contradicted by the slices received), one per line.
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # When retention removed the task's files (instances, work archives, outputs).
+    files_purged_at: Mapped[datetime | None] = mapped_column(nullable=True)
     date_shift_days: Mapped[int] = mapped_column(Integer, default=0)
     radiopharmaceutical: Mapped[str] = mapped_column(String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -182,6 +185,12 @@ class Device(Base):
     port: Mapped[int] = mapped_column(Integer)
     is_source: Mapped[bool] = mapped_column(Boolean, default=False)
     is_destination: Mapped[bool] = mapped_column(Boolean, default=False)
+    # DICOM over TLS to this destination (PS3.15 B.1): CA file to verify it, and optionally a
+    # client certificate and key when it requires one. Paths on the gateway, never the PEMs.
+    tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    tls_ca: Mapped[str] = mapped_column(Text, default="", server_default="")
+    tls_cert: Mapped[str] = mapped_column(Text, default="", server_default="")
+    tls_key: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class TaskDestination(Base):
@@ -242,6 +251,10 @@ class SiteConfig(Base):
     ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH), nullable=True)
     dicom_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     remote_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Retention (issue 10): files of done tasks go after this many days, of failed ones after
+    # the second; the task rows stay as history.
+    retention_done_days: Mapped[int] = mapped_column(Integer, default=7, server_default="7")
+    retention_failed_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
 
 
 class Radiopharmaceutical(Base):
@@ -283,6 +296,24 @@ class AssociationLog(Base):
     instances: Mapped[int] = mapped_column(Integer, default=0)
     refused: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(255), default="")
+
+
+class AuditEvent(Base):
+    """One state change made by a person, a token, a peer or the gateway (issue 10).
+
+    Append-only: nothing updates or deletes these rows. No patient data: targets are ids,
+    names of devices/filters/users, AE titles and addresses.
+    """
+
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(String(255), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255), default="")
+    outcome: Mapped[str] = mapped_column(String(32), default="ok")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class User(Base):
