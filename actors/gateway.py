@@ -100,7 +100,9 @@ class Gateway:
         # Ray's processes inherit the driver's environment, and its workers the raylet's.
         os.environ[RUN_MARKER] = record.run_id
         try:
-            ray.init(**options)
+            # "local", not None: with no address Ray joins whatever cluster
+            # /tmp/ray/ray_current_cluster names (anyone's `ray start` on this host).
+            ray.init(address="local", **options)
         finally:
             del os.environ[RUN_MARKER]
         node = ray._private.worker._global_node  # no public API names the session directory

@@ -20,6 +20,8 @@ def ray_cluster() -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
+        # A private cluster: with no address Ray would join any `ray start` on this host.
+        address="local",
         namespace=NAMESPACE,
         include_dashboard=False,
         resources={FILTER_RESOURCE: FILTER_WORKERS},
