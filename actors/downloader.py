@@ -19,6 +19,7 @@ from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.shared_folder import copy_atomically, remove_task_files, result_path, result_present
+from petray.task_files import TaskFiles
 from petray.tasks import accept_result_callback, awaiting_result
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class DownloaderActor(StageWorker):
         source = result_path(shared, task_id)
         if not source.is_file():
             raise TransientError("the result archive is not in the shared folder yet")
-        local = self.settings.work_dir / f"{task_id}.result.zip"
+        local = TaskFiles.of(self.settings, task_id).result_archive
         copy_atomically(source, local)
         verify_zip(local, max_uncompressed_bytes=self.settings.max_result_bytes)
         remove_task_files(shared, task_id)

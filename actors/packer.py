@@ -11,6 +11,7 @@ from petray.archive import peak_magnitude, write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.packing import upload_metadata
+from petray.task_files import TaskFiles
 from petray.tasks import get_task, instance_paths
 from petray.volume import load_series_volume
 
@@ -32,7 +33,7 @@ class PackerActor(StageWorker):
         slice_paths = [str(p) for p in volume.slice_paths]
         del volume
         view = ray.get(volume_ref)
-        archive = self.settings.work_dir / f"{task_id}.zip"
+        archive = TaskFiles.of(self.settings, task_id).archive
         archive.parent.mkdir(parents=True, exist_ok=True)
         metadata = upload_metadata(
             details["processing"], task_id=task_id, client_id=self.settings.client_id

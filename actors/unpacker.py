@@ -25,6 +25,7 @@ from petray.derive import prepare_templates
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.outputs import BuiltSeries, clear_outputs, filters_for, record_outputs, series_job
+from petray.task_files import TaskFiles
 from petray.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class UnpackerActor(StageWorker):
         with ThreadPoolExecutor(max_workers=1) as pool:
             templates_future = pool.submit(prepare_templates, sources)
             result = read_result_archive(
-                self.settings.work_dir / f"{task_id}.result.zip",
+                TaskFiles.of(self.settings, task_id).result_archive,
                 expected_shape=details["shape"],
                 max_uncompressed_bytes=self.settings.max_result_bytes,
                 expected_task_id=task_id,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from typing import Literal, TypeVar
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from petray import task_files
 from petray.db.models import (
     AssociationLog,
     Patient,
@@ -28,6 +28,7 @@ from petray.db.models import (
     Task,
     TaskEvent,
 )
+from petray.task_files import FileCount
 
 log = logging.getLogger(__name__)
 
@@ -190,21 +191,9 @@ def tasks_by_state_per_hour(
     return [HourBucket(start=h, counts=dict(c)) for h, c in counters.items()]
 
 
-def remove_files(paths: list[Path], *, extra_dirs: list[Path] | None = None) -> int:
-    """Remove files and directories; missing ones are fine. Returns how many were removed."""
-    removed = 0
-    for path in [*paths, *(extra_dirs or [])]:
-        try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-            else:
-                continue
-            removed += 1
-        except OSError as exc:
-            log.warning("could not remove %s: %s", path.name, exc.strerror)
-    return removed
+def remove_files(paths: list[Path]) -> FileCount:
+    """Remove a deleted or purged task's files (``petray.task_files``); missing ones are fine."""
+    return task_files.remove(paths)
 
 
 ActivityKind = Literal["association", "task"]

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from petray.db.models import (
     Instance,
-    OutputSeries,
     Series,
     Study,
     Task,
@@ -26,6 +25,7 @@ from petray.db.models import (
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition, UnknownTask
 from petray.retry import RetryPolicy, format_duration
+from petray.task_files import TaskFiles, recorded_paths
 
 # Stages an actor looks after when the task is active or waiting in them (PROCESSING: the
 # Uploader watches the deadline); COMPILING belongs to the Compilator's own bookkeeping.
@@ -233,24 +233,18 @@ def cancel(task_id: str, *, session: Session) -> None:
     move_to(task, Stage(task.stage), session=session, state=State.CANCELLED, message="cancelled")
 
 
-def delete_task(task_id: str, *, session: Session) -> list[Path]:
-    """Delete a task, its received instances and outputs; returns the files to remove.
+def delete_task(task_id: str, *, session: Session, files: TaskFiles | None = None) -> list[Path]:
+    """Delete a task and its received instances; returns every file of the task to remove.
 
-    The caller removes the files (``petray.activity.remove_files``) only after the deletion is
-    committed, so a rollback never leaves rows pointing at missing files.
+    With ``files`` (the task's ``TaskFiles``) the list holds all of them (instances, outputs,
+    work and shared-folder archives, previews); without, only those that rows name. The caller
+    removes them (``petray.activity.remove_files``) only after the deletion is committed, so a
+    rollback never leaves rows pointing at missing files.
     """
     task = session.get(Task, task_id)
     if task is None:
         raise UnknownTask(f"unknown task {task_id}")
-    paths = [
-        Path(p) for p in session.scalars(select(Instance.path).where(Instance.task_id == task_id))
-    ]
-    paths += [
-        Path(d)
-        for d in session.scalars(
-            select(OutputSeries.directory).where(OutputSeries.task_id == task_id)
-        )
-    ]
+    paths = files.paths(session=session) if files else recorded_paths(task_id, session=session)
     session.execute(delete(Instance).where(Instance.task_id == task_id))
     session.delete(task)
     return paths

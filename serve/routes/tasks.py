@@ -19,6 +19,7 @@ from petray.activity import MAX_PAGE_SIZE, TaskQuery, TaskRow, query_tasks, remo
 from petray.db.models import OutputSeries, Task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
+from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, instance_paths, retry
 from serve.deps import (
     ApiOperator,
@@ -165,23 +166,12 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
     )
 
 
-def _task_files(ctx: AppContext, task_id: str) -> list[Path]:
-    """Working files petray keeps per task besides instances and outputs (best effort)."""
-    settings = ctx.settings
-    return [
-        settings.work_dir / task_id,
-        settings.work_dir / f"{task_id}.zip",
-        settings.output_dir / task_id,
-        settings.resolved_shared_dir / "to_process" / f"{task_id}.zip",
-        settings.work_dir / "mip" / task_id,
-    ]
-
-
 async def perform(ctx: AppContext, task_id: str, action: Action) -> TaskAction | None:
     """Apply an action; commits before the pipeline is told (the database leads)."""
     if action == "delete":
-        paths = await run_db(ctx, lambda s: delete_task(task_id, session=s))
-        await run_in_threadpool(remove_files, paths, extra_dirs=_task_files(ctx, task_id))
+        files = TaskFiles.of(ctx.settings, task_id) if task_id.isalnum() else None
+        paths = await run_db(ctx, lambda s: delete_task(task_id, session=s, files=files))
+        await run_in_threadpool(remove_files, paths)
         log.info("task %s deleted with its files", task_id)
         return None
 
@@ -347,7 +337,7 @@ def mip_source(task_id: str, ctx: ContextDep, session: SessionDep, _user: PageVi
     if not existing:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no source images")
     # Keyed by the instance count: a task still compiling gets a fresh preview as slices arrive.
-    cache = ctx.settings.work_dir / "mip" / task_id / f"source-{len(existing)}.png"
+    cache = TaskFiles.of(ctx.settings, task_id).previews / f"source-{len(existing)}.png"
     return _mip_response(cache, existing)
 
 
@@ -362,5 +352,5 @@ def mip_output(
     if not files:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "output files are gone")
     # A retried task gets new series UIDs, so the UID keys the cache.
-    cache = ctx.settings.work_dir / "mip" / task_id / f"{output.series_instance_uid}.png"
+    cache = TaskFiles.of(ctx.settings, task_id).previews / f"{output.series_instance_uid}.png"
     return _mip_response(cache, files)
