@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     client_id: str = "petray-site"
     uid_root: str = "1.2.826.0.1.3680043.10.1299"
     min_free_disk_mb: int = Field(default=512, ge=0)
+    # Copies of the audit trail (issue 10): "host:port" (UDP) or a socket path such as /dev/log.
+    audit_syslog: str | None = None
+    # How often the gateway applies the retention policy (issue 10).
+    retention_interval_s: float = Field(default=3600.0, gt=0)
     max_result_bytes: int = Field(default=8 * 1024**3, gt=0)
     zip_compression_level: int = Field(default=1, ge=0, le=9)
     processing_deadline_s: float = Field(default=6 * 3600, gt=0)
