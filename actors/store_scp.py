@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import pydicom.config
@@ -22,6 +22,7 @@ from petray.ingest import InstanceStore, ReceivedInstance
 from petray.scp import IngestLimits, StoreService
 from petray.settings import Settings
 from petray.siteconfig import Listener, effective_listener
+from petray.tls import server_context
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,16 @@ class StoreScpActor:
             limits=IngestLimits.from_settings(settings),
         )
         self._compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
-        self._server: ThreadedAssociationServer | None = None
+        # Read once: a missing or bad certificate fails the actor's start with the file named.
+        self._tls_context = (
+            server_context(
+                settings.dicom_tls_cert, settings.dicom_tls_key, ca=settings.dicom_tls_ca
+            )
+            if settings.dicom_tls_cert is not None and settings.dicom_tls_key is not None
+            else None
+        )
+        # The plain listener and the TLS one (issue 10), each when configured.
+        self._servers: list[ThreadedAssociationServer] = []
         self._listener: Listener | None = None
         self._m_received = metrics.Counter("petray_instances_received", "PET instances stored")
         self._m_bytes = metrics.Counter("petray_bytes_received", "Bytes of stored instances")
@@ -129,22 +139,37 @@ class StoreScpActor:
     def start(self) -> dict[str, Any]:
         with unit_of_work(self._sessions) as session:
             listener = effective_listener(self._settings, session=session)
-        if self._server is not None and listener == self._listener:
-            return asdict(listener)
+        if self._servers and listener == self._listener:
+            return self._describe(listener)
         self.stop()
-        self._server = self._service.start(listener)
+        try:
+            if self._settings.dicom_plain:
+                self._servers.append(self._service.start(listener))
+            if self._tls_context is not None:
+                tls_listener = replace(listener, port=self._settings.dicom_tls_port)
+                self._servers.append(
+                    self._service.start(tls_listener, ssl_context=self._tls_context)
+                )
+        except BaseException:
+            self.stop()  # both or neither: a half-open gateway would look healthy
+            raise
         self._listener = listener
-        return asdict(listener)
+        return self._describe(listener)
+
+    def _describe(self, listener: Listener) -> dict[str, Any]:
+        described = asdict(listener)
+        if not self._settings.dicom_plain:
+            described["port"] = None
+        described["tls_port"] = self._settings.dicom_tls_port if self._tls_context else None
+        return described
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        while self._servers:
+            self._servers.pop().shutdown()
 
     def status(self) -> dict[str, Any]:
         counters = asdict(self._service.counters)
-        counters["listening"] = self._server is not None
+        counters["listening"] = bool(self._servers)
         if self._listener is not None:
-            counters["ae_title"] = self._listener.ae_title
-            counters["port"] = self._listener.port
+            counters.update(self._describe(self._listener))
         return counters

@@ -23,6 +23,7 @@ from petray.outputs import output_files
 from petray.scu import send_instances
 from petray.siteconfig import effective_listener
 from petray.tasks import get_task
+from petray.tls import with_device_tls
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +40,28 @@ class StoreScuActor(StageWorker):
 
     def __init__(self, settings: object) -> None:
         super().__init__(settings)  # type: ignore[arg-type]
-        self._m_sent = metrics.Counter("petray_instances_sent", "Instances delivered")
-        self._m_bytes = metrics.Counter("petray_bytes_sent", "Bytes of delivered instances")
+        # Tagged by destination (the device name staff gave it, never patient data) so that a
+        # dashboard shows which PACS is slow or failing (issue 10).
+        tags = ("destination",)
+        self._m_sent = metrics.Counter(
+            "petray_instances_sent", "Instances delivered", tag_keys=tags
+        )
+        self._m_bytes = metrics.Counter(
+            "petray_bytes_sent", "Bytes of delivered instances", tag_keys=tags
+        )
+        self._m_outcomes = metrics.Counter(
+            "petray_deliveries",
+            "Delivery attempts to a destination by outcome (done, waiting, failed)",
+            tag_keys=("destination", "outcome"),
+        )
 
     def handle(self, task_id: str) -> Stage | None:
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
             files = output_files(task)
-            destinations = pending_destinations(task_id, session=session)
+            destinations = with_device_tls(
+                pending_destinations(task_id, session=session), session=session
+            )
             calling_ae = effective_listener(self.settings, session=session).ae_title
         if len(destinations) <= 1:
             outcomes = [self._deliver(d, files, calling_ae) for d in destinations]
@@ -78,8 +93,9 @@ class StoreScuActor(StageWorker):
             # recorded one. One short transaction costs ~0.5-1 ms on SQLite WAL (bench/scu.py).
             with unit_of_work(self.sessions) as session:
                 record_sent(destination.pk, sop_uid, session=session)
-            self._m_sent.inc()
+            self._m_sent.inc(tags=tags)
 
+        tags = {"destination": destination.name}
         failure: Exception | None = None
         try:
             report = send_instances(
@@ -96,7 +112,8 @@ class StoreScuActor(StageWorker):
             state, failure = "failed", exc
         else:
             state = "done"
-            self._m_bytes.inc(report.bytes_sent)
+            self._m_bytes.inc(report.bytes_sent, tags=tags)
+        self._m_outcomes.inc(tags={**tags, "outcome": state})
         with unit_of_work(self.sessions) as session:
             set_destination_state(destination.pk, state, reason=str(failure or ""), session=session)
         return destination.name, failure

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import queue
 import socket
+import ssl
 import struct
 import threading
 import zlib
@@ -458,6 +459,25 @@ def install_immediate_dispatch(assoc: Association) -> bool:
     return True
 
 
+class _HandshakeInAssociation:
+    """An SSL context whose server sockets finish their handshake in their association's thread.
+
+    pynetdicom wraps each accepted socket in the server's one accept thread, and a blocking
+    wrap completes the handshake there: a peer that connects and sends nothing (a port probe)
+    would stop every other sender from connecting for as long as it stays. Deferred, the
+    handshake happens in the first read of that association's own DUL thread, bounded by
+    its network timeout (issue 8: probes must not lock senders out).
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = True) -> ssl.SSLSocket:
+        return self._context.wrap_socket(
+            sock, server_side=server_side, do_handshake_on_connect=False
+        )
+
+
 class StoreService:
     """C-STORE and C-ECHO handlers plus association bookkeeping for one listener."""
 
@@ -491,7 +511,10 @@ class StoreService:
                 ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
-    def start(self, listener: Listener) -> ThreadedAssociationServer:
+    def start(
+        self, listener: Listener, *, ssl_context: ssl.SSLContext | None = None
+    ) -> ThreadedAssociationServer:
+        """Listen on ``listener``; over TLS (PS3.15 B.1) when ``ssl_context`` is given."""
         ae = self.make_ae(listener.ae_title)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -503,14 +526,25 @@ class StoreService:
             (evt.EVT_RELEASED, self._on_closed, ["released"]),
             (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
         ]
-        server = ae.start_server((listener.bind, listener.port), block=False, evt_handlers=handlers)
+        server = ae.start_server(
+            (listener.bind, listener.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=cast(ssl.SSLContext, _HandshakeInAssociation(ssl_context))
+            if ssl_context is not None
+            else None,
+        )
         assert server is not None  # non-blocking start always returns the server
         # socketserver listens with a backlog of 5: a burst of connections (senders starting
         # together, or a port scan) would have its SYNs dropped and retried a second later.
         if server.socket is not None:
             server.socket.listen(LISTEN_BACKLOG)
         logger.info(
-            "Store SCP %s listening on %s:%d", listener.ae_title, listener.bind, listener.port
+            "Store SCP %s listening on %s:%d%s",
+            listener.ae_title,
+            listener.bind,
+            listener.port,
+            " (TLS)" if ssl_context is not None else "",
         )
         return server
 

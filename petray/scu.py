@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -36,7 +37,8 @@ from pynetdicom.status import (
     code_to_category,
 )
 
-from petray.errors import DeliveryRefused, PermanentError, TransientError
+from petray.errors import ConfigurationError, DeliveryRefused, PermanentError, TransientError
+from petray.tls import TlsFiles, client_context
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,15 @@ class DicomNode:
     ae_title: str
     host: str
     port: int
+    # DICOM over TLS (PS3.15 B.1) when set: how to verify the node and, if it asks, who we are.
+    tls: TlsFiles | None = None
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client context for this node, None without TLS; ConfigurationError for bad files."""
+        return client_context(self.tls) if self.tls is not None else None
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,9 @@ def _association_failure(node: DicomNode, assoc: Association) -> Exception:
         return DeliveryRefused(f"{node} accepts none of the proposed SOP classes/transfer syntaxes")
     if assoc.acceptor.primitive is None:
         # No A-ASSOCIATE response at all: nothing listening, unreachable, or no answer in time.
-        return TransientError(f"cannot associate with {node}: connection refused or timed out")
+        # pynetdicom only logs why a TLS connection failed, so the message can only suggest it.
+        tls = ", or the TLS handshake failed" if node.tls else ""
+        return TransientError(f"cannot associate with {node}: connection refused or timed out{tls}")
     return TransientError(f"{node} aborted the association request")
 
 
@@ -200,11 +210,16 @@ def open_association(
     calling_ae: str,
     contexts: Sequence[PresentationContext],
     timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[Association]:
     """An established association with ``TCP_NODELAY`` set, released (or aborted) at the end.
 
-    Raises ``TransientError``/``DeliveryRefused`` when the association cannot be established.
+    Over TLS when ``node.tls`` is set (``ssl_context``, when given, is that node's context,
+    built once for many associations). Raises ``TransientError``/``DeliveryRefused`` when the
+    association cannot be established, ``ConfigurationError`` for unusable TLS files.
     """
+    if ssl_context is None:
+        ssl_context = node.ssl_context()
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeout_s
     ae.acse_timeout = timeout_s
@@ -217,6 +232,7 @@ def open_association(
             contexts=list(contexts),
             ae_title=node.ae_title,
             evt_handlers=[(evt.EVT_CONN_OPEN, _on_connection_open)],
+            tls_args=(ssl_context, node.host) if ssl_context is not None else None,
         )
     except OSError as exc:  # e.g. unresolvable host name
         raise TransientError(f"cannot associate with {node}: {exc.strerror or exc}") from exc
@@ -296,6 +312,11 @@ class _Delivery:
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
         self.contexts = presentation_contexts(outgoing)
+        try:
+            self.ssl_context = node.ssl_context()
+        except ConfigurationError as exc:
+            # Unusable certificate files will not heal by retrying: staff must fix the device.
+            raise DeliveryRefused(f"{node}: {exc}") from None
         self.associations = associations
         self._pending = deque(outgoing)
         self._on_sent = on_sent
@@ -358,6 +379,7 @@ class _Delivery:
                 calling_ae=self.calling_ae,
                 contexts=self.contexts,
                 timeout_s=self.timeout_s,
+                ssl_context=self.ssl_context,
             ) as assoc:
                 established = True
                 self._check_accepted(assoc)
@@ -553,7 +575,7 @@ def echo(node: DicomNode, *, calling_ae: str, timeout_s: float = 10) -> EchoResu
             timeout_s=timeout_s,
         ) as assoc:
             status = assoc.send_c_echo()
-    except (TransientError, DeliveryRefused) as exc:
+    except (TransientError, DeliveryRefused, ConfigurationError) as exc:
         return EchoResult(False, None, time.monotonic() - started, str(exc))
     latency = time.monotonic() - started
     if "Status" not in status:

@@ -80,6 +80,50 @@ class Settings(BaseSettings):
     # HTTP request bodies above this are refused with 413 before they are read (API, console
     # forms and callback alike: the largest honest body is a few kilobytes of JSON).
     max_request_bytes: int = Field(default=2**20, ge=1024)
+    # --- site operations (issue 10): TLS, ports for Ray's dashboard and metrics, log format ---
+    # DICOM over TLS (PS3.15 B.1) on its own port (2762 is registered for it), beside the plain
+    # listener or, with dicom_plain false, instead of it. With dicom_tls_ca, senders must
+    # present a certificate that CA signed.
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    dicom_tls_port: int = Field(default=2762, ge=1, le=65535)
+    dicom_plain: bool = True
+    # Console, API and callback over HTTPS (Ray Serve's proxy terminates TLS).
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    # Ray's dashboard and metrics exporter: a free port is taken when unset (printed at start).
+    dashboard_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # "text" or "json" (one JSON object per line) for the gateway's own log lines.
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        for scheme in ("dicom", "http"):
+            cert = getattr(self, f"{scheme}_tls_cert")
+            key = getattr(self, f"{scheme}_tls_key")
+            if (cert is None) != (key is None):
+                raise ValueError(f"{scheme}_tls_cert and {scheme}_tls_key go together")
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("dicom_tls_ca needs dicom_tls_cert and dicom_tls_key")
+        if not self.dicom_plain and not self.dicom_tls:
+            raise ValueError("dicom_plain=false needs a TLS listener (dicom_tls_cert/key)")
+        if self.dicom_tls and self.dicom_plain and self.dicom_tls_port == self.dicom_port:
+            raise ValueError("dicom_tls_port must differ from dicom_port")
+        return self
+
+    @property
+    def dicom_tls(self) -> bool:
+        return self.dicom_tls_cert is not None
+
+    @property
+    def http_tls(self) -> bool:
+        return self.http_tls_cert is not None
+
+    @property
+    def http_scheme(self) -> str:
+        return "https" if self.http_tls else "http"
 
     @model_validator(mode="after")
     def _check_ingest_memory(self) -> Settings:
@@ -109,7 +153,9 @@ class Settings(BaseSettings):
 
     @property
     def resolved_callback_url(self) -> str:
-        return self.callback_url or f"http://{self.http_host}:{self.http_port}/process_ready"
+        return self.callback_url or (
+            f"{self.http_scheme}://{self.http_host}:{self.http_port}/process_ready"
+        )
 
     @property
     def instances_dir(self) -> Path:

@@ -70,6 +70,10 @@ def add_device(
     port: int,
     is_source: bool,
     is_destination: bool,
+    tls: bool = False,
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
 ) -> Device:
     # The name is stored stripped, so the duplicate check must compare the stripped name too.
     name = name.strip()
@@ -90,7 +94,14 @@ def add_device(
         port=port,
         is_source=is_source,
         is_destination=is_destination,
+        # TLS files are paths on the gateway, checked when used (petray.tls names a bad one).
+        tls=tls,
+        tls_ca=tls_ca.strip(),
+        tls_cert=tls_cert.strip(),
+        tls_key=tls_key.strip(),
     )
+    if bool(device.tls_cert) != bool(device.tls_key):
+        raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
     session.add(device)
     session.flush()
     return device

@@ -202,6 +202,10 @@ class DeviceCreate(Strict):
     port: int = Field(ge=1, le=65535)
     is_source: bool = False
     is_destination: bool = False
+    tls: bool = Field(False, description="send to this destination over DICOM TLS")
+    tls_ca: str = Field("", max_length=4096, description="CA file on the gateway to verify it")
+    tls_cert: str = Field("", max_length=4096, description="client certificate file, if asked")
+    tls_key: str = Field("", max_length=4096, description="key file of the client certificate")
 
     @field_validator("ae_title")
     @classmethod
@@ -212,6 +216,8 @@ class DeviceCreate(Strict):
     def _some_role(self) -> DeviceCreate:
         if not (self.is_source or self.is_destination):
             raise ValueError("a device must be a source, a destination or both")
+        if bool(self.tls_cert.strip()) != bool(self.tls_key.strip()):
+            raise ValueError("a TLS client certificate needs its key, and a key its cert")
         return self
 
 
@@ -222,6 +228,10 @@ class DeviceUpdate(Strict):
     port: int | None = Field(None, ge=1, le=65535)
     is_source: bool | None = None
     is_destination: bool | None = None
+    tls: bool | None = None
+    tls_ca: str | None = Field(None, max_length=4096)
+    tls_cert: str | None = Field(None, max_length=4096)
+    tls_key: str | None = Field(None, max_length=4096)
 
     @field_validator("ae_title")
     @classmethod
@@ -238,6 +248,10 @@ class DevicePublic(BaseModel):
     port: int
     is_source: bool
     is_destination: bool
+    tls: bool
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
 
 
 class EchoResultPublic(BaseModel):

@@ -158,6 +158,7 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "port": 4242,
             "source": False,
             "destination": True,
+            "tls": False,
         },
         {
             "name": "scanner",
@@ -166,6 +167,7 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "port": 104,
             "source": True,
             "destination": False,
+            "tls": False,
         },
     ]
     assert "removed device pacs" in cli.ok("device", "remove", "pacs").out

@@ -43,8 +43,13 @@ def run_device(args: argparse.Namespace) -> int:
                 port=args.port,
                 is_source=args.source,
                 is_destination=args.destination,
+                tls=args.tls,
+                tls_ca=args.tls_ca,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
             )
-            print(f"added device {device.name}: {device.ae_title}@{device.host}:{device.port}")
+            tls = " over TLS" if device.tls else ""
+            print(f"added device {device.name}: {device.ae_title}@{device.host}:{device.port}{tls}")
         elif args.action == "remove":
             remove_device(args.name, session=session)
             print(f"removed device {args.name}")
@@ -57,6 +62,7 @@ def run_device(args: argparse.Namespace) -> int:
                     "port": d.port,
                     "source": d.is_source,
                     "destination": d.is_destination,
+                    "tls": d.tls,
                 }
                 for d in list_devices(session=session)
             ]

@@ -13,13 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from petray.db.models import Device
 from petray.scu import DicomNode, echo
 from petray.siteconfig import add_device, effective_listener, list_devices
+from petray.tls import device_tls
 from petray.users import Role
 from serve.deps import ApiOperator, AppContext, ContextDep, FormDep, PageOperator, run_db
 from serve.routes.crud import FieldConflict, Resource, api_router, page_router
 from serve.schemas import DeviceCreate, DevicePublic, DeviceUpdate, EchoResultPublic
 
 ECHO_TIMEOUT_S = 5.0
-ROLE_FLAGS = ("is_source", "is_destination")
+ROLE_FLAGS = ("is_source", "is_destination", "tls")
 
 
 def create(body: DeviceCreate, *, session: Session) -> Device:
@@ -34,9 +35,11 @@ def update(device: Device, body: DeviceUpdate, *, session: Session) -> Device:
         if clash is not None:
             raise FieldConflict("name", f"a device named {name!r} already exists")
     for key, value in changes.items():
-        setattr(device, key, value)
+        setattr(device, key, value.strip() if key.startswith("tls_") else value)
     if not (device.is_source or device.is_destination):
         raise FieldConflict("__all__", "a device must be a source, a destination or both")
+    if bool(device.tls_cert) != bool(device.tls_key):
+        raise FieldConflict("tls_key", "a TLS client certificate needs its key, and a key its cert")
     session.flush()
     return device
 
@@ -71,7 +74,8 @@ async def echo_device(ctx: AppContext, device_id: int) -> EchoResultPublic:
     def load(session: Session) -> tuple[DicomNode, str]:
         device = DEVICES.get(device_id, session)
         listener = effective_listener(ctx.settings, session=session)
-        return DicomNode(device.ae_title, device.host, device.port), listener.ae_title
+        node = DicomNode(device.ae_title, device.host, device.port, tls=device_tls(device))
+        return node, listener.ae_title
 
     node, calling_ae = await run_db(ctx, load)
     # pynetdicom blocks: run the association off the event loop.
