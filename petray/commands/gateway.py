@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.gateway_lock import GatewayLock, acquire_gateway_lock
+from petray.production import production_problems
 from petray.radiopharm import seed_radiopharmaceuticals
 from petray.settings import Settings, load_settings
 from petray.siteconfig import get_site_config
@@ -32,6 +34,12 @@ def prepare_storage(settings: Settings) -> None:
 
 def run_start(args: argparse.Namespace) -> int:
     settings = load_settings()
+    # Issue 9: every development secret is refused at once, before Ray starts (seconds).
+    problems = production_problems(settings) if settings.production else []
+    for problem in problems:
+        print(f"petray: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     # Before importing Ray (seconds): a second gateway on this home is refused at once with one
     # line and exit 2 (GatewayAlreadyRunning is a PetrayError), and held until this process ends.
     with acquire_gateway_lock(settings.home, settings.resolved_database_url) as lock:

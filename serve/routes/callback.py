@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from petray.errors import InvalidTransition, UnknownTask
+from petray.production import is_development_secret
 from petray.tasks import accept_result_callback
 from serve.deps import ContextDep, run_db
 from serve.schemas import Acknowledge, Message, ProcessReady
@@ -29,7 +30,10 @@ def require_callback_token(
     # A dependency runs before the body is validated, so a caller without the token learns
     # nothing (not even whether its body was well-formed) and changes nothing.
     token = bearer_token(authorization)
-    if token is None or not tokens_equal(token, ctx.settings.callback_token):
+    expected = ctx.settings.callback_token
+    # Issue 9: production never accepts a development token, even one that slipped past start.
+    refused = ctx.settings.production and is_development_secret(expected)
+    if token is None or refused or not tokens_equal(token, expected):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "invalid or missing callback token",
