@@ -237,18 +237,26 @@ def lockout_delay(failed_logins: int) -> timedelta:
 
 
 def authenticate(
-    name: str, password: str, *, session: Session, now: datetime | None = None
+    name: str,
+    password: str,
+    *,
+    session: Session,
+    now: datetime | None = None,
+    enforce_lockout: bool = True,
 ) -> LoginResult:
     """Check a login; counts failures and locks the account with a growing delay.
 
     While locked, even the right password is refused, so guessing cannot go faster than the delay.
+    ``enforce_lockout=False`` checks the password of a locked account all the same: the caller
+    passes it for a client address with no recent failures (petray.login_throttle), so that a
+    stranger's wrong passwords cannot keep the user out (issue 9). Failures still count.
     """
     now = now or datetime.now(UTC)
     user = get_user_by_name(name.strip(), session=session)
     if user is None:
         verify_password(_DUMMY_HASH, password)
         return LoginResult(LoginOutcome.INVALID)
-    if user.locked_until is not None and user.locked_until > now:
+    if enforce_lockout and user.locked_until is not None and user.locked_until > now:
         wait = user.locked_until - now
         return LoginResult(LoginOutcome.LOCKED, retry_after_s=int(wait.total_seconds()) + 1)
     if not verify_password(user.password_hash, password):

@@ -7,7 +7,7 @@ Pages and the REST API share the same roles; they differ in how a missing login 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from petray.db.engine import unit_of_work
 from petray.db.models import User
+from petray.login_throttle import LoginThrottle
 from petray.ports import PipelineControl
 from petray.settings import Settings
 from petray.users import Role, has_role, user_for_token
@@ -43,6 +44,8 @@ class AppContext:
     session_factory: sessionmaker[Session]
     pipeline: PipelineControl
     templates: Jinja2Templates
+    # Failed logins per client address (issue 9), for the life of this HTTP process.
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def get_context(request: Request) -> AppContext:

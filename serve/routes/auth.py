@@ -83,13 +83,27 @@ def login(
         return again("Your session expired; please try again.", status.HTTP_403_FORBIDDEN)
     if not username or not password:
         return again("Enter your user name and password.", status.HTTP_422_UNPROCESSABLE_CONTENT)
-    result = authenticate(username, password, session=session)
+    # Issue 9: an address that keeps failing waits, whatever user it tries; the user's own
+    # lockout holds only for addresses that failed lately (petray.login_throttle).
+    throttle = ctx.login_throttle
+    address = request.client.host if request.client else ""
+    wait_s = throttle.retry_after_s(address)
+    if wait_s:
+        log.warning("login refused: too many failures from one address")
+        return again(
+            f"Too many failed attempts from your address. Try again in {wait_s} seconds.",
+            status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+    result = authenticate(
+        username, password, session=session, enforce_lockout=throttle.has_failed(address)
+    )
     if result.outcome == LoginOutcome.LOCKED:
         return again(
             f"Too many failed attempts. Try again in {result.retry_after_s} seconds.",
             status.HTTP_429_TOO_MANY_REQUESTS,
         )
     if result.outcome != LoginOutcome.OK or result.user is None:
+        throttle.failed(address)
         return again("Wrong user name or password.", status.HTTP_401_UNAUTHORIZED)
     user = result.user
     # A fresh session (and with it a fresh CSRF token) at every login.
