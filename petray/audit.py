@@ -22,6 +22,7 @@ from sqlalchemy import Select, event, or_, select
 from sqlalchemy.orm import Session
 
 from petray.db.models import AssociationLog, AuditEvent
+from petray.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 # Separate from ``log``: what goes to syslog is exactly one JSON object per audit event.
@@ -247,7 +248,10 @@ def configure_syslog(spec: str | None) -> logging.Handler | None:
     for handler in trail.handlers:
         if isinstance(handler, _AuditSyslog) and handler.spec == spec:
             return handler
-    address = syslog_address(spec)
+    try:
+        address = syslog_address(spec)
+    except ValueError as exc:
+        raise ConfigurationError(f"PETRAY_AUDIT_SYSLOG: {exc}") from None
     handler = _AuditSyslog(
         address=address,
         facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV,

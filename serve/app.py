@@ -22,6 +22,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import petray
+from petray.audit import configure_syslog
 from petray.errors import InvalidTransition, UnknownTask
 from petray.ports import PipelineControl
 from petray.settings import Settings
@@ -36,6 +37,7 @@ from serve.deps import (
 )
 from serve.routes import (
     activity,
+    audit,
     auth,
     callback,
     config,
@@ -69,7 +71,7 @@ DOCS_CSP = (
 )
 
 # Modules with a REST router ``api`` and a console router ``pages``.
-RESOURCES = (auth, tasks, devices, filters, radiopharmaceuticals, config, activity, users)
+RESOURCES = (auth, tasks, devices, filters, radiopharmaceuticals, config, activity, users, audit)
 
 
 class AuthenticateFirst:
@@ -210,6 +212,7 @@ def create_app(
 ) -> FastAPI:
     """The whole HTTP app. Raises ConfigurationError for an unsafe production setup."""
     secret = resolve_secret_key(settings)
+    configure_syslog(settings.audit_syslog)
     app = FastAPI(
         title="petray",
         version=petray.__version__,

@@ -55,6 +55,8 @@ ENDPOINTS = [
     ("DELETE", "/api/v1/users/999", "admin", None),
     ("POST", "/api/v1/tokens", "viewer", {}),
     ("DELETE", "/api/v1/tokens/999", "viewer", None),
+    ("GET", "/api/v1/audit", "admin", None),
+    ("GET", "/api/v1/audit/export.jsonl", "admin", None),
 ]
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from petray import audit
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.db.models import PostFilter
 from petray.errors import ConfigurationError
@@ -23,6 +25,7 @@ from petray.tasks import list_tasks
 def admin_session() -> Iterator[Session]:
     settings = load_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    audit.configure_syslog(settings.audit_syslog)
     engine = make_engine(settings.resolved_database_url)
     try:
         migrate(engine)
@@ -30,6 +33,18 @@ def admin_session() -> Iterator[Session]:
             yield session
     finally:
         engine.dispose()
+
+
+def cli_audit(action: str, target: str, *, session: Session, **detail: object) -> None:
+    """A change made from a shell: the operating-system user is the actor."""
+    audit.record(
+        action,
+        session=session,
+        actor=getpass.getuser(),
+        source="cli",
+        target=target,
+        detail={"via": "cli", **detail},
+    )
 
 
 def run_device(args: argparse.Namespace) -> int:
@@ -49,9 +64,11 @@ def run_device(args: argparse.Namespace) -> int:
                 tls_key=args.tls_key,
             )
             tls = " over TLS" if device.tls else ""
+            cli_audit("device.create", f"Device {device.name}", session=session, id=device.id)
             print(f"added device {device.name}: {device.ae_title}@{device.host}:{device.port}{tls}")
         elif args.action == "remove":
             remove_device(args.name, session=session)
+            cli_audit("device.delete", f"Device {args.name}", session=session)
             print(f"removed device {args.name}")
         else:
             rows = [
@@ -97,12 +114,15 @@ def run_filter(args: argparse.Namespace) -> int:
                 radiopharmaceutical=args.radiopharmaceutical,
                 enabled=not args.disabled,
             )
+            cli_audit("filter.create", f"Filter {row.description!r}", session=session, id=row.id)
             print(f"added filter {row.id}: {row.description} (FWHM {row.fwhm_mm:g} mm)")
         elif args.action == "remove":
             found = session.get(PostFilter, args.id)
             if found is None:
                 raise ConfigurationError(f"no filter with id {args.id}")
             session.delete(found)
+            label = f"Filter {found.description!r}"
+            cli_audit("filter.delete", label, session=session, id=args.id)
             print(f"removed filter {args.id}")
         else:
             rows = [

@@ -29,6 +29,7 @@ from serve.deps import (
     Principal,
     SessionDep,
 )
+from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect, render
 from serve.schemas import TokenCreate, TokenCreated
 from serve.security import csrf_token as csrf_token_of
@@ -59,6 +60,7 @@ def login(
     request: Request,
     ctx: ContextDep,
     session: SessionDep,
+    audit: AuditDep,
     username: Annotated[str, Form(max_length=64)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
     csrf_token: Annotated[str, Form()] = "",
@@ -90,6 +92,9 @@ def login(
     wait_s = throttle.retry_after_s(address)
     if wait_s:
         log.warning("login refused: too many failures from one address")
+        audit(
+            "login.failed", f"user {username}", session=session, outcome="throttled", actor=username
+        )
         return again(
             f"Too many failed attempts from your address. Try again in {wait_s} seconds.",
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -97,6 +102,10 @@ def login(
     result = authenticate(
         username, password, session=session, enforce_lockout=throttle.has_failed(address)
     )
+    if result.outcome != LoginOutcome.OK or result.user is None:
+        # Committed with the failure count: the name tried is kept, the password never.
+        outcome = "locked" if result.outcome == LoginOutcome.LOCKED else "refused"
+        audit("login.failed", f"user {username}", session=session, outcome=outcome, actor=username)
     if result.outcome == LoginOutcome.LOCKED:
         return again(
             f"Too many failed attempts. Try again in {result.retry_after_s} seconds.",
@@ -113,12 +122,17 @@ def login(
     # Created now rather than on the first page: the session lives in a cookie, so two pages
     # loading at once would otherwise each mint a token and the last cookie would win.
     csrf_token_of(request.session)
+    audit("login", f"user {user.name}", session=session, actor=user.name, via="console")
     log.info("user id %s logged in", user.id)
     return redirect(target)
 
 
 @pages.post("/logout")
-def logout(request: Request, _form: FormDep) -> RedirectResponse:
+def logout(
+    request: Request, session: SessionDep, user: OptionalUser, audit: AuditDep, _form: FormDep
+) -> RedirectResponse:
+    if user is not None:
+        audit("logout", f"user {user.name}", session=session)
     request.session.clear()
     return redirect("/login")
 
@@ -141,11 +155,12 @@ def account_page(
 
 @pages.post("/account/tokens")
 def account_token_create(
-    request: Request, session: SessionDep, user: PageViewer, form: FormDep
+    request: Request, session: SessionDep, user: PageViewer, form: FormDep, audit: AuditDep
 ) -> RedirectResponse:
     row, clear = create_api_token(
         _user_row(user, session), session=session, label=form.get("label", "")
     )
+    audit("token.create", f"token {row.id}", session=session, label=row.label)
     # Shown once on the next page, then gone from the session.
     request.session["new_token"] = clear
     flash(request, f"API token {row.id} created; copy it now, it is not shown again.")
@@ -154,10 +169,16 @@ def account_token_create(
 
 @pages.post("/account/tokens/{token_id}/delete")
 def account_token_delete(
-    request: Request, token_id: int, session: SessionDep, user: PageViewer, _form: FormDep
+    request: Request,
+    token_id: int,
+    session: SessionDep,
+    user: PageViewer,
+    _form: FormDep,
+    audit: AuditDep,
 ) -> RedirectResponse:
     try:
         revoke_api_token(token_id, session=session, user=_user_row(user, session))
+        audit("token.revoke", f"token {token_id}", session=session)
         flash(request, f"API token {token_id} revoked.")
     except ConfigurationError as exc:
         flash(request, str(exc), kind="error")
@@ -170,14 +191,18 @@ def me(user: ApiViewer) -> dict[str, str]:
 
 
 @api.post("/tokens", response_model=TokenCreated, status_code=status.HTTP_201_CREATED)
-def create_token(body: TokenCreate, session: SessionDep, user: ApiViewer) -> TokenCreated:
+def create_token(
+    body: TokenCreate, session: SessionDep, user: ApiViewer, audit: AuditDep
+) -> TokenCreated:
     row, clear = create_api_token(_user_row(user, session), session=session, label=body.label)
+    audit("token.create", f"token {row.id}", session=session, label=row.label)
     return TokenCreated(id=row.id, label=row.label, token=clear)
 
 
 @api.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_token(token_id: int, session: SessionDep, user: ApiViewer) -> None:
+def delete_token(token_id: int, session: SessionDep, user: ApiViewer, audit: AuditDep) -> None:
     try:
         revoke_api_token(token_id, session=session, user=_user_row(user, session))
     except ConfigurationError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such token") from None
+    audit("token.revoke", f"token {token_id}", session=session)

@@ -11,11 +11,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
+from petray import audit
 from petray.errors import InvalidTransition, UnknownTask
 from petray.production import is_development_secret
 from petray.tasks import accept_result_callback
 from serve.deps import ContextDep, run_db
+from serve.routes.audit import Auditor, client_address
 from serve.schemas import Acknowledge, Message, ProcessReady
 from serve.security import bearer_token, tokens_equal
 
@@ -41,10 +44,25 @@ def require_callback_token(
         )
 
 
+def _service(request: Request) -> Auditor:
+    return Auditor(actor=audit.SERVICE, source=client_address(request), via="callback")
+
+
+def audited_callback_token(
+    request: Request, ctx: ContextDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """``require_callback_token``, with every refusal in the audit trail (issue 10)."""
+    try:
+        require_callback_token(ctx, authorization)
+    except HTTPException:
+        _service(request).now(ctx, "callback", outcome="unauthorized", actor="")
+        raise
+
+
 @router.post(
     "/process_ready",
     response_model=Acknowledge,
-    dependencies=[Depends(require_callback_token)],
+    dependencies=[Depends(audited_callback_token)],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -66,13 +84,23 @@ async def process_ready(request: Request, ctx: ContextDep) -> Acknowledge:
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     task_id = body.task_id
+    service = _service(request)
+    target = f"task {task_id}"
+
+    def accept(session: Session) -> bool:
+        start = accept_result_callback(task_id, session=session)
+        service("callback", target, session=session, outcome="accepted" if start else "repeat")
+        return start
+
     try:
         # Committed before the pipeline hears of it: a crash in between is healed by the
         # restart scan (the task is in stage downloading), never by a second callback.
-        start = await run_db(ctx, lambda s: accept_result_callback(task_id, session=s))
+        start = await run_db(ctx, accept)
     except UnknownTask:
+        await service.separately(ctx, "callback", target, outcome="unknown task")
         raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown task") from None
     except InvalidTransition:
+        await service.separately(ctx, "callback", target, outcome="not waiting")
         raise HTTPException(status.HTTP_409_CONFLICT, "task is not waiting for a result") from None
     if start:
         log.info("result ready for task %s; starting download", task_id)

@@ -25,6 +25,7 @@ from serve.deps import (
     SessionDep,
     run_db,
 )
+from serve.routes.audit import AuditDep, Auditor
 from serve.routes.common import flash, parse_form, redirect, render
 from serve.schemas import (
     ConfigPublic,
@@ -73,19 +74,26 @@ def read_config(settings: Settings, *, session: Session) -> ConfigPublic:
     )
 
 
-def apply_update(update: BaseModel, *, session: Session) -> set[str]:
-    """Write the given fields to the configuration row; returns the names that changed."""
+def apply_update(update: BaseModel, *, session: Session) -> dict[str, object]:
+    """Write the given fields to the configuration row; returns the changed ones, old and new."""
     config = get_site_config(session=session)
-    changed: set[str] = set()
+    changed: dict[str, object] = {}
     for name, value in update.model_dump(exclude_unset=True, exclude_none=True).items():
-        if getattr(config, name) != value:
+        old = getattr(config, name)
+        if old != value:
             setattr(config, name, value)
-            changed.add(name)
+            changed[name] = {"from": old, "to": value}
     return changed
 
 
-async def save(ctx: AppContext, update: BaseModel) -> set[str]:
-    changed = await run_db(ctx, lambda s: apply_update(update, session=s))
+async def save(ctx: AppContext, update: BaseModel, audit: Auditor) -> set[str]:
+    def change(session: Session) -> set[str]:
+        changed = apply_update(update, session=session)
+        if changed:
+            audit("config.update", "site configuration", session=session, changed=changed)
+        return set(changed)
+
+    changed = await run_db(ctx, change)
     if changed & LISTENER_FIELDS:
         # Committed first: the listener re-reads the configuration from the database.
         await ctx.pipeline.reload_dicom_listener()
@@ -100,8 +108,10 @@ def api_get_config(ctx: ContextDep, session: SessionDep, _user: ApiViewer) -> Co
 
 
 @api.put("", response_model=ConfigPublic)
-async def api_update_config(body: ConfigUpdate, ctx: ContextDep, _user: ApiAdmin) -> ConfigPublic:
-    await save(ctx, body)
+async def api_update_config(
+    body: ConfigUpdate, ctx: ContextDep, _user: ApiAdmin, audit: AuditDep
+) -> ConfigPublic:
+    await save(ctx, body, audit)
     return await run_db(ctx, lambda s: read_config(ctx.settings, session=s))
 
 
@@ -152,7 +162,12 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 @pages.post("/config/{section}", response_model=None)
 async def config_save(
-    request: Request, section: str, ctx: ContextDep, user: PageAdmin, form: FormDep
+    request: Request,
+    section: str,
+    ctx: ContextDep,
+    user: PageAdmin,
+    form: FormDep,
+    audit: AuditDep,
 ) -> HTMLResponse | RedirectResponse:
     model = SECTIONS.get(section)
     if model is None:
@@ -169,7 +184,7 @@ async def config_save(
         return _page(
             request, ctx, user, config, errors={section: errors}, values=form, status_code=422
         )
-    changed = await save(ctx, update)
+    changed = await save(ctx, update, audit)
     flash(request, "Saved." if changed else "Nothing changed.")
     return redirect(f"/config#{section}")
 

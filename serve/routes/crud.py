@@ -29,6 +29,7 @@ from serve.deps import (
     SessionDep,
     require_role,
 )
+from serve.routes.audit import AuditDep, Auditor, safe_values
 from serve.routes.common import flash, parse_form, redirect, render
 
 R = TypeVar("R")
@@ -153,6 +154,24 @@ class Resource(Generic[R]):
             **extra,
         )
 
+    def audit_create(self, audit: Auditor, row: R, body: BaseModel, session: Session) -> None:
+        audit(
+            f"{self.noun}.create",
+            self.label(row),
+            session=session,
+            id=getattr(row, "id", None),
+            values=safe_values(body),
+        )
+
+    def audit_update(self, audit: Auditor, row: R, body: BaseModel, session: Session) -> None:
+        audit(
+            f"{self.noun}.update",
+            self.label(row),
+            session=session,
+            id=getattr(row, "id", None),
+            changed=safe_values(body),
+        )
+
     def form_errors(self, exc: ConfigurationError) -> dict[str, str]:
         name = exc.field_name if isinstance(exc, FieldConflict) else self.conflict_field
         return {name: str(exc)}
@@ -179,26 +198,33 @@ def api_router(res: Resource[R]) -> APIRouter:
     def list_rows(session: SessionDep) -> list[R]:
         return res.list_rows(session=session)
 
-    def create(body: Any, session: SessionDep) -> R:
+    def create(body: Any, session: SessionDep, audit: AuditDep) -> R:
         try:
-            return res.create(body, session=session)
+            row = res.create(body, session=session)
         except ConfigurationError as exc:
             raise _conflict(exc) from None
+        res.audit_create(audit, row, body, session)
+        return row
 
     def read(row_id: int, session: SessionDep) -> R:
         return res.get(row_id, session)
 
-    def update(row_id: int, body: Any, session: SessionDep) -> R:
+    def update(row_id: int, body: Any, session: SessionDep, audit: AuditDep) -> R:
         try:
-            return res.update(res.get(row_id, session), body, session=session)
+            row = res.update(res.get(row_id, session), body, session=session)
         except ConfigurationError as exc:
             raise _conflict(exc) from None
+        res.audit_update(audit, row, body, session)
+        return row
 
-    def remove(row_id: int, session: SessionDep, user: ApiViewer) -> None:
+    def remove(row_id: int, session: SessionDep, user: ApiViewer, audit: AuditDep) -> None:
+        row = res.get(row_id, session)
+        target = res.label(row)
         try:
-            res.remove(res.get(row_id, session), session=session, user=user)
+            res.remove(row, session=session, user=user)
         except ConfigurationError as exc:
             raise _conflict(exc) from None
+        audit(f"{res.noun}.delete", target, session=session, id=row_id)
 
     list_model: Any = list[public]  # type: ignore[valid-type]
     for path, method, endpoint, model, code, dependencies in (
@@ -238,7 +264,12 @@ def page_router(res: Resource[R]) -> APIRouter:
         return res.page(request, ctx, session, user)
 
     def add(
-        request: Request, ctx: ContextDep, session: SessionDep, user: PageViewer, form: FormDep
+        request: Request,
+        ctx: ContextDep,
+        session: SessionDep,
+        user: PageViewer,
+        form: FormDep,
+        audit: AuditDep,
     ) -> HTMLResponse | RedirectResponse:
         body, errors = parse_form(res.create_schema, res.form_data(form))
         if body is not None:
@@ -247,19 +278,27 @@ def page_router(res: Resource[R]) -> APIRouter:
             except ConfigurationError as exc:
                 errors = res.form_errors(exc)
             else:
+                res.audit_create(audit, row, body, session)
                 flash(request, f"{res.label(row)} added.")
                 return redirect(res.path)
         return res.page(request, ctx, session, user, errors=errors, values=form, status_code=422)
 
     def remove(
-        request: Request, row_id: int, session: SessionDep, user: PageViewer, _form: FormDep
+        request: Request,
+        row_id: int,
+        session: SessionDep,
+        user: PageViewer,
+        _form: FormDep,
+        audit: AuditDep,
     ) -> RedirectResponse:
         row = res.get(row_id, session)
+        target = res.label(row)
         try:
             res.remove(row, session=session, user=user)
         except ConfigurationError as exc:
             flash(request, str(exc), kind="error")
         else:
+            audit(f"{res.noun}.delete", target, session=session, id=row_id)
             flash(request, f"{res.label(row)} removed.")
         return redirect(res.path)
 
@@ -277,6 +316,7 @@ def page_router(res: Resource[R]) -> APIRouter:
         session: SessionDep,
         user: PageViewer,
         form: FormDep,
+        audit: AuditDep,
     ) -> HTMLResponse | RedirectResponse:
         row = res.get(row_id, session)
         body, errors = parse_form(res.update_schema, res.form_data(form))
@@ -288,6 +328,7 @@ def page_router(res: Resource[R]) -> APIRouter:
                 session.rollback()
                 errors = res.form_errors(exc)
             else:
+                res.audit_update(audit, row, body, session)
                 flash(request, f"{res.label(row)} saved.")
                 return redirect(res.path)
         return res.page(

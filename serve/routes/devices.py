@@ -16,6 +16,7 @@ from petray.siteconfig import add_device, effective_listener, list_devices
 from petray.tls import device_tls
 from petray.users import Role
 from serve.deps import ApiOperator, AppContext, ContextDep, FormDep, PageOperator, run_db
+from serve.routes.audit import AuditDep, Auditor
 from serve.routes.crud import FieldConflict, Resource, api_router, page_router
 from serve.schemas import DeviceCreate, DevicePublic, DeviceUpdate, EchoResultPublic
 
@@ -70,7 +71,7 @@ api = api_router(DEVICES)
 pages = page_router(DEVICES)
 
 
-async def echo_device(ctx: AppContext, device_id: int) -> EchoResultPublic:
+async def echo_device(ctx: AppContext, device_id: int, audit: Auditor) -> EchoResultPublic:
     def load(session: Session) -> tuple[DicomNode, str]:
         device = DEVICES.get(device_id, session)
         listener = effective_listener(ctx.settings, session=session)
@@ -80,6 +81,16 @@ async def echo_device(ctx: AppContext, device_id: int) -> EchoResultPublic:
     node, calling_ae = await run_db(ctx, load)
     # pynetdicom blocks: run the association off the event loop.
     result = await run_in_threadpool(echo, node, calling_ae=calling_ae, timeout_s=ECHO_TIMEOUT_S)
+    # An association out, asked for by a person: the trail keeps both.
+    await audit.separately(
+        ctx,
+        "device.echo",
+        f"{node.ae_title}@{node.host}:{node.port}",
+        outcome="ok" if result.ok else "failed",
+        id=device_id,
+        calling_ae=calling_ae,
+        message=result.message,
+    )
     return EchoResultPublic(
         ok=result.ok,
         status=result.status,
@@ -89,15 +100,22 @@ async def echo_device(ctx: AppContext, device_id: int) -> EchoResultPublic:
 
 
 @api.post("/{device_id}/echo", response_model=EchoResultPublic)
-async def api_echo(device_id: int, ctx: ContextDep, _user: ApiOperator) -> EchoResultPublic:
-    return await echo_device(ctx, device_id)
+async def api_echo(
+    device_id: int, ctx: ContextDep, _user: ApiOperator, audit: AuditDep
+) -> EchoResultPublic:
+    return await echo_device(ctx, device_id, audit)
 
 
 @pages.post("/devices/{device_id}/echo", response_class=HTMLResponse)
 async def devices_echo(
-    request: Request, device_id: int, ctx: ContextDep, user: PageOperator, _form: FormDep
+    request: Request,
+    device_id: int,
+    ctx: ContextDep,
+    user: PageOperator,
+    _form: FormDep,
+    audit: AuditDep,
 ) -> HTMLResponse:
-    result = await echo_device(ctx, device_id)
+    result = await echo_device(ctx, device_id, audit)
 
     def show(session: Session) -> HTMLResponse:
         return DEVICES.page(request, ctx, session, user, echo_result=(device_id, result))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from petray.db.models import PostFilter
 from petray.users import Role
 from serve.deps import FormDep, PageOperator, SessionDep
+from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect
 from serve.routes.crud import Resource, api_router, apply_changes, page_router
 from serve.schemas import FilterCreate, FilterPublic, FilterUpdate
@@ -56,9 +57,21 @@ pages = page_router(FILTERS)
 
 @pages.post("/filters/{filter_id}/toggle")
 def filters_toggle(
-    request: Request, filter_id: int, session: SessionDep, _user: PageOperator, _form: FormDep
+    request: Request,
+    filter_id: int,
+    session: SessionDep,
+    _user: PageOperator,
+    _form: FormDep,
+    audit: AuditDep,
 ) -> RedirectResponse:
     row = FILTERS.get(filter_id, session)
     row.enabled = not row.enabled
+    audit(
+        "filter.update",
+        FILTERS.label(row),
+        session=session,
+        id=row.id,
+        changed={"enabled": row.enabled},
+    )
     flash(request, f"{FILTERS.label(row)} {'enabled' if row.enabled else 'disabled'}.")
     return redirect(FILTERS.path)

@@ -33,6 +33,7 @@ from serve.deps import (
     SessionDep,
     run_db,
 )
+from serve.routes.audit import AuditDep, Auditor
 from serve.routes.common import day_range, flash, redirect, render
 from serve.schemas import (
     DestinationProgress,
@@ -166,21 +167,39 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
     )
 
 
-async def perform(ctx: AppContext, task_id: str, action: Action) -> TaskAction | None:
-    """Apply an action; commits before the pipeline is told (the database leads)."""
+async def perform(
+    ctx: AppContext, task_id: str, action: Action, audit: Auditor
+) -> TaskAction | None:
+    """Apply an action; commits (with its audit event) before the pipeline is told."""
+    target = f"task {task_id}"
     if action == "delete":
         files = TaskFiles.of(ctx.settings, task_id) if task_id.isalnum() else None
-        paths = await run_db(ctx, lambda s: delete_task(task_id, session=s, files=files))
-        await run_in_threadpool(remove_files, paths)
-        log.info("task %s deleted with its files", task_id)
+
+        def forget(session: Session) -> list[Path]:
+            paths = delete_task(task_id, session=session, files=files)
+            audit("task.delete", target, session=session)
+            return paths
+
+        paths = await run_db(ctx, forget)
+        removed = await run_in_threadpool(remove_files, paths)
+        log.info("task %s deleted with its files (%d files)", task_id, removed.files)
         return None
 
     def change(session: Session) -> TaskAction:
+        before = get_task(task_id, session=session)
+        was = f"{before.stage}/{before.state}"
         if action == "cancel":
             cancel(task_id, session=session)
         else:
             retry(task_id, session=session, from_start=action == "restart")
         task = get_task(task_id, session=session)
+        audit(
+            f"task.{action}",
+            target,
+            session=session,
+            before=was,
+            after=f"{task.stage}/{task.state}",
+        )
         return TaskAction(id=task.id, stage=task.stage, state=task.state)
 
     result = await run_db(ctx, change)
@@ -211,8 +230,10 @@ def api_get_task(task_id: str, session: SessionDep, user: ApiViewer) -> TaskDeta
 
 
 def _action_route(action: Action) -> None:
-    async def endpoint(task_id: str, ctx: ContextDep, _user: ApiOperator) -> TaskAction | None:
-        return await perform(ctx, task_id, action)
+    async def endpoint(
+        task_id: str, ctx: ContextDep, _user: ApiOperator, audit: AuditDep
+    ) -> TaskAction | None:
+        return await perform(ctx, task_id, action, audit)
 
     api.add_api_route(
         f"/{{task_id}}/{action}",
@@ -230,8 +251,8 @@ for _action in ACTIONS:
 
 
 @api.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def api_delete(task_id: str, ctx: ContextDep, _user: ApiOperator) -> None:
-    await perform(ctx, task_id, "delete")
+async def api_delete(task_id: str, ctx: ContextDep, _user: ApiOperator, audit: AuditDep) -> None:
+    await perform(ctx, task_id, "delete", audit)
 
 
 # --- pages ---------------------------------------------------------------------------------
@@ -296,9 +317,10 @@ async def task_action(
     ctx: ContextDep,
     _user: PageOperator,
     _form: FormDep,
+    audit: AuditDep,
 ) -> RedirectResponse:
     try:
-        await perform(ctx, task_id, action)
+        await perform(ctx, task_id, action, audit)
     except UnknownTask:
         flash(request, "No such task.", kind="error")
         return redirect("/tasks")

@@ -36,6 +36,7 @@ from serve.deps import (
     Principal,
     SessionDep,
 )
+from serve.routes.audit import AuditDep
 from serve.routes.common import flash, parse_form, redirect
 from serve.routes.crud import Resource, api_router, page_router
 from serve.schemas import PasswordReset, UserCreate, UserPublic, UserRoleUpdate
@@ -92,20 +93,27 @@ def _reset_password(request: Request, account: User, body: PasswordReset, user: 
 
 @api.post("/{row_id}/password", response_model=UserPublic)
 def api_reset_password(
-    request: Request, row_id: int, body: PasswordReset, session: SessionDep, user: ApiAdmin
+    request: Request,
+    row_id: int,
+    body: PasswordReset,
+    session: SessionDep,
+    user: ApiAdmin,
+    audit: AuditDep,
 ) -> User:
     account = USERS.get(row_id, session)
     try:
         _reset_password(request, account, body, user)
     except ConfigurationError as exc:  # the policy's rules that need the user's name
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    audit("user.password", USERS.label(account), session=session, id=account.id)
     return account
 
 
 @api.post("/{row_id}/unlock", response_model=UserPublic)
-def api_unlock(row_id: int, session: SessionDep, _user: ApiAdmin) -> User:
+def api_unlock(row_id: int, session: SessionDep, _user: ApiAdmin, audit: AuditDep) -> User:
     account = USERS.get(row_id, session)
     unlock(account)
+    audit("user.unlock", USERS.label(account), session=session, id=account.id)
     return account
 
 
@@ -149,11 +157,14 @@ def users_row_action(
     session: SessionDep,
     user: PageAdmin,
     form: FormDep,
+    audit: AuditDep,
 ) -> HTMLResponse | RedirectResponse:
     """A per-row form; its error is shown next to that row's field and nothing is saved."""
     account = USERS.get(row_id, session)
     try:
         done = ROW_ACTIONS[action](request, account, form, user, session)
+        detail = {"role": account.role} if action == "role" else {}
+        audit(f"user.{action}", USERS.label(account), session=session, id=account.id, **detail)
     except ConfigurationError as exc:
         session.rollback()
         return USERS.page(
