@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 from actors.names import NAMESPACE, STAGE_ACTORS
+from petray.audit import configure_syslog
 from petray.db.engine import make_engine, make_sessionmaker
 from petray.domain import Stage
 from petray.settings import Settings
@@ -24,6 +25,7 @@ def init_actor_process(settings: Settings) -> Any:
     )
     # pynetdicom logs every PDU at INFO: one line per instance is noise, not operations data.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    configure_syslog(settings.audit_syslog)  # audit events this actor records (issue 10)
     return make_sessionmaker(make_engine(settings.resolved_database_url))
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray
 from ray.util import metrics
 
 from actors.stage import StageWorker
+from petray.audit import record_association
 from petray.db.engine import unit_of_work
+from petray.db.models import AssociationLog
 from petray.delivery import (
     PendingDestination,
     pending_destinations,
@@ -94,9 +97,11 @@ class StoreScuActor(StageWorker):
             with unit_of_work(self.sessions) as session:
                 record_sent(destination.pk, sop_uid, session=session)
             self._m_sent.inc(tags=tags)
+            sent[0] += 1
 
         tags = {"destination": destination.name}
         failure: Exception | None = None
+        sent, started = [0], datetime.now(UTC)
         try:
             report = send_instances(
                 destination.node,
@@ -116,4 +121,20 @@ class StoreScuActor(StageWorker):
         self._m_outcomes.inc(tags={**tags, "outcome": state})
         with unit_of_work(self.sessions) as session:
             set_destination_state(destination.pk, state, reason=str(failure or ""), session=session)
+            # Issue 10: associations out are in the activity log and the audit trail.
+            node = destination.node
+            outcome = state if failure is None else f"{state}: {failure}"
+            record_association(
+                AssociationLog(
+                    direction="out",
+                    calling_ae=calling_ae,
+                    called_ae=node.ae_title,
+                    peer_host=f"{node.host}:{node.port}",
+                    started=started,
+                    ended=datetime.now(UTC),
+                    instances=sent[0],
+                    outcome=outcome[:255],
+                ),
+                session=session,
+            )
         return destination.name, failure

@@ -54,6 +54,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+from petray.audit import record_association
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
 from petray.dicom.header import (
@@ -601,9 +602,11 @@ class StoreService:
         assoc.acse.send_reject(REJECTED_PERMANENT, REJECT_SOURCE_SERVICE_USER, int(diagnostic))
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         now = datetime.now(UTC)
+        # Before acceptance the calling AE title is only in the request (the audit needs it).
+        request = assoc.requestor.primitive
         log = AssociationLog(
             direction="in",
-            calling_ae=assoc.requestor.ae_title,
+            calling_ae=str(request.calling_ae_title).strip() if request else "",
             called_ae=assoc.acceptor.ae_title,
             peer_host=str(assoc.requestor.address),
             started=now,
@@ -612,7 +615,7 @@ class StoreService:
         )
         try:
             with unit_of_work(self._sessions) as session:
-                session.add(log)
+                record_association(log, session=session)
         except Exception:
             logger.exception("could not record the association log")
         assoc.kill()
@@ -646,7 +649,7 @@ class StoreService:
         log.outcome = "; ".join(parts)[:255]
         try:
             with unit_of_work(self._sessions) as session:
-                session.add(log)
+                record_association(log, session=session)
         except Exception:
             logger.exception("could not record the association log")
 
