@@ -12,6 +12,7 @@ from ray import serve
 
 from actors.names import FILTER_RESOURCE, NAMESPACE
 from actors.pipeline import Pipeline, build_pipeline
+from actors.ray_loopback import loopback_only
 from petray.commands.gateway import prepare_storage
 from petray.gateway_lock import GatewayLock, acquire_gateway_lock
 from petray.ray_leftovers import (
@@ -102,7 +103,9 @@ class Gateway:
         try:
             # "local", not None: with no address Ray joins whatever cluster
             # /tmp/ray/ray_current_cluster names (anyone's `ray start` on this host).
-            ray.init(address="local", **options)
+            # Every listener of the run on 127.0.0.1 (issue 9: see actors/ray_loopback.py).
+            with loopback_only():
+                ray.init(address="local", **options)
         finally:
             del os.environ[RUN_MARKER]
         node = ray._private.worker._global_node  # no public API names the session directory

@@ -23,9 +23,12 @@ class PetrayHttp:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from actors.control import RayPipelineControl
+        from actors.ray_loopback import keep_serve_replica_on_loopback
         from petray.db.engine import make_engine, make_sessionmaker
         from serve.app import create_app
 
+        # Before Ray starts this replica's own gRPC server (issue 9: loopback only).
+        keep_serve_replica_on_loopback()
         sessions = make_sessionmaker(make_engine(self._settings.resolved_database_url))
         pipeline = RayPipelineControl(sessions, filter_workers=self._settings.filter_workers)
         return create_app(self._settings, session_factory=sessions, pipeline=pipeline)
