@@ -206,6 +206,10 @@ def accept_result_callback(task_id: str, *, session: Session) -> bool:
 def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
     """Put a failed or cancelled task back to work; returns the stage it restarts in."""
     task = get_task(task_id, session=session, lock=True)
+    if task.files_purged_at is not None:
+        raise InvalidTransition(
+            f"task {task_id}'s files were removed by retention; resend the series"
+        )
     if State(task.state) not in (State.FAILED, State.CANCELLED) and not from_start:
         raise InvalidTransition(f"task {task_id} is {task.state}; only failed tasks are retried")
     if Stage(task.stage) == Stage.COMPILING:

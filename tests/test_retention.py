@@ -1,0 +1,202 @@
+"""Retention with a fake clock and a fake disk: what goes, when, in which order, and what stays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from petray import retention
+from petray.db.engine import unit_of_work
+from petray.db.models import AuditEvent, Instance, Task
+from petray.domain import Stage, State
+from petray.errors import InvalidTransition
+from petray.retention import RetentionPolicy
+from petray.settings import Settings
+from petray.task_files import TaskFiles, measure
+from petray.tasks import retry
+from tests.test_app_helpers import add_task
+from tests.test_task_files import populate
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+SIZE = 1000  # bytes per file
+FILES = 9  # populate() writes 9 files per task
+POLICY = RetentionPolicy(done_days=7, failed_days=30, min_free_bytes=0)
+
+
+def _task(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    state: State,
+    finished: datetime,
+    stage: Stage | None = None,
+) -> str:
+    with unit_of_work(sessions) as session:
+        task_id = add_task(session, stage=stage or Stage(state.value), state=state)
+        session.flush()
+        populate(settings, session, task_id, size=SIZE)
+    with unit_of_work(sessions) as session:
+        session.execute(update(Task).where(Task.id == task_id).values(updated=finished))
+    return task_id
+
+
+def _files_left(settings: Settings, sessions: sessionmaker[Session], task_id: str) -> int:
+    with sessions() as session:
+        return measure(TaskFiles.of(settings, task_id).paths(session=session)).files
+
+
+def _run(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    policy: RetentionPolicy = POLICY,
+    *,
+    now: datetime = NOW,
+    capacity: int | None = None,
+    dry_run: bool = False,
+) -> retention.PurgeReport:
+    """Run retention on a fake disk of ``capacity`` bytes holding the files under the home."""
+
+    def free() -> int:
+        if capacity is None:
+            return 10**15
+        return capacity - measure([settings.home]).bytes
+
+    return retention.run(
+        sessions,
+        policy,
+        lambda task_id: TaskFiles.of(settings, task_id),
+        now=now,
+        free_bytes=free,
+        dry_run=dry_run,
+    )
+
+
+def test_files_go_after_their_retention_and_rows_stay(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    old_done = _task(settings, sessions, State.DONE, NOW - timedelta(days=8))
+    new_done = _task(settings, sessions, State.DONE, NOW - timedelta(days=6))
+    old_failed = _task(settings, sessions, State.FAILED, NOW - timedelta(days=31), Stage.PACKING)
+    recent_failed = _task(settings, sessions, State.FAILED, NOW - timedelta(days=8), Stage.PACKING)
+    cancelled = _task(settings, sessions, State.CANCELLED, NOW - timedelta(days=40), Stage.SENDING)
+    active = _task(settings, sessions, State.ACTIVE, NOW - timedelta(days=90), Stage.SENDING)
+
+    report = _run(settings, sessions)
+    assert [t.task_id for t in report.tasks] == [cancelled, old_failed, old_done]
+    assert {t.reason for t in report.tasks} == {"age"}
+    assert (len(report.tasks), report.files, report.bytes) == (3, 3 * FILES, 3 * FILES * SIZE)
+    for task_id in (cancelled, old_failed, old_done):
+        assert _files_left(settings, sessions, task_id) == 0
+    for task_id in (new_done, recent_failed, active):
+        assert _files_left(settings, sessions, task_id) == FILES
+
+    with sessions() as session:
+        rows = {t.id: t for t in session.scalars(select(Task))}
+        assert len(rows) == 6  # history kept
+        assert rows[old_done].files_purged_at == NOW
+        assert rows[old_done].updated == NOW - timedelta(days=8)  # still when it finished
+        assert rows[new_done].files_purged_at is None
+        assert session.scalar(select(Instance.path).where(Instance.task_id == old_done).limit(1)), (
+            "instance rows stay as history"
+        )
+        events = list(
+            session.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge"))
+        )
+    assert sorted(e.target for e in events) == sorted(f"task {t}" for t in report_ids(report))
+    assert all(e.actor == "petray" and e.detail["files"] == FILES for e in events)
+
+    # A second run finds nothing; the clock moving on makes the next ones due.
+    assert _run(settings, sessions).tasks == []
+    later = _run(settings, sessions, now=NOW + timedelta(days=2))
+    assert [t.task_id for t in later.tasks] == [new_done]
+    latest = _run(settings, sessions, now=NOW + timedelta(days=23))
+    assert [t.task_id for t in latest.tasks] == [recent_failed]
+
+
+def report_ids(report: retention.PurgeReport) -> list[str]:
+    return [t.task_id for t in report.tasks]
+
+
+def test_dry_run_reports_and_changes_nothing(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    task_id = _task(settings, sessions, State.DONE, NOW - timedelta(days=8))
+    report = _run(settings, sessions, dry_run=True)
+    assert (report_ids(report), report.files, report.bytes) == ([task_id], FILES, FILES * SIZE)
+    assert report.summary().startswith(f"would free 1 tasks, {FILES} files")
+    assert _files_left(settings, sessions, task_id) == FILES
+    with sessions() as session:
+        assert session.get(Task, task_id).files_purged_at is None  # type: ignore[union-attr]
+        assert session.scalars(select(AuditEvent)).all() == []
+
+
+def test_low_disk_purges_oldest_done_first_until_twice_the_floor(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    # All young: none is due by age. Each task holds FILES x SIZE bytes.
+    failed = _task(settings, sessions, State.FAILED, NOW - timedelta(days=5), Stage.PACKING)
+    oldest = _task(settings, sessions, State.DONE, NOW - timedelta(days=3))
+    middle = _task(settings, sessions, State.DONE, NOW - timedelta(days=2))
+    newest = _task(settings, sessions, State.DONE, NOW - timedelta(days=1))
+    active = _task(settings, sessions, State.WAITING, NOW - timedelta(days=9), Stage.SENDING)
+    used = measure([settings.home]).bytes
+    floor = 8 * SIZE
+    # Free is 5 x SIZE now; twice the floor needs 16 x SIZE: two tasks (9 x SIZE each) must go.
+    capacity = used + 5 * SIZE
+    policy = RetentionPolicy(done_days=7, failed_days=30, min_free_bytes=floor)
+
+    planned = _run(settings, sessions, policy, capacity=capacity, dry_run=True)
+    assert report_ids(planned) == [oldest, middle]
+    report = _run(settings, sessions, policy, capacity=capacity)
+    assert report_ids(report) == [oldest, middle]
+    assert {t.reason for t in report.tasks} == {"disk"}
+    assert report.free_before == 5 * SIZE
+    expected = {oldest: 0, middle: 0, newest: FILES, failed: FILES, active: FILES}
+    for task_id, left in expected.items():
+        assert _files_left(settings, sessions, task_id) == left
+
+    # Short of space with no done task left: failed ones go next, never active ones.
+    tight = RetentionPolicy(done_days=7, failed_days=30, min_free_bytes=100 * SIZE)
+    squeezed = _run(settings, sessions, tight, capacity=capacity)
+    assert report_ids(squeezed) == [newest, failed]
+    assert _files_left(settings, sessions, active) == FILES
+
+
+def test_a_purged_task_cannot_be_retried(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    task_id = _task(settings, sessions, State.FAILED, NOW - timedelta(days=31), Stage.PACKING)
+    _run(settings, sessions)
+    with (
+        pytest.raises(InvalidTransition, match="removed by retention"),
+        unit_of_work(sessions) as session,
+    ):
+        retry(task_id, session=session)
+
+
+@pytest.mark.parametrize(("done", "failed"), [(0, 30), (7, 0)])
+def test_retention_periods_are_at_least_a_day(done: int, failed: int) -> None:
+    with pytest.raises(ValueError):
+        RetentionPolicy(done_days=done, failed_days=failed, min_free_bytes=0)
+
+
+def test_sizes_are_printed_for_people() -> None:
+    assert retention.format_bytes(512) == "512 B"
+    assert retention.format_bytes(3 * 2**30 + 2**29) == "3.5 GiB"
+
+
+def test_policy_reads_the_site_configuration(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    from petray.siteconfig import get_site_config
+
+    with unit_of_work(sessions) as session:
+        config = get_site_config(session=session)
+        config.retention_done_days = 3
+    with sessions() as session:
+        policy = RetentionPolicy.load(settings, session=session)
+    assert (policy.done_days, policy.failed_days) == (3, 30)
+    assert policy.min_free_bytes == settings.min_free_disk_mb * 2**20
+    assert policy.wanted_free_bytes == 2 * policy.min_free_bytes
