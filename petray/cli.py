@@ -58,6 +58,12 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return run_tasks(args)
 
 
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from petray.commands.purge import run_purge
+
+    return run_purge(args)
+
+
 def _cmd_user(args: argparse.Namespace) -> int:
     from petray.commands.users import run_user
 
@@ -150,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--json", action="store_true")
     tasks.add_argument("--limit", type=int, default=200)
     tasks.set_defaults(func=_cmd_tasks)
+
+    purge = sub.add_parser("purge", help="remove old tasks' files by the retention policy")
+    purge.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    purge.add_argument("--json", action="store_true")
+    purge.set_defaults(func=_cmd_purge)
 
     user = sub.add_parser("user", help="console users")
     usub = user.add_subparsers(dest="action", required=True)

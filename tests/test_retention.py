@@ -200,3 +200,38 @@ def test_policy_reads_the_site_configuration(
     assert (policy.done_days, policy.failed_days) == (3, 30)
     assert policy.min_free_bytes == settings.min_free_disk_mb * 2**20
     assert policy.wanted_free_bytes == 2 * policy.min_free_bytes
+
+
+def test_purge_command_dry_run_then_real(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import getpass
+    import json
+
+    from petray.cli import main
+
+    now = datetime.now(UTC)
+    old = _task(settings, sessions, State.DONE, now - timedelta(days=8))
+    young = _task(settings, sessions, State.DONE, now - timedelta(days=1))
+    url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    monkeypatch.setenv("PETRAY_HOME", str(settings.home))
+    monkeypatch.setenv("PETRAY_DATABASE_URL", url)
+    monkeypatch.setenv("PETRAY_MIN_FREE_DISK_MB", "0")
+
+    assert main(["purge", "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert (planned["dry_run"], planned["tasks"], planned["files"]) == (True, 1, FILES)
+    assert [t["task_id"] for t in planned["purged"]] == [old]
+    assert _files_left(settings, sessions, old) == FILES
+
+    assert main(["purge"]) == 0
+    out = capsys.readouterr().out
+    assert f"freed 1 tasks, {FILES} files" in out and old in out
+    assert _files_left(settings, sessions, old) == 0
+    assert _files_left(settings, sessions, young) == FILES
+    with sessions() as session:
+        event = session.scalars(select(AuditEvent)).one()
+    assert (event.actor, event.source, event.target) == (getpass.getuser(), "cli", f"task {old}")
