@@ -184,6 +184,9 @@ class TaskDetail(TaskPublic):
     events: list[TaskEventPublic]
     destinations: list[DestinationProgress]
     outputs: list[OutputSeriesPublic]
+    files_purged_at: datetime | None = Field(
+        None, description="when retention removed the task's files (issue 10); the row stays"
+    )
 
 
 class TaskAction(BaseModel):
@@ -375,6 +378,8 @@ class ConfigPublic(BaseModel):
     abort_timeout_s: float
     reply_to_sender: bool
     restrict_sources: bool
+    retention_done_days: int
+    retention_failed_days: int
 
 
 class ListenerUpdate(Strict):
@@ -396,6 +401,15 @@ class ThresholdsUpdate(Strict):
     restrict_sources: bool = False
 
 
+# Issue 10: how long finished tasks keep their files (the task rows are kept regardless).
+RetentionDays = Field(ge=1, le=3650)
+
+
+class RetentionUpdate(Strict):
+    retention_done_days: int = RetentionDays
+    retention_failed_days: int = RetentionDays
+
+
 class RemoteUpdate(Strict):
     remote_url: str = Field(min_length=1, max_length=255)
 
@@ -415,6 +429,8 @@ class ConfigUpdate(Strict):
     abort_timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     reply_to_sender: bool | None = None
     restrict_sources: bool | None = None
+    retention_done_days: int | None = Field(None, ge=1, le=3650)
+    retention_failed_days: int | None = Field(None, ge=1, le=3650)
 
     @field_validator("ae_title")
     @classmethod

@@ -17,8 +17,10 @@ from petray.retention import RetentionPolicy
 from petray.settings import Settings
 from petray.task_files import TaskFiles, measure
 from petray.tasks import retry
-from tests.test_app_helpers import add_task
+from tests.test_app_helpers import AppHarness, add_task, harness, make_task, page_csrf
 from tests.test_task_files import populate
+
+__all__ = ["harness"]
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SIZE = 1000  # bytes per file
@@ -235,3 +237,54 @@ def test_purge_command_dry_run_then_real(
     with sessions() as session:
         event = session.scalars(select(AuditEvent)).one()
     assert (event.actor, event.source, event.target) == (getpass.getuser(), "cli", f"task {old}")
+
+
+def test_retention_is_edited_in_the_api_and_console(harness: AppHarness) -> None:
+    admin = harness.login("admin")
+    page = admin.get("/config")
+    assert 'name="retention_done_days"' in page.text and 'value="7"' in page.text
+    saved = admin.post(
+        "/config/retention",
+        data={
+            "csrf_token": page_csrf(admin, "/config"),
+            "retention_done_days": "3",
+            "retention_failed_days": "60",
+        },
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    config = admin.get("/api/v1/config").json()
+    assert (config["retention_done_days"], config["retention_failed_days"]) == (3, 60)
+    refused = admin.post(
+        "/config/retention",
+        data={
+            "csrf_token": page_csrf(admin, "/config"),
+            "retention_done_days": "0",
+            "retention_failed_days": "60",
+        },
+    )
+    assert refused.status_code == 422
+    with harness.sessions() as session:
+        changes = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "config.update")
+        ).all()
+    assert [c.detail["changed"] for c in changes] == [
+        {
+            "retention_done_days": {"from": 7, "to": 3},
+            "retention_failed_days": {"from": 30, "to": 60},
+        }
+    ]
+
+
+def test_the_task_page_says_the_files_were_removed(harness: AppHarness) -> None:
+    task_id = make_task(harness.sessions, stage=Stage.PACKING, state=State.FAILED, reason="x")
+    with unit_of_work(harness.sessions) as session:
+        session.execute(update(Task).where(Task.id == task_id).values(files_purged_at=NOW))
+    client = harness.login("operator")
+    page = client.get(f"/tasks/{task_id}").text
+    assert 'id="files-purged"' in page and "2026-06-01 12:00" in page
+    assert f"/tasks/{task_id}/retry" not in page and "mip-source" not in page
+    detail = client.get(f"/api/v1/tasks/{task_id}").json()
+    assert detail["files_purged_at"].startswith("2026-06-01T12:00")
+    refused = client.post(f"/tasks/{task_id}/retry", data={"csrf_token": page_csrf(client)})
+    assert "removed by retention" in refused.text

@@ -33,6 +33,7 @@ from serve.schemas import (
     ListenerUpdate,
     RemoteTestPublic,
     RemoteUpdate,
+    RetentionUpdate,
     ThresholdsUpdate,
 )
 
@@ -71,6 +72,8 @@ def read_config(settings: Settings, *, session: Session) -> ConfigPublic:
         abort_timeout_s=config.abort_timeout_s,
         reply_to_sender=config.reply_to_sender,
         restrict_sources=config.restrict_sources,
+        retention_done_days=config.retention_done_days,
+        retention_failed_days=config.retention_failed_days,
     )
 
 
@@ -157,6 +160,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "listener": ListenerUpdate,
     "thresholds": ThresholdsUpdate,
     "remote": RemoteUpdate,
+    "retention": RetentionUpdate,
 }
 
 

@@ -137,6 +137,7 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
         next_attempt_at=task.next_attempt_at,
         notes=[line for line in task.notes.splitlines() if line],
         radiopharmaceutical=task.radiopharmaceutical,
+        files_purged_at=task.files_purged_at,
         events=[
             TaskEventPublic(stage=e.stage, state=e.state, message=e.message, at=e.at)
             for e in task.events
