@@ -127,12 +127,16 @@ class StageWorker:
         now = datetime.now(UTC)
         taken = 0
         for task_id, next_attempt_at in runnable:
-            if task_id in self._inflight or task_id in self._timers:
+            if self.tracks(task_id):
                 continue
             delay = (next_attempt_at - now).total_seconds() if next_attempt_at else 0.0
             self._loop.call_soon_threadsafe(self._schedule, task_id, max(delay, 0.0))
             taken += 1
         return taken
+
+    def tracks(self, task_id: str) -> bool:
+        """This actor is working on the task or has a timer for it."""
+        return task_id in self._inflight or task_id in self._timers
 
     def _schedule(self, task_id: str, delay: float) -> None:
         """One pending timer per task: a newer schedule replaces the older one."""

@@ -34,6 +34,9 @@ class UploaderActor(StageWorker):
     def resumes(self) -> tuple[Stage, ...]:
         return (Stage.UPLOADING, Stage.PROCESSING)
 
+    def tracks(self, task_id: str) -> bool:
+        return super().tracks(task_id) or task_id in self._deadlines
+
     async def submit(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
             task = session.get(Task, task_id)
