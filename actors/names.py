@@ -14,6 +14,8 @@ UPLOADER = "petray.uploader"
 DOWNLOADER = "petray.downloader"
 UNPACKER = "petray.unpacker"
 STORE_SCU = "petray.store_scu"
+# Not a pipeline stage: applies the retention policy on a timer (issue 10).
+RETENTION = "petray.retention"
 FILTER_WORKER_PREFIX = "petray.filter_worker."
 
 # Custom resource that bounds CPU-heavy filtering; worker nodes advertise it (cluster.yaml).

@@ -13,6 +13,7 @@ from actors.compilator import CompilatorActor
 from actors.downloader import DownloaderActor
 from actors.filter_worker import FilterWorker
 from actors.packer import PackerActor
+from actors.retention import RetentionActor
 from actors.store_scp import StoreScpActor
 from actors.store_scu import StoreScuActor
 from actors.unpacker import UnpackerActor
@@ -91,4 +92,5 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
 
     handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
     listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
+    handles[names.RETENTION] = _named(RetentionActor, names.RETENTION).remote(settings)
     return Pipeline(handles=handles, listener=listener, resumed=len(pending))
