@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from petray.errors import PetrayError
+from petray.logformat import configure_logging
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -58,6 +60,18 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return run_tasks(args)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from petray.commands.check import run_check
+
+    return run_check(args)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from petray.commands.check import run_migrate
+
+    return run_migrate(args)
+
+
 def _cmd_purge(args: argparse.Namespace) -> int:
     from petray.commands.purge import run_purge
 
@@ -77,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = sub.add_parser("start", help="run the gateway in the foreground until Ctrl-C")
     start.set_defaults(func=_cmd_start)
+
+    check = sub.add_parser("check", help="preflight: can a gateway run here? exit 0 if so")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_cmd_check)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to this version")
+    migrate.set_defaults(func=_cmd_migrate)
 
     demo = sub.add_parser("demo", help="end-to-end run on embedded defaults; exit 0 if verified")
     demo.add_argument("--home", help="data directory (default: a fresh temporary one)")
@@ -129,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     dadd.add_argument("--port", type=int, required=True)
     dadd.add_argument("--source", action="store_true")
     dadd.add_argument("--destination", action="store_true")
+    dadd.add_argument(
+        "--match-ae-only",
+        action="store_true",
+        help="as a source, accept its AE title from any address (default: its host only)",
+    )
     dadd.add_argument("--tls", action="store_true", help="send to it over DICOM TLS")
     dadd.add_argument("--tls-ca", default="", help="CA file to verify it (default: system CAs)")
     dadd.add_argument("--tls-cert", default="", help="client certificate, if it asks for one")
@@ -178,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # Read before the settings, whose errors are themselves logged in this format.
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.INFO,
+        os.environ.get("PETRAY_LOG_FORMAT", "text").strip().lower(),
     )
     # Libraries that narrate every request or PDU at INFO.
     for name in ("httpx", "pynetdicom", "alembic"):
