@@ -87,8 +87,17 @@ class Rig:
         assert result.returncode == 0, result.stderr
 
     def kill(self, name: str) -> None:
-        """Kill one actor as a crash would; Ray restarts it (max_restarts=-1)."""
-        handle = self.pipeline.handles[name]
+        """Kill one actor as a crash would; Ray restarts it (max_restarts=-1).
+
+        ``FILTER_WORKER_PREFIX`` names whichever filter worker exists first.
+        """
+        if name == names.FILTER_WORKER_PREFIX:
+            name = min(
+                a["name"]
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(names.FILTER_WORKER_PREFIX)
+            )
+        handle = ray.get_actor(name, namespace=names.NAMESPACE)
         restarts = actor_state(handle)[1]
         ray.kill(handle, no_restart=False)
         deadline = time.monotonic() + 60
@@ -159,6 +168,8 @@ def test_compilator_killed_mid_series_keeps_one_task(rig_factory: Callable[..., 
         (names.PACKER, "packing", 160),
         (names.UPLOADER, "uploading", 8),
         (names.UNPACKER, "unpacking", 160),
+        # A filter worker lost mid-filter: only its filter reruns, on the other worker.
+        (names.FILTER_WORKER_PREFIX, "unpacking", 160),
     ],
 )
 def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
@@ -219,6 +230,8 @@ def test_a_lost_callback_is_made_up_for_by_the_result_in_the_shared_folder(
     rig = rig_factory()
     rig.control(drop_callback=True)
     rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=5))
+    rig.wait_for(lambda ts: ts[0].stage == "processing", "the upload")
+    rig.kill(names.DOWNLOADER)  # its restart sweeps the shared folder at once
     tasks = rig.finished()
     _assert_delivered_once(rig, tasks[0], 6)
 
