@@ -12,6 +12,7 @@ from actors import names
 from actors.compilator import CompilatorActor
 from actors.downloader import DownloaderActor
 from actors.filter_worker import FilterWorker
+from actors.metrics import MetricsActor
 from actors.packer import PackerActor
 from actors.retention import RetentionActor
 from actors.store_scp import StoreScpActor
@@ -92,5 +93,7 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
 
     handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
     listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
+    handles[names.METRICS] = _named(MetricsActor, names.METRICS).remote(settings)
+    handles[names.METRICS].start.remote()
     handles[names.RETENTION] = _named(RetentionActor, names.RETENTION).remote(settings)
     return Pipeline(handles=handles, listener=listener, resumed=len(pending))

@@ -170,6 +170,7 @@ class StoreScpActor:
     def status(self) -> dict[str, Any]:
         counters = asdict(self._service.counters)
         counters["listening"] = bool(self._servers)
+        counters["open_associations"] = self._service.open_associations
         if self._listener is not None:
             counters.update(self._describe(self._listener))
         return counters

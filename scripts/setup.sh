@@ -14,7 +14,8 @@ as_root() {
 
 debian_packages=(dcmtk orthanc)
 if [ "$mode" = "test" ]; then
-  debian_packages+=(dicom3tools chromium postgresql-client)
+  # prometheus: tests scrape a running gateway with deploy/prometheus.yml (issue 10).
+  debian_packages+=(dicom3tools chromium postgresql-client prometheus)
 fi
 
 missing=()

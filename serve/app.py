@@ -51,7 +51,7 @@ from serve.routes import (
 )
 from serve.routes.common import render
 from serve.routes.crud import API_PREFIX
-from serve.security import resolve_secret_key
+from serve.security import resolve_secret_key, secure_cookie
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,9 @@ def create_app(
         session_cookie=SESSION_COOKIE,
         max_age=SESSION_MAX_AGE_S,
         same_site="lax",
-        # The console is plain HTTP on loopback by default; behind a TLS proxy in production
-        # the cookie must not travel in clear.
-        https_only=settings.production,
+        # The console is plain HTTP on loopback by default; over HTTPS (petray's own or a TLS
+        # proxy's in production) the cookie must not travel in clear.
+        https_only=secure_cookie(settings),
     )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

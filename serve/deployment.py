@@ -34,7 +34,18 @@ class PetrayHttp:
         return create_app(self._settings, session_factory=sessions, pipeline=pipeline)
 
 
+def http_options(settings: Settings) -> dict[str, Any]:
+    """Ray Serve's proxy options: HTTPS when a certificate is configured (issue 10)."""
+    options: dict[str, Any] = {"host": settings.http_host, "port": settings.http_port}
+    if settings.http_tls_cert is not None and settings.http_tls_key is not None:
+        options["ssl_certfile"] = str(settings.http_tls_cert)
+        options["ssl_keyfile"] = str(settings.http_tls_key)
+    return options
+
+
 def start_http(settings: Settings) -> Any:
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    # Serve's controller, proxy and replica log through Serve's own configuration.
+    logging_config = {"encoding": "JSON"} if settings.log_format == "json" else None
+    serve.start(http_options=http_options(settings), logging_config=logging_config)
     application = PetrayHttp.bind(settings)  # type: ignore[attr-defined]
-    return serve.run(application, name=APP_NAME, route_prefix="/")
+    return serve.run(application, name=APP_NAME, route_prefix="/", logging_config=logging_config)

@@ -35,6 +35,28 @@ CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
 
+def secure_cookie(settings: Settings) -> bool:
+    """Whether the session cookie carries ``Secure``: over HTTPS, and always in production
+    (where a TLS proxy in front may terminate HTTPS instead of petray itself)."""
+    return settings.production or settings.http_tls
+
+
+def plain_http_login_problem(settings: Settings, scheme: str, forwarded_proto: str) -> str:
+    """Why a login over this request cannot work, "" when it can (issue 10).
+
+    A browser never sends a ``Secure`` cookie back over plain HTTP, so the login form's CSRF
+    token (kept in that cookie) would be lost and login would loop without saying why.
+    ``X-Forwarded-Proto`` only chooses this message, it grants nothing.
+    """
+    if not secure_cookie(settings) or "https" in (scheme, forwarded_proto.strip().lower()):
+        return ""
+    return (
+        "This console is reached over plain HTTP, but its session cookie is sent over HTTPS "
+        "only (production). Open it with https://, i.e. set PETRAY_HTTP_TLS_CERT and "
+        "PETRAY_HTTP_TLS_KEY or put a TLS proxy in front."
+    )
+
+
 def resolve_secret_key(settings: Settings) -> str:
     """The session-signing key: required in production, random per process in development.
 

@@ -33,7 +33,7 @@ from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect, render
 from serve.schemas import TokenCreate, TokenCreated
 from serve.security import csrf_token as csrf_token_of
-from serve.security import csrf_valid, password_version
+from serve.security import csrf_valid, password_version, plain_http_login_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,16 @@ def safe_next(target: str | None) -> str:
 def login_page(
     request: Request, ctx: ContextDep, user: OptionalUser, next: str = "/"
 ) -> HTMLResponse:
-    return render(request, ctx, "login.html", user=user, next=safe_next(next), errors={}, name="")
+    problem = _plain_http_problem(request, ctx)
+    errors = {"__all__": problem} if problem else {}
+    return render(
+        request, ctx, "login.html", user=user, next=safe_next(next), errors=errors, name=""
+    )
+
+
+def _plain_http_problem(request: Request, ctx: ContextDep) -> str:
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    return plain_http_login_problem(ctx.settings, request.url.scheme, forwarded)
 
 
 @pages.post("/login", response_model=None)
@@ -81,6 +90,8 @@ def login(
             name=username,
         )
 
+    if problem := _plain_http_problem(request, ctx):
+        return again(problem, status.HTTP_403_FORBIDDEN)
     if not csrf_valid(request.session, csrf_token):
         return again("Your session expired; please try again.", status.HTTP_403_FORBIDDEN)
     if not username or not password:

@@ -15,7 +15,8 @@ from serve.security import CSRF_FORM_FIELD, csrf_token
 
 M = TypeVar("M", bound=BaseModel)
 FLASH_KEY = "flash"
-RAY_DASHBOARD_URL = "http://127.0.0.1:8265"
+RAY_DASHBOARD_HOST = "127.0.0.1"
+RAY_DASHBOARD_DEFAULT_PORT = 8265
 
 
 def flash(request: Request, message: str, *, kind: str = "ok") -> None:
@@ -40,7 +41,9 @@ def render(
         "csrf_token": csrf_token(request.session),
         "csrf_field": CSRF_FORM_FIELD,
         "messages": messages,
-        "ray_dashboard_url": RAY_DASHBOARD_URL,
+        # The port the gateway chose at start (issue 10: 8265 may be taken by another Ray).
+        "ray_dashboard_url": f"http://{RAY_DASHBOARD_HOST}:"
+        f"{ctx.settings.dashboard_port or RAY_DASHBOARD_DEFAULT_PORT}",
         "path": request.url.path,
     }
     return ctx.templates.TemplateResponse(
