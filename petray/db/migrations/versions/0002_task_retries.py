@@ -29,5 +29,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("task") as batch:
-        for column in ("notes", "last_error", "next_attempt_at", "retrying_since", "retry_attempts"):
+        for column in (
+            "notes",
+            "last_error",
+            "next_attempt_at",
+            "retrying_since",
+            "retry_attempts",
+        ):
             batch.drop_column(column)
