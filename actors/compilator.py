@@ -41,10 +41,11 @@ from petray.assemblies import (
 )
 from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, SeriesKey, Verdict
 from petray.db.engine import unit_of_work
-from petray.domain import Stage
+from petray.db.models import Task
+from petray.domain import Stage, State
 from petray.ingest import ReceivedInstance
 from petray.settings import Settings
-from petray.tasks import add_note, fail, get_task, move_to
+from petray.tasks import add_note, fail, move_to
 
 logger = logging.getLogger(__name__)
 
@@ -239,8 +240,7 @@ class CompilatorActor:
                 config = self._config_now(session)
                 for assembly in touched.values():
                     failure = self._decide(assembly, config, now)
-                    if failure is not None:
-                        self._close_in(assembly, failure, session=session)
+                    if failure is not None and self._close_in(assembly, failure, session=session):
                         closed.append((assembly, failure))
         except Exception:
             logger.exception("compilator batch of %d instances failed; rebuilding", len(batch))
@@ -330,16 +330,20 @@ class CompilatorActor:
             if failure is None:
                 return
             with unit_of_work(self._sessions) as session:
-                self._close_in(assembly, failure, session=session)
+                if not self._close_in(assembly, failure, session=session):
+                    return
         except Exception:
             logger.exception("compilator recheck of task %s failed; rebuilding", task_id)
             self._rebuild_later()
             return
         self._closed(assembly, failure)
 
-    def _close_in(self, assembly: SeriesAssembly, failure: str, *, session: Session) -> None:
+    def _close_in(self, assembly: SeriesAssembly, failure: str, *, session: Session) -> bool:
+        """Commit the assembly's end; False when its task was deleted or cancelled meanwhile."""
         self._compilation.close(assembly.task_id)
-        task = get_task(assembly.task_id, session=session, lock=True)
+        task = session.get(Task, assembly.task_id, with_for_update=True)
+        if task is None or (task.stage, task.state) != (Stage.COMPILING, State.ACTIVE):
+            return False
         task.images = assembly.images
         if assembly.contradiction:
             add_note(task, assembly.contradiction)
@@ -347,6 +351,7 @@ class CompilatorActor:
             fail(task, failure, session=session)
         else:
             move_to(task, Stage.VALIDATING, session=session)
+        return True
 
     def _closed(self, assembly: SeriesAssembly, failure: str) -> None:
         """After the commit: count it and tell the next stage."""

@@ -132,3 +132,34 @@ def test_restored_instances_still_in_flight_do_not_open_a_second_task(rig: Rig) 
     status = ray.get(compilator.status.remote(), timeout=TIMEOUT_S)
     assert status["open"] == 0 and status["pending"] == 0
     assert len(rig.tasks()) == 1
+
+
+def test_a_task_cancelled_while_compiling_is_never_dispatched(rig: Rig) -> None:
+    import ray
+
+    from petray.db.engine import unit_of_work
+    from petray.tasks import cancel
+
+    rig.settings = load_settings(
+        home=rig.settings.home, fsync=False, sweep_interval_s=0.2
+    )  # the sweep forgets the cancelled assembly quickly
+    compilator = rig.compilator()
+    ray.get(compilator.start.remote(), timeout=TIMEOUT_S)
+    received = store_series(rig.store, slices=SLICES)
+    ray.get(compilator.add_instances.remote(received[:6]), timeout=TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not rig.tasks() or rig.tasks()[0].images < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (task,) = rig.tasks()
+    with unit_of_work(rig.sessions) as session:
+        cancel(task.id, session=session)
+    ray.get(compilator.add_instances.remote(received[6:]), timeout=TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(rig.tasks()) < 2:
+        assert time.monotonic() < deadline, "the rest of the series found no task"
+        time.sleep(0.05)
+    cancelled, rest = rig.tasks()
+    assert (cancelled.stage, cancelled.state) == ("compiling", "cancelled")
+    # The rest is a task of its own (an incomplete series: it waits, then aborts with a reason).
+    assert rest.id != cancelled.id and rest.images == SLICES - 6
