@@ -9,12 +9,12 @@ from typing import Any
 
 import ray
 
+from actors.filter_pool import pool_names
 from actors.names import (
     DOWNLOADER,
     NAMESPACE,
     PIPELINE_ACTORS,
     STORE_SCP,
-    filter_worker_name,
 )
 from actors.runtime import Dispatcher
 from petray.db.engine import unit_of_work
@@ -137,9 +137,9 @@ class RayPipelineControl:
     def __init__(self, sessions: Any, *, filter_workers: int = 0) -> None:
         self._sessions = sessions
         self._dispatcher = Dispatcher()
-        # Filter workers have no status method (and may be busy filtering for seconds): their
-        # liveness and restarts come from the GCS alone.
-        self._filter_workers = tuple(filter_worker_name(index) for index in range(filter_workers))
+        # The filter worker pool follows the cluster's capacity (issue 12): the workers that
+        # exist are listed at each report; ``filter_workers`` is kept for callers.
+        del filter_workers
 
     async def result_ready(self, task_id: str) -> None:
         # Fire and forget: the download runs in the Downloader's mailbox, not in this request.
@@ -151,10 +151,18 @@ class RayPipelineControl:
         self._dispatcher.submit(stage, task_id)
 
     async def status(self) -> list[ActorStatus]:
+        # Filter workers have no status method (and may be busy filtering for seconds): their
+        # liveness and restarts come from the GCS alone.
+        try:
+            filter_workers = await asyncio.wait_for(
+                asyncio.to_thread(pool_names), timeout=STATUS_TIMEOUT_S
+            )
+        except TimeoutError:
+            filter_workers = []
         return list(
             await asyncio.gather(
                 *(actor_status(name, listens=name == STORE_SCP) for name in PIPELINE_ACTORS),
-                *(actor_status(name, asks_status=False) for name in self._filter_workers),
+                *(actor_status(name, asks_status=False) for name in filter_workers),
             )
         )
 

@@ -1,11 +1,12 @@
 """FilterWorker: one post-filter over a volume read zero-copy from the object store, and its series.
 
-Placed by the ``filter_worker`` custom resource, so filtering can run on other nodes and never
-takes the CPUs the pipeline's own actors need. Each worker also writes the DICOM series of the
-filter it ran: the filtered volume never travels back through the object store, and the series
-of several filters are written in parallel. On a Ray cluster the workers therefore write into
-the output directory under PETRAY_HOME, which must be shared storage mounted at the same path on
-every node (cluster.yaml).
+Placed by the ``filter_worker`` custom resource on the nodes that offer it (actors/filter_pool.py),
+so filtering can run on other nodes and never takes the CPUs the pipeline's own actors need. The
+filtered volume never travels back through the object store; the worker encodes its filter's
+DICOM series itself, so the series of several filters are made in parallel. On the gateway's
+node it writes the files straight into the output directory (the single-node fast path); on
+another node it returns them encoded, in one buffer, and the Unpacker writes them on the gateway:
+no node needs the gateway's file system (issue 12).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
-from petray.derive import SeriesJob, SliceTemplate, write_series
+from petray.derive import EncodedSeries, SeriesJob, SliceTemplate, encode_series, write_series
 from petray.filters import FilterSpec, apply_post_filter
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class FilterWorker:
-    def filter_and_write(
+    def filter_series(
         self,
         denoised: np.ndarray,
         noise: np.ndarray | None,
@@ -30,11 +31,18 @@ class FilterWorker:
         spec: FilterSpec,
         spacing_zyx: Sequence[float],
         job: SeriesJob,
-    ) -> int:
-        """Filter the volume with ``spec``, write it as ``job``'s series; return the file count."""
+        writer_node: str,
+    ) -> int | EncodedSeries:
+        """Filter the volume with ``spec`` and make ``job``'s series.
+
+        On ``writer_node`` (the gateway's), write the files and return their count; elsewhere
+        return them encoded for the gateway to write.
+        """
         # ``denoised`` arrives as a read-only view of the object store's copy (no copy made).
         filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
-        return len(write_series(filtered, templates, job))
+        if ray.get_runtime_context().get_node_id() == writer_node:
+            return len(write_series(filtered, templates, job))
+        return encode_series(filtered, templates, job)
 
     def describe(self, volume: np.ndarray) -> dict[str, object]:
         """How ``volume`` arrived in this worker; exists only so the benchmark can prove zero-copy.

@@ -45,5 +45,10 @@ PIPELINE_ACTORS: tuple[str, ...] = (
 )
 
 
-def filter_worker_name(index: int) -> str:
-    return f"{FILTER_WORKER_PREFIX}{index}"
+# Node ids are random: a prefix this long tells a cluster's nodes apart in a readable name.
+NODE_TAG_LENGTH = 12
+
+
+def filter_worker_name(node_id: str, slot: int) -> str:
+    """The FilterWorker of ``node_id``'s ``slot``-th ``filter_worker`` slot (issue 12)."""
+    return f"{FILTER_WORKER_PREFIX}{node_id[:NODE_TAG_LENGTH]}.{slot}"

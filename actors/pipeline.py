@@ -11,9 +11,10 @@ import ray
 from actors import names
 from actors.compilator import CompilatorActor
 from actors.downloader import DownloaderActor
-from actors.filter_worker import FilterWorker
+from actors.filter_pool import remove_pool, sync_pool
 from actors.metrics import MetricsActor
 from actors.packer import PackerActor
+from actors.placement import gateway_node_id, on_node
 from actors.retention import RetentionActor
 from actors.store_scp import StoreScpActor
 from actors.store_scu import StoreScuActor
@@ -48,10 +49,14 @@ class Pipeline:
             ray.get(scp.stop.remote(), timeout=30)
         for handle in self.handles.values():
             ray.kill(handle, no_restart=True)
+        remove_pool()  # including workers created since start for nodes that joined
 
 
 def _named(actor_class: Any, name: str, **options: Any) -> Any:
-    return actor_class.options(name=name, namespace=names.NAMESPACE, **options)
+    # Every actor built here except the FilterWorkers runs on the gateway's node (issue 12).
+    return actor_class.options(
+        name=name, namespace=names.NAMESPACE, **on_node(gateway_node_id()), **options
+    )
 
 
 def build_pipeline(settings: Settings) -> Pipeline:
@@ -70,12 +75,13 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
 
 def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
-    for index in range(settings.filter_workers):
-        name = names.filter_worker_name(index)
-        handles[name] = _named(FilterWorker, name, resources={names.FILTER_RESOURCE: 1}).remote()
+    # As many FilterWorkers as the alive nodes offer filter_worker slots, placed on them; none
+    # yet is no reason not to start (the Unpacker waits for capacity with a clear reason).
+    for worker in sync_pool().workers:
+        handles[worker.name] = worker.handle
     for name, actor_class in STAGE_ACTOR_CLASSES:
         handles[name] = _named(actor_class, name).remote(settings)
-    # The Unpacker looks the filter workers up by name when it starts.
+    # The Unpacker keeps the filter worker pool following the cluster's capacity.
     handles[names.UNPACKER] = _named(UnpackerActor, names.UNPACKER).remote(settings)
     handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
     ray.get([h.__ray_ready__.remote() for h in handles.values()], timeout=START_TIMEOUT_S)

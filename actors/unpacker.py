@@ -1,12 +1,16 @@
-"""UnpackerActor: checks the result, fans out one filter-and-write job per post-filter.
+"""UnpackerActor: checks the result, fans out one filter job per post-filter, writes the series.
 
-Filter workers come and go (a restart, a lost node). The Unpacker looks them up for every task,
-waits with a clear reason while none is alive, and when a worker dies under a job it reruns only
-that job on a live worker; the jobs already finished keep their series.
+Filter workers come and go (a restart, a node joining or lost). The Unpacker sizes the pool to
+the cluster's capacity for every task and on a timer (actors/filter_pool.py), waits with a clear
+reason while no worker is alive, and when a worker dies under a job it reruns only that job on a
+live worker, on another node when there is one; the jobs already finished keep their series.
+A worker on another node returns its series encoded and the Unpacker, on the gateway's node,
+writes it (issue 12).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +20,16 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from actors.names import NAMESPACE, filter_worker_name
-from actors.runtime import actor_state
+from actors.filter_pool import PoolWorker, sync_pool
+from actors.placement import gateway_node_id
 from actors.stage import StageWorker
 from petray.archive import read_result_archive
 from petray.db.engine import unit_of_work
-from petray.derive import prepare_templates
+from petray.derive import EncodedSeries, SeriesJob, prepare_templates, write_encoded
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.outputs import BuiltSeries, clear_outputs, filters_for, record_outputs, series_job
+from petray.settings import Settings
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
 
@@ -32,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 # A job whose worker died is rerun on another live worker at most this many times per attempt.
 MAX_JOB_RERUNS = 3
+# How long a task waits for workers just created (a node that joined) to start.
+WORKER_START_S = 30.0
+# How often the pool follows nodes joining and leaving while no task asks for it.
+POOL_SYNC_INTERVAL_S = 10.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -39,20 +48,34 @@ class UnpackerActor(StageWorker):
     stage = Stage.UNPACKING
     concurrency = 1
 
-    def _alive_workers(self) -> list[Any]:
-        alive = []
-        for index in range(self.settings.filter_workers):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        # The Unpacker is pinned to the gateway's node, where the output directory lives.
+        self.node_id = gateway_node_id()
+        self.background.spawn(self._follow_capacity())
+
+    async def _follow_capacity(self) -> None:
+        """Keep one worker per slot as nodes join and leave, also between tasks."""
+        while True:
             try:
-                handle = ray.get_actor(filter_worker_name(index), namespace=NAMESPACE)
-            except ValueError:
-                continue  # not created, or gone for good
-            if actor_state(handle)[0] == "ALIVE":
-                alive.append(handle)
-        if not alive:
-            raise TransientError(
-                f"no filter worker available: 0 of {self.settings.filter_workers} alive"
+                await asyncio.to_thread(sync_pool)
+            except Exception:
+                logger.exception("could not size the filter worker pool")
+            await asyncio.sleep(POOL_SYNC_INTERVAL_S)
+
+    def _alive_workers(self) -> list[PoolWorker]:
+        pool = sync_pool()
+        if not pool.alive and pool.workers:
+            # Just created (a node joined, or the first task): give them a bounded moment.
+            ray.wait(
+                [w.handle.__ray_ready__.remote() for w in pool.workers],
+                num_returns=1,
+                timeout=WORKER_START_S,
             )
-        return alive
+            pool = sync_pool()
+        if not pool.alive:
+            raise TransientError(pool.waiting_reason())
+        return list(pool.alive)
 
     def handle(self, task_id: str) -> Stage | None:
         self._alive_workers()  # before reading gigabytes: wait (retrying) while none is alive
@@ -98,12 +121,21 @@ class UnpackerActor(StageWorker):
         spacing = details["spacing_zyx"]
 
         def run(index: int, worker: Any) -> Any:
-            # One filter-and-write job per filter; a worker runs its jobs one at a time.
-            return worker.filter_and_write.remote(
-                denoised_ref, noise_ref, templates_ref, specs[index], spacing, jobs[index]
+            # One filter job per filter; a worker runs its jobs one at a time.
+            return worker.filter_series.remote(
+                denoised_ref,
+                noise_ref,
+                templates_ref,
+                specs[index],
+                spacing,
+                jobs[index],
+                self.node_id,
             )
 
-        counts = self._run_jobs(task_id, len(jobs), run)
+        def collect(index: int, result: Any) -> int:
+            return _written(result, jobs[index])
+
+        counts = self._run_jobs(task_id, len(jobs), run, collect)
         built = [
             BuiltSeries.from_job(spec, job, instances)
             for spec, job, instances in zip(specs, jobs, counts, strict=True)
@@ -112,20 +144,34 @@ class UnpackerActor(StageWorker):
             record_outputs(get_task(task_id, session=session), built, session=session)
         return Stage.SENDING
 
-    def _run_jobs(self, task_id: str, count: int, run: Callable[[int, Any], Any]) -> list[int]:
+    def _run_jobs(
+        self,
+        task_id: str,
+        count: int,
+        run: Callable[[int, Any], Any],
+        collect: Callable[[int, Any], int] = lambda _index, result: int(result),
+    ) -> list[int]:
         """Run every job; a job whose worker died reruns alone on a live worker.
 
-        A petray error raised in a worker keeps its class and clean reason.
+        ``collect`` turns a finished job's result into its file count (and writes files a
+        worker on another node returned). A rerun avoids the nodes whose workers already died
+        in this run while another node has a live worker: Ray may take seconds to see a lost
+        node, and its workers still look alive until then. A petray error raised in a worker
+        keeps its class and clean reason.
         """
         workers = self._alive_workers()
-        pending = {run(i, workers[i % len(workers)]): i for i in range(count)}
+        pending: dict[Any, tuple[int, PoolWorker]] = {}
+        for i in range(count):
+            worker = workers[i % len(workers)]
+            pending[run(i, worker.handle)] = (i, worker)
         reruns = dict.fromkeys(range(count), 0)
+        lost_nodes: set[str] = set()
         counts: dict[int, int] = {}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
+            index, worker = pending.pop(ready[0])
             try:
-                counts[index] = int(ray.get(ready[0]))
+                result = ray.get(ready[0])
             except RayTaskError as exc:
                 if isinstance(exc.cause, PetrayError):
                     raise exc.cause from None  # not the remote traceback as the reason
@@ -136,12 +182,24 @@ class UnpackerActor(StageWorker):
                     raise TransientError(
                         f"filter workers kept stopping ({MAX_JOB_RERUNS} reruns of one filter)"
                     ) from None
-                workers = self._alive_workers()
+                lost_nodes.add(worker.node_id)
+                alive = self._alive_workers()
+                elsewhere = [w for w in alive if w.node_id not in lost_nodes] or alive
                 logger.warning(
                     "task %s: a filter worker stopped; rerunning filter %d of %d alone",
                     task_id,
                     index + 1,
                     count,
                 )
-                pending[run(index, workers[reruns[index] % len(workers)])] = index
+                substitute = elsewhere[reruns[index] % len(elsewhere)]
+                pending[run(index, substitute.handle)] = (index, substitute)
+                continue
+            counts[index] = collect(index, result)
         return [counts[i] for i in range(count)]
+
+
+def _written(result: int | EncodedSeries, job: SeriesJob) -> int:
+    """The file count of a finished job, writing the series a worker elsewhere encoded."""
+    if isinstance(result, EncodedSeries):
+        return len(write_encoded(result, job.outdir))
+    return int(result)

@@ -269,11 +269,10 @@ def zero_copy_proof(shape: tuple[int, ...], filter_workers: int) -> dict[str, An
     """Put one volume of ``shape``; each FilterWorker and the driver locate what they got."""
     import ray
 
-    from actors.names import NAMESPACE, filter_worker_name
+    from actors.filter_pool import pool_names
+    from actors.names import NAMESPACE
 
-    workers = [
-        ray.get_actor(filter_worker_name(i), namespace=NAMESPACE) for i in range(filter_workers)
-    ]
+    workers = [ray.get_actor(name, namespace=NAMESPACE) for name in pool_names()[:filter_workers]]
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
     nbytes = int(volume.nbytes)
     ref = ray.put(volume)

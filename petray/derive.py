@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -406,20 +406,7 @@ def _pixel_data_header(nbytes: int) -> bytes:
     return bytes(fp.getvalue())
 
 
-def write_series(
-    volume: np.ndarray,
-    templates: Sequence[SliceTemplate],
-    job: SeriesJob,
-    *,
-    now: datetime | None = None,
-) -> list[Path]:
-    """Write one DICOM file per z slice of ``volume`` into ``job.outdir``; return their paths.
-
-    ``templates[z]`` (from :func:`prepare_templates`) describes the source slice of
-    ``volume[z]``. File names and SOP Instance UIDs depend only on the series UID and the index,
-    so a retry overwrites the same files; files of an earlier, longer attempt are removed. Files
-    are written uncompressed (Explicit VR Little Endian) whatever the source transfer syntax was.
-    """
+def _check_series(volume: np.ndarray, templates: Sequence[SliceTemplate], job: SeriesJob) -> None:
     if volume.ndim != 3:
         raise ValueError(f"expected a 3-D (z, y, x) volume, got {volume.ndim} dimensions")
     if volume.shape[0] != len(templates):
@@ -430,14 +417,23 @@ def write_series(
     for index, template in enumerate(templates):
         if (template.rows, template.columns) != plane_shape:
             raise PermanentError(f"output slice {index} does not match its source's size")
-    job.outdir.mkdir(parents=True, exist_ok=True)
-    now = now or datetime.now()
+
+
+def _encoded_files(
+    volume: np.ndarray, templates: Sequence[SliceTemplate], job: SeriesJob, now: datetime
+) -> Iterator[tuple[str, list[bytes | memoryview]]]:
+    """(file name, its encoded parts) for each z slice, in order.
+
+    The parts of one file are valid only until the next is produced: the pixels are a view of a
+    scratch buffer reused for the whole series.
+    """
+    _check_series(volume, templates, job)
+    plane_shape = (int(volume.shape[1]), int(volume.shape[2]))
     series_parts: dict[tuple[str, ...], dict[int, bytes]] = {}
     file_metas: dict[str, _FileMeta] = {}
     quantise = _Quantiser(plane_shape)
     pixel_header = _pixel_data_header(volume.shape[1] * volume.shape[2] * 2)
     uid_tag, slope_tag, pixel_tag = (int(Tag(k)) for k in INSTANCE_KEYWORDS)
-    written: list[Path] = []
     for index, template in enumerate(templates):
         plane = volume[index]
         if not np.isfinite(plane).all():
@@ -461,14 +457,96 @@ def write_series(
             if int(tag) == pixel_tag:
                 parts.append(stored.data.cast("B"))
         parts.append(template.fragments[-1])
-        path = job.outdir / OUTPUT_NAME.format(index=index)
-        _write_atomic(parts, path)
-        written.append(path)
-    keep = {p.name for p in written}
-    for stale in job.outdir.iterdir():
+        yield OUTPUT_NAME.format(index=index), parts
+
+
+def _remove_stale(outdir: Path, keep: set[str]) -> None:
+    # Files of an earlier, longer attempt of the same series.
+    for stale in outdir.iterdir():
         if OUTPUT_PATTERN.match(stale.name) and stale.name not in keep:
             stale.unlink()
+
+
+def write_series(
+    volume: np.ndarray,
+    templates: Sequence[SliceTemplate],
+    job: SeriesJob,
+    *,
+    now: datetime | None = None,
+) -> list[Path]:
+    """Write one DICOM file per z slice of ``volume`` into ``job.outdir``; return their paths.
+
+    ``templates[z]`` (from :func:`prepare_templates`) describes the source slice of
+    ``volume[z]``. File names and SOP Instance UIDs depend only on the series UID and the index,
+    so a retry overwrites the same files; files of an earlier, longer attempt are removed. Files
+    are written uncompressed (Explicit VR Little Endian) whatever the source transfer syntax was.
+    """
+    _check_series(volume, templates, job)
+    job.outdir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, parts in _encoded_files(volume, templates, job, now or datetime.now()):
+        path = job.outdir / name
+        _write_atomic(parts, path)
+        written.append(path)
+    _remove_stale(job.outdir, {p.name for p in written})
     log.info("wrote derived series of %d slices into %s", len(written), job.outdir.name)
+    return written
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedSeries:
+    """A whole series encoded in memory, to be written on another node (issue 12).
+
+    One contiguous buffer rather than a list of files: it travels through Ray's object store as
+    a single array, read there without a copy, and file ``k`` is
+    ``data[offsets[k]:offsets[k + 1]]``.
+    """
+
+    names: tuple[str, ...]
+    offsets: tuple[int, ...]
+    data: np.ndarray  # uint8
+
+    def __post_init__(self) -> None:
+        if len(self.offsets) != len(self.names) + 1 or self.offsets[-1] != self.data.nbytes:
+            raise ValueError("offsets do not describe the encoded files")
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
+def encode_series(
+    volume: np.ndarray,
+    templates: Sequence[SliceTemplate],
+    job: SeriesJob,
+    *,
+    now: datetime | None = None,
+) -> EncodedSeries:
+    """The files :func:`write_series` would write, encoded into one buffer instead."""
+    names: list[str] = []
+    offsets = [0]
+    buffer = bytearray()
+    for name, parts in _encoded_files(volume, templates, job, now or datetime.now()):
+        for part in parts:
+            buffer += part
+        names.append(name)
+        offsets.append(len(buffer))
+    return EncodedSeries(tuple(names), tuple(offsets), np.frombuffer(buffer, dtype=np.uint8))
+
+
+def write_encoded(encoded: EncodedSeries, outdir: Path) -> list[Path]:
+    """Write a series encoded elsewhere into ``outdir``, as :func:`write_series` would have."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    view = encoded.data.data.cast("B")  # the array's own buffer: no copy
+    written: list[Path] = []
+    for index, name in enumerate(encoded.names):
+        if not OUTPUT_PATTERN.match(name):  # names come from another process: no paths
+            raise PermanentError("an encoded series names a file it may not write")
+        path = outdir / name
+        _write_atomic([view[encoded.offsets[index] : encoded.offsets[index + 1]]], path)
+        written.append(path)
+    _remove_stale(outdir, {p.name for p in written})
+    log.info("wrote derived series of %d slices into %s", len(written), outdir.name)
     return written
 
 

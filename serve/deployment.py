@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
+from actors.placement import gateway_node_id, replica_on_node
 from petray.settings import Settings
 
 APP_NAME = "petray"
@@ -46,6 +47,13 @@ def http_options(settings: Settings) -> dict[str, Any]:
 def start_http(settings: Settings) -> Any:
     # Serve's controller, proxy and replica log through Serve's own configuration.
     logging_config = {"encoding": "JSON"} if settings.log_format == "json" else None
-    serve.start(http_options=http_options(settings), logging_config=logging_config)
-    application = PetrayHttp.bind(settings)  # type: ignore[attr-defined]
+    # The proxy and the replica stay on the gateway's node (issue 12): the console, the API
+    # and the service's callback keep one address however many nodes the cluster has.
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options=http_options(settings),
+        logging_config=logging_config,
+    )
+    pinned = {"num_cpus": 0, **replica_on_node(gateway_node_id())}
+    application = PetrayHttp.options(ray_actor_options=pinned).bind(settings)  # type: ignore[attr-defined]
     return serve.run(application, name=APP_NAME, route_prefix="/", logging_config=logging_config)
