@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     dadd.add_argument("--port", type=int, required=True)
     dadd.add_argument("--source", action="store_true")
     dadd.add_argument("--destination", action="store_true")
+    dadd.add_argument(
+        "--match-ae-only",
+        action="store_true",
+        help="as a source, accept its AE title from any address (default: its host only)",
+    )
     dadd.add_argument("--tls", action="store_true", help="send to it over DICOM TLS")
     dadd.add_argument("--tls-ca", default="", help="CA file to verify it (default: system CAs)")
     dadd.add_argument("--tls-cert", default="", help="client certificate, if it asks for one")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from io import BytesIO
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
@@ -68,7 +68,7 @@ from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance
 from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
 from petray.settings import Settings
-from petray.siteconfig import Listener, get_site_config, list_devices
+from petray.siteconfig import NO_SOURCE_DEVICE, Listener, get_site_config, list_devices
 
 logger = logging.getLogger(__name__)
 
@@ -342,26 +342,37 @@ def _normalised_address(address: str) -> str:
     return str(ip)
 
 
+class SourceDevice(NamedTuple):
+    """What the whitelist needs of a source device."""
+
+    ae_title: str
+    host: str
+    match_ae_only: bool = False
+
+
 def source_refusal(
     calling_ae: str,
     peer_address: str,
-    sources: Sequence[tuple[str, str]],
+    sources: Sequence[tuple[str, str] | SourceDevice],
     *,
     resolve: Callable[[str], frozenset[str]] = resolve_host,
 ) -> str:
     """Why a sender is refused when only configured sources may store; "" when it may.
 
-    ``sources`` are the source devices' (AE title, host). Fails closed: with no source device
-    nobody may store (issue 9: the whitelist used to fail open). A known AE title must also
-    call from its device's host, resolved, since an AE title is only a name anyone can send.
+    ``sources`` are the source devices' (AE title, host[, match AE title only]). Fails closed:
+    with no source device nobody may store (issue 9: the whitelist used to fail open). A known
+    AE title must also call from its device's host, resolved, since an AE title is only a name
+    anyone can send, unless that device is set to match on its AE title alone.
     """
     if not sources:
-        return "only configured sources may store, and no source device is configured"
-    hosts = [host for ae_title, host in sources if ae_title.strip() == calling_ae]
-    if not hosts:
+        return NO_SOURCE_DEVICE
+    matches = [SourceDevice(*s) for s in sources if s[0].strip() == calling_ae]
+    if not matches:
         return f"calling AE title {calling_ae!r} is not a configured source"
+    if any(device.match_ae_only for device in matches):
+        return ""
     peer = _normalised_address(peer_address)
-    if any(peer in resolve(host) for host in hosts):
+    if any(peer in resolve(device.host) for device in matches):
         return ""
     return f"calling AE title {calling_ae!r} called from {peer}, not from its device's host"
 
@@ -594,7 +605,11 @@ class StoreService:
         with unit_of_work(self._sessions) as session:
             if not get_site_config(session=session).restrict_sources:
                 return
-            sources = [(d.ae_title, d.host) for d in list_devices(session=session) if d.is_source]
+            sources = [
+                SourceDevice(d.ae_title, d.host, d.match_ae_only)
+                for d in list_devices(session=session)
+                if d.is_source
+            ]
         reason = source_refusal(calling, str(assoc.requestor.address), sources)
         if reason:
             self._reject(assoc, RejectDiagnostic.CALLING_AE_NOT_RECOGNISED, reason)
@@ -603,9 +618,6 @@ class StoreService:
         logger.warning("rejected an association from %s: %s", assoc.requestor.address, reason)
         with self._lock:
             self.counters.rejected += 1
-        # As pynetdicom rejects by itself: answer A-ASSOCIATE-RJ, then end the association.
-        assoc.acse.send_reject(REJECTED_PERMANENT, REJECT_SOURCE_SERVICE_USER, int(diagnostic))
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
         now = datetime.now(UTC)
         # Before acceptance the calling AE title is only in the request (the audit needs it).
         request = assoc.requestor.primitive
@@ -623,6 +635,10 @@ class StoreService:
                 record_association(log, session=session)
         except Exception:
             logger.exception("could not record the association log")
+        # Recorded before the answer, so a sender told "rejected" finds why in the activity log.
+        # As pynetdicom rejects by itself: answer A-ASSOCIATE-RJ, then end the association.
+        assoc.acse.send_reject(REJECTED_PERMANENT, REJECT_SOURCE_SERVICE_USER, int(diagnostic))
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
 
     def _on_accepted(self, event: evt.Event) -> None:
@@ -650,6 +666,9 @@ class StoreService:
         parts = [outcome]
         if record.ignored:
             parts.append(f"{record.ignored} non-PET ignored")
+        if record.refused:
+            # Issue 9: the activity log counts every refusal as well as naming why.
+            parts.append(f"{record.refused} refused")
         parts.extend(sorted(set(record.problems))[:3])
         log.outcome = "; ".join(parts)[:255]
         try:

@@ -74,6 +74,7 @@ def add_device(
     tls_ca: str = "",
     tls_cert: str = "",
     tls_key: str = "",
+    match_ae_only: bool = False,
 ) -> Device:
     # The name is stored stripped, so the duplicate check must compare the stripped name too.
     name = name.strip()
@@ -99,6 +100,7 @@ def add_device(
         tls_ca=tls_ca.strip(),
         tls_cert=tls_cert.strip(),
         tls_key=tls_key.strip(),
+        match_ae_only=match_ae_only,
     )
     if bool(device.tls_cert) != bool(device.tls_key):
         raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
@@ -145,6 +147,22 @@ def remove_device(name: str, *, session: Session) -> None:
 def destinations(*, session: Session) -> list[Device]:
     return list(
         session.scalars(select(Device).where(Device.is_destination.is_(True)).order_by(Device.name))
+    )
+
+
+# Issue 9: the whitelist fails closed; the Store SCP, the console and the dashboard all say so.
+NO_SOURCE_DEVICE = "only configured sources may store, and no source device is configured"
+
+
+def everyone_refused(*, session: Session) -> str:
+    """Why every sender is refused, for the console to show; "" when some sender may store."""
+    if not get_site_config(session=session).restrict_sources:
+        return ""
+    if any(d.is_source for d in list_devices(session=session)):
+        return ""
+    return (
+        f"Every sender is refused: {NO_SOURCE_DEVICE}. Add a source device, or turn off "
+        '"only accept configured sources".'
     )
 
 

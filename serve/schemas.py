@@ -209,6 +209,9 @@ class DeviceCreate(Strict):
     tls_ca: str = Field("", max_length=4096, description="CA file on the gateway to verify it")
     tls_cert: str = Field("", max_length=4096, description="client certificate file, if asked")
     tls_key: str = Field("", max_length=4096, description="key file of the client certificate")
+    match_ae_only: bool = Field(
+        False, description="as a source, accept its AE title from any address (issue 9)"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -235,6 +238,7 @@ class DeviceUpdate(Strict):
     tls_ca: str | None = Field(None, max_length=4096)
     tls_cert: str | None = Field(None, max_length=4096)
     tls_key: str | None = Field(None, max_length=4096)
+    match_ae_only: bool | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -255,6 +259,7 @@ class DevicePublic(BaseModel):
     tls_ca: str
     tls_cert: str
     tls_key: str
+    match_ae_only: bool
 
 
 class EchoResultPublic(BaseModel):

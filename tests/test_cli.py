@@ -159,6 +159,7 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "source": False,
             "destination": True,
             "tls": False,
+            "match_ae_only": False,
         },
         {
             "name": "scanner",
@@ -168,6 +169,7 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "source": True,
             "destination": False,
             "tls": False,
+            "match_ae_only": False,
         },
     ]
     assert "removed device pacs" in cli.ok("device", "remove", "pacs").out

@@ -62,6 +62,7 @@ def run_device(args: argparse.Namespace) -> int:
                 tls_ca=args.tls_ca,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                match_ae_only=args.match_ae_only,
             )
             tls = " over TLS" if device.tls else ""
             cli_audit("device.create", f"Device {device.name}", session=session, id=device.id)
@@ -80,6 +81,7 @@ def run_device(args: argparse.Namespace) -> int:
                     "source": d.is_source,
                     "destination": d.is_destination,
                     "tls": d.tls,
+                    "match_ae_only": d.match_ae_only,
                 }
                 for d in list_devices(session=session)
             ]

@@ -191,6 +191,9 @@ class Device(Base):
     tls_ca: Mapped[str] = mapped_column(Text, default="", server_default="")
     tls_cert: Mapped[str] = mapped_column(Text, default="", server_default="")
     tls_key: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # A source matched on its AE title alone, from any address (issue 9): for a sender whose
+    # address changes (DHCP, a cluster of modality workstations). Off, the host must match too.
+    match_ae_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class TaskDestination(Base):

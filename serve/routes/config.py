@@ -12,7 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from petray.errors import PetrayError
 from petray.settings import Settings
-from petray.siteconfig import effective_listener, effective_remote_url, get_site_config
+from petray.siteconfig import (
+    effective_listener,
+    effective_remote_url,
+    everyone_refused,
+    get_site_config,
+)
 from serve.deps import (
     ApiAdmin,
     ApiViewer,
@@ -134,6 +139,7 @@ def _page(
     values: dict[str, str] | None = None,
     remote_test: RemoteTestPublic | None = None,
     status_code: int = 200,
+    sources_warning: str = "",
 ) -> HTMLResponse:
     shown = config.model_dump()
     shown.update(values or {})
@@ -146,6 +152,7 @@ def _page(
         errors=errors or {},
         remote_test=remote_test,
         status_code=status_code,
+        sources_warning=sources_warning,
     )
 
 
@@ -153,7 +160,8 @@ def _page(
 def config_page(
     request: Request, ctx: ContextDep, session: SessionDep, user: PageViewer
 ) -> HTMLResponse:
-    return _page(request, ctx, user, read_config(ctx.settings, session=session))
+    config = read_config(ctx.settings, session=session)
+    return _page(request, ctx, user, config, sources_warning=everyone_refused(session=session))
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from petray.activity import HourBucket, count_by_state, tasks_by_state_per_hour
 from petray.domain import State
 from petray.health import CheckKind, Status, Verdict
+from petray.siteconfig import everyone_refused
 from serve.deps import ContextDep, PageViewer, run_db
 from serve.routes.common import render
 from serve.routes.health import observe
@@ -39,13 +40,14 @@ GATEWAY_CHECKS = (
 
 @pages.get("/", response_class=HTMLResponse)
 async def dashboard(request: Request, ctx: ContextDep, user: PageViewer) -> HTMLResponse:
-    def load(session: Session) -> tuple[dict[str, int], list[HourBucket]]:
+    def load(session: Session) -> tuple[dict[str, int], list[HourBucket], str]:
         return (
             count_by_state(session=session),
             tasks_by_state_per_hour(session=session, hours=DASHBOARD_HOURS),
+            everyone_refused(session=session),
         )
 
-    by_state, hours = await run_db(ctx, load)
+    by_state, hours, sources_warning = await run_db(ctx, load)
     observed = await observe(ctx, request.app)
     report = observed.report
     actor_checks = {c.name: c for c in report.checks if c.kind is CheckKind.ACTOR}
@@ -69,4 +71,5 @@ async def dashboard(request: Request, ctx: ContextDep, user: PageViewer) -> HTML
         states=[s.value for s in State],
         hours=hours,
         peak=peak,
+        sources_warning=sources_warning,
     )

@@ -21,7 +21,7 @@ from serve.routes.crud import FieldConflict, Resource, api_router, page_router
 from serve.schemas import DeviceCreate, DevicePublic, DeviceUpdate, EchoResultPublic
 
 ECHO_TIMEOUT_S = 5.0
-ROLE_FLAGS = ("is_source", "is_destination", "tls")
+ROLE_FLAGS = ("is_source", "is_destination", "tls", "match_ae_only")
 
 
 def create(body: DeviceCreate, *, session: Session) -> Device:
