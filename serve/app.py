@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, status
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,10 +65,10 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-# Swagger UI boots with an inline script and inline styles; only /docs gets them.
+# Swagger UI sets inline styles; only /docs gets them (its boot script is a file).
 DOCS_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
+    "script-src 'self'; frame-ancestors 'none'"
 )
 
 # Modules with a REST router ``api`` and a console router ``pages``.
@@ -178,30 +179,37 @@ def _install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidTransition, _json_error(status.HTTP_409_CONFLICT, str))
 
 
-def _install_docs(app: FastAPI) -> bool:
-    """Swagger UI from the locally installed ``swagger-ui-bundle`` package, if present.
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI 5 at /docs, from files bundled in serve/static/swagger (issue 11).
 
     FastAPI's default /docs loads Swagger UI from a CDN, which the hospital network cannot
-    reach; without the package /docs is off and /openapi.json remains.
+    reach, and Swagger UI 4 cannot render the OpenAPI 3.1 FastAPI writes. The page boots from a
+    script file, so only inline styles (which Swagger UI sets) are allowed on /docs.
     """
-    try:
-        import swagger_ui_bundle
-    except ImportError:
-        log.info("swagger-ui-bundle not installed: /docs disabled, /openapi.json available")
-        return False
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path))
+    page = HERE / "static" / "swagger" / "index.html"
 
     @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="petray API",
-            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
-        )
+    def docs() -> FileResponse:
+        return FileResponse(page, media_type="text/html")
 
-    return True
+    def openapi() -> dict[str, Any]:
+        # The API takes a bearer token (an API token from the Account page, or the callback
+        # token on /process_ready); declared here so Swagger UI offers "Authorize".
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(

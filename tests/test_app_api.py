@@ -103,7 +103,7 @@ def test_openapi_lists_the_api_and_docs_are_local(api: tuple[AppHarness, dict[st
     docs = h.client.get("/docs")
     assert docs.status_code == 200
     assert "cdn" not in docs.text.lower()
-    assert h.client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert h.client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
 
 
 def _bearer(tokens: dict[str, str], role: str) -> dict[str, str]:
