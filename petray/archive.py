@@ -17,9 +17,11 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import IO, Any
 
 import numpy as np
@@ -43,6 +45,10 @@ MAX_NPY_HEADER_BYTES = 10_000 + 64
 # Real PET volumes compress a few times at most (float32 noise); even a 99 % empty field of view
 # stays under ~100:1. Deflate itself tops out near 1032:1, so this flags near-empty payloads.
 DEFAULT_MAX_RATIO = 250.0
+# What zipfile raises for damaged archives besides BadZipFile (issue 9, found by fuzzing): a
+# corrupt deflate stream (zlib.error), an undecodable UTF-8 entry name (ValueError), a
+# truncated one (EOFError).
+UNREADABLE = (EOFError, OSError, NotImplementedError, RuntimeError, ValueError, zlib.error)
 ALLOWED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 # Issue 9: a result value beyond this factor times the input's largest magnitude is not a
 # denoised activity concentration (one 3e38 voxel zeroed two slices through their rescale).
@@ -160,6 +166,9 @@ def write_upload_archive(
 
 def _check_entry(info: zipfile.ZipInfo) -> None:
     name = info.filename
+    if not name:
+        # zipfile's own is_dir() fails on an empty name (found by fuzzing, issue 9).
+        raise ArchiveRejected("archive has an entry without a name")
     if "\\" in name:
         raise ArchiveRejected(f"archive entry {name!r} contains a backslash")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -252,7 +261,8 @@ def _read_npy(reader: _CountingReader, name: str, expected_shape: tuple[int, ...
             raise ArchiveRejected(f"{name}: unsupported npy format version {version}")
     except ArchiveRejected:
         raise
-    except (ValueError, SyntaxError, EOFError) as exc:
+    except (ValueError, SyntaxError, EOFError, TypeError, OverflowError, TokenError) as exc:
+        # numpy parses the header as a Python literal: a hostile one fails in its tokenizer.
         raise ArchiveRejected(f"{name}: not a valid npy array ({exc})") from None
     # Checked before any data is read: an object dtype would need pickle, never allowed.
     # Tolerant of how a float32 was written (either byte order, C or Fortran layout): both
@@ -380,7 +390,7 @@ def read_result_archive(
     except zipfile.BadZipFile as exc:
         # zipfile verifies each entry's CRC-32 when it is read to the end.
         raise ArchiveRejected(f"{path.name} is corrupt ({exc})") from None
-    except (EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+    except UNREADABLE as exc:
         raise ArchiveRejected(f"{path.name} cannot be read ({exc})") from None
     return ResultArrays(
         denoised=arrays[DENOISED_NAME],
@@ -421,7 +431,7 @@ def verify_zip(path: Path, *, max_uncompressed_bytes: int | None = None) -> None
             bad = zf.testzip()
     except zipfile.BadZipFile as exc:
         raise ArchiveRejected(f"{path.name} is corrupt ({exc})") from None
-    except (EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+    except UNREADABLE as exc:
         raise ArchiveRejected(f"{path.name} cannot be read ({exc})") from None
     if bad is not None:
         raise ArchiveRejected(f"{path.name}: entry {bad!r} fails its CRC check")

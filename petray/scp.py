@@ -65,7 +65,7 @@ from petray.dicom.header import (
     is_pet,
 )
 from petray.dicom.status import StoreStatus
-from petray.errors import InvalidInstance
+from petray.errors import InvalidInstance, PermanentError
 from petray.ingest import DiskFull, InstanceStore, ReceivedInstance
 from petray.settings import Settings
 from petray.siteconfig import NO_SOURCE_DEVICE, Listener, get_site_config, list_devices
@@ -119,6 +119,25 @@ REJECT_SOURCE_SERVICE_USER = 0x01
 
 class OversizedInstance(InvalidInstance):
     """An instance larger than any real PET image: refused before it costs more memory."""
+
+
+class UnreadableInstance(PermanentError):
+    """A dataset that cannot be parsed at all: answered "cannot understand" (0xC000)."""
+
+
+# What pydicom raises on hostile bytes, depending on where they break it (found by fuzzing,
+# issue 9: an unknown VR in Specific Character Set raised NotImplementedError, a 0x0110).
+PARSE_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    IndexError,
+    NotImplementedError,
+    OverflowError,
+    struct.error,
+)
 
 
 @dataclass(frozen=True)
@@ -316,10 +335,15 @@ def read_header(
     a whole file built around it skips encoding and re-reading the file meta on the hot path.
     For a deflated dataset the offset is into the inflated bytes (see ``inflate``).
     """
-    if syntax == DeflatedExplicitVRLittleEndian:
-        dataset = inflate(dataset, max_bytes)
-    fp = BytesIO(dataset)
-    ds = read_dataset(fp, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_at_pixel_data)
+    try:
+        if syntax == DeflatedExplicitVRLittleEndian:
+            dataset = inflate(dataset, max_bytes)
+        fp = BytesIO(dataset)
+        ds = read_dataset(
+            fp, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=_at_pixel_data
+        )
+    except PARSE_ERRORS as exc:
+        raise UnreadableInstance(str(exc) or type(exc).__name__) from None
     return ds, fp.tell()
 
 
@@ -702,7 +726,14 @@ class StoreService:
             logger.warning("refused an invalid instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem=str(exc))
             return _failure(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
-        except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError) as exc:
+        except (
+            UnreadableInstance,
+            InvalidDicomError,
+            ValueError,
+            EOFError,
+            KeyError,
+            TypeError,
+        ) as exc:
             # pydicom decodes lazily, so a corrupt element surfaces only when it is touched.
             logger.warning("could not parse an instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem="unparseable dataset")

@@ -53,6 +53,7 @@ from petray.scp import (
     DUL_IDLE_SLEEP_S,
     PREAMBLE_AND_PREFIX,
     StoreService,
+    UnreadableInstance,
     encode_file_meta,
     install_immediate_dispatch,
     read_header,
@@ -145,7 +146,7 @@ def test_read_header_inflates_a_deflated_dataset(pet: list[Dataset]) -> None:
     deflated = compressor.compress(plain) + compressor.flush()
     ds, _ = read_header(deflated, DeflatedExplicitVRLittleEndian)
     assert ds.SOPInstanceUID == pet[0].SOPInstanceUID
-    with pytest.raises(EOFError):
+    with pytest.raises(UnreadableInstance, match="truncated"):
         read_header(deflated[: len(deflated) // 2], DeflatedExplicitVRLittleEndian)
 
 
