@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
 from actors.filter_pool import PoolWorker, sync_pool
 from actors.placement import gateway_node_id
@@ -176,7 +176,9 @@ class UnpackerActor(StageWorker):
                 if isinstance(exc.cause, PetrayError):
                     raise exc.cause from None  # not the remote traceback as the reason
                 raise
-            except RayActorError:
+            except (RayActorError, ActorUnschedulableError):
+                # Died, or lost with its node: a worker pinned to a node that is gone cannot
+                # be restarted and Ray reports it unschedulable.
                 reruns[index] += 1
                 if reruns[index] > MAX_JOB_RERUNS:
                     raise TransientError(
