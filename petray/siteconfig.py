@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from petray.db.models import Device, PostFilter, SiteConfig
 from petray.errors import ConfigurationError
 from petray.filters import FilterSpec
+from petray.hostnames import validate_host
 from petray.settings import AE_TITLE_MAX_LENGTH, Settings
 
 SITE_CONFIG_ID = 1
@@ -82,8 +83,10 @@ def add_device(
         raise ConfigurationError("device name must not be empty")
     if not 1 <= port <= 65535:
         raise ConfigurationError(f"port {port} out of range 1-65535")
-    if not host.strip():
-        raise ConfigurationError("host must not be empty")
+    try:
+        host = validate_host(host)
+    except ValueError as exc:
+        raise ConfigurationError(f"host {exc}") from None
     if not (is_source or is_destination):
         raise ConfigurationError("a device must be a source, a destination or both")
     if session.scalar(select(Device).where(Device.name == name)) is not None:
@@ -118,6 +121,7 @@ def add_filter(
     enabled: bool = True,
 ) -> PostFilter:
     """Store a post-filter (already validated by FilterSpec) for the Unpacker to apply."""
+    check_series_number_free(spec.series_number, session=session)
     row = PostFilter(
         description=spec.description,
         series_number=spec.series_number,
@@ -131,6 +135,19 @@ def add_filter(
     session.add(row)
     session.flush()
     return row
+
+
+def check_series_number_free(
+    series_number: int, *, session: Session, other_than: int | None = None
+) -> None:
+    """Two filters with one series number would send two output series numbered alike."""
+    found = session.scalar(
+        select(PostFilter).where(PostFilter.series_number == series_number).limit(1)
+    )
+    if found is not None and found.id != other_than:
+        raise ConfigurationError(
+            f"series number {series_number} is already used by filter {found.description!r}"
+        )
 
 
 def list_devices(*, session: Session) -> list[Device]:

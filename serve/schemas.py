@@ -21,6 +21,7 @@ from pydantic import (
 
 from petray.errors import ConfigurationError
 from petray.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
+from petray.hostnames import validate_host
 from petray.settings import AE_TITLE_MAX_LENGTH
 from petray.users import (
     MIN_PASSWORD_LENGTH,
@@ -201,7 +202,7 @@ class TaskAction(BaseModel):
 class DeviceCreate(Strict):
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
-    host: str = Field(min_length=1, max_length=255)
+    host: str = Field(min_length=1, max_length=255, description="host name or IP address")
     port: int = Field(ge=1, le=65535)
     is_source: bool = False
     is_destination: bool = False
@@ -217,6 +218,11 @@ class DeviceCreate(Strict):
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return _ae_title(value)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        return validate_host(value)
 
     @model_validator(mode="after")
     def _some_role(self) -> DeviceCreate:
@@ -244,6 +250,11 @@ class DeviceUpdate(Strict):
     @classmethod
     def _check_ae(cls, value: str | None) -> str | None:
         return None if value is None else _ae_title(value)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        return None if value is None else validate_host(value)
 
 
 class DevicePublic(BaseModel):

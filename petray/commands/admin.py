@@ -3,52 +3,55 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from petray import audit
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.db.models import PostFilter
 from petray.errors import ConfigurationError
 from petray.filters import FilterSpec
-from petray.settings import load_settings
-from petray.siteconfig import add_device, add_filter, list_devices, remove_device
+from petray.siteconfig import (
+    add_device,
+    add_filter,
+    effective_listener,
+    list_devices,
+    remove_device,
+)
 from petray.tasks import list_tasks
 
-
-@contextmanager
-def admin_session() -> Iterator[Session]:
-    settings = load_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    audit.configure_syslog(settings.audit_syslog)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        migrate(engine)
-        with unit_of_work(make_sessionmaker(engine)) as session:
-            yield session
-    finally:
-        engine.dispose()
+__all__ = ["admin_session", "cli_audit", "run_device", "run_filter", "run_tasks"]
+ECHO_TIMEOUT_S = 10.0
 
 
-def cli_audit(action: str, target: str, *, session: Session, **detail: object) -> None:
-    """A change made from a shell: the operating-system user is the actor."""
-    audit.record(
-        action,
-        session=session,
-        actor=getpass.getuser(),
-        source="cli",
-        target=target,
-        detail={"via": "cli", **detail},
-    )
+Row = dict[str, Any]
+
+
+def print_rows(
+    rows: list[Row],
+    *,
+    as_json: bool,
+    empty: str,
+    line: str,
+    shown: Callable[[Row], Row] = lambda row: row,
+) -> None:
+    """A listing: JSON (``[]`` when empty), or ``line`` per row (``shown`` adds display fields),
+    or the ``empty`` sentence, so an empty list never looks like a command that did nothing."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(empty)
+    else:
+        for row in rows:
+            print(line.format(**shown(row)).rstrip())
 
 
 def run_device(args: argparse.Namespace) -> int:
-    with admin_session() as session:
+    if args.action == "echo":
+        return _echo(args.name)
+    with admin_session(write=args.action != "list") as session:
         if args.action == "add":
             device = add_device(
                 session=session,
@@ -85,18 +88,49 @@ def run_device(args: argparse.Namespace) -> int:
                 }
                 for d in list_devices(session=session)
             ]
-            if getattr(args, "json", False):
-                print(json.dumps(rows, indent=2))
-            for row in [] if getattr(args, "json", False) else rows:
-                roles = ",".join(r for r in ("source", "destination") if row[r])
-                print(
-                    f"{row['name']:<20} {row['ae_title']:<16} {row['host']}:{row['port']}  {roles}"
-                )
+            print_rows(
+                rows,
+                as_json=args.json,
+                empty="no devices",
+                line="{name:<20} {ae_title:<16} {host}:{port}  {roles}",
+                shown=lambda r: {
+                    **r,
+                    "roles": ",".join(k for k in ("source", "destination") if r[k]),
+                },
+            )
     return 0
 
 
+def _echo(name: str) -> int:
+    """C-ECHO a device as the gateway would (its AE title, the device's TLS); exit 1 on failure."""
+    from petray.scu import DicomNode, echo
+    from petray.tls import device_tls
+
+    with admin_database(write=True) as (settings, session):
+        device = next((d for d in list_devices(session=session) if d.name == name), None)
+        if device is None:
+            raise ConfigurationError(f"no device named {name!r}")
+        node = DicomNode(device.ae_title, device.host, device.port, tls=device_tls(device))
+        calling_ae = effective_listener(settings, session=session).ae_title
+        device_id = device.id
+    result = echo(node, calling_ae=calling_ae, timeout_s=ECHO_TIMEOUT_S)
+    # Recorded after the association, in its own unit of work, like the console's C-ECHO.
+    with admin_session(write=True) as session:
+        cli_audit(
+            "device.echo",
+            f"{node.ae_title}@{node.host}:{node.port}",
+            session=session,
+            id=device_id,
+            calling_ae=calling_ae,
+            outcome="ok" if result.ok else "failed",
+            message=result.message,
+        )
+    print(("echo ok: " if result.ok else "echo failed: ") + result.message)
+    return 0 if result.ok else 1
+
+
 def run_filter(args: argparse.Namespace) -> int:
-    with admin_session() as session:
+    with admin_session(write=args.action != "list") as session:
         if args.action == "add":
             try:
                 spec = FilterSpec(
@@ -141,24 +175,25 @@ def run_filter(args: argparse.Namespace) -> int:
                 }
                 for f in session.scalars(select(PostFilter).order_by(PostFilter.id))
             ]
-            if getattr(args, "json", False):
-                print(json.dumps(rows, indent=2))
-            else:
-                for r in rows:
-                    print(
-                        f"{r['id']:>4} {r['description']:<24} #{r['series_number']:<6} "
-                        f"FWHM {r['fwhm_mm']:g} mm noise {r['noise_pct']:g}% {r['mode']}"
-                        f"{'' if r['enabled'] else ' (disabled)'}"
-                    )
+            print_rows(
+                rows,
+                as_json=args.json,
+                empty="no filters (one series of the denoised volume is sent)",
+                line="{id:>4} {description:<24} #{series_number:<6} FWHM {fwhm_mm:g} mm "
+                "noise {noise_pct:g}% {mode}{off}",
+                shown=lambda r: {**r, "off": "" if r["enabled"] else " (disabled)"},
+            )
     return 0
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    with admin_session() as session:
+    with admin_session(write=False) as session:
         tasks = list_tasks(session=session, limit=args.limit)
         if args.json:
             print(json.dumps([t.as_dict() for t in tasks], indent=2))
             return 0
+        if not tasks:
+            print("no tasks")
         for t in tasks:
             expected = t.expected_images if t.expected_images is not None else "?"
             line = f"{t.id}  {t.stage:<11} {t.state:<9} {t.images}/{expected} images"

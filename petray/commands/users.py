@@ -11,9 +11,9 @@ import getpass
 import os
 import sys
 
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.commands.admin import print_rows
+from petray.commands.database import admin_session, cli_audit
 from petray.errors import ConfigurationError
-from petray.settings import load_settings
 from petray.users import create_user, list_users
 
 PASSWORD_ENV = "PETRAY_PASSWORD"
@@ -34,25 +34,26 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def run_user(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        migrate(engine)
-        factory = make_sessionmaker(engine)
-        if args.action == "add":
-            password = _read_password(args)
-            with unit_of_work(factory) as session:
-                user = create_user(
-                    session=session, name=args.name, password=password, role=args.role
-                )
-                print(f"user {user.name} created with role {user.role}")
-            return 0
-        if args.action == "list":
-            with unit_of_work(factory) as session:
-                for user in list_users(session=session):
-                    print(f"{user.name}\t{user.role}\t{user.created:%Y-%m-%d %H:%M}")
-            return 0
-        raise ConfigurationError(f"unknown action {args.action!r}")
-    finally:
-        engine.dispose()
+    if args.action == "add":
+        # Read before the database is opened: a refused password changes nothing.
+        password = _read_password(args)
+        with admin_session(write=True) as session:
+            user = create_user(session=session, name=args.name, password=password, role=args.role)
+            cli_audit("user.create", f"User {user.name}", session=session, role=user.role)
+            print(f"user {user.name} created with role {user.role}")
+        return 0
+    if args.action == "list":
+        with admin_session(write=False) as session:
+            rows = [
+                {"name": u.name, "role": u.role, "created": u.created.isoformat()}
+                for u in list_users(session=session)
+            ]
+        print_rows(
+            rows,
+            as_json=args.json,
+            empty="no users (add the first admin with: petray user add NAME --admin)",
+            line="{name}\t{role}\t{when}",
+            shown=lambda r: {**r, "when": r["created"][:16].replace("T", " ")},
+        )
+        return 0
+    raise ConfigurationError(f"unknown action {args.action!r}")

@@ -1,4 +1,8 @@
-"""Post-filters: the Gaussian filters that each produce one output series (issues 4 and 5)."""
+"""Post-filters: the Gaussian filters that each produce one output series (issues 4, 5, 11).
+
+Each filter's series number is its own: two filters numbered alike would send two output
+series that a PACS shows as one.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from petray.db.models import PostFilter
+from petray.errors import ConfigurationError
+from petray.siteconfig import check_series_number_free
 from petray.users import Role
 from serve.deps import FormDep, PageOperator, SessionDep
 from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect
-from serve.routes.crud import Resource, api_router, apply_changes, page_router
+from serve.routes.crud import FieldConflict, Resource, api_router, apply_changes, page_router
 from serve.schemas import FilterCreate, FilterPublic, FilterUpdate
 
 
@@ -22,11 +28,26 @@ def list_filters(*, session: Session) -> list[PostFilter]:
     return list(session.scalars(select(PostFilter).order_by(PostFilter.series_number)))
 
 
+def _check_series_number(number: int | None, session: Session, *, other_than: int | None) -> None:
+    if number is None:
+        return
+    try:
+        check_series_number_free(number, session=session, other_than=other_than)
+    except ConfigurationError as exc:
+        raise FieldConflict("series_number", str(exc)) from None
+
+
 def create(body: FilterCreate, *, session: Session) -> PostFilter:
+    _check_series_number(body.series_number, session, other_than=None)
     row = PostFilter(**body.model_dump())
     session.add(row)
     session.flush()
     return row
+
+
+def update(row: PostFilter, body: FilterUpdate, *, session: Session) -> PostFilter:
+    _check_series_number(body.series_number, session, other_than=row.id)
+    return apply_changes(row, body, session=session)
 
 
 def _form_data(form: Mapping[str, str]) -> dict[str, object]:
@@ -42,7 +63,7 @@ FILTERS: Resource[PostFilter] = Resource(
     rows_name="filters",
     list_rows=list_filters,
     create=create,
-    update=apply_changes,
+    update=update,
     create_schema=FilterCreate,
     update_schema=FilterUpdate,
     public_schema=FilterPublic,
@@ -50,6 +71,7 @@ FILTERS: Resource[PostFilter] = Resource(
     label=lambda row: f"Filter {row.description!r}",
     form_data=_form_data,
     conflict_field="description",
+    editable=True,
 )
 api = api_router(FILTERS)
 pages = page_router(FILTERS)

@@ -72,6 +72,7 @@ RADIOPHARMACEUTICALS: Resource[Radiopharmaceutical] = Resource(
     write_role=Role.ADMIN,
     label=lambda row: f"Radiopharmaceutical {row.name}",
     form_data=_form_data,
+    editable=True,
 )
 api = api_router(RADIOPHARMACEUTICALS)
 pages = page_router(RADIOPHARMACEUTICALS)
