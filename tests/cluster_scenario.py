@@ -144,11 +144,13 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
     )
     gateway: Any = None
     try:
+        head = cluster.head_node
+        assert head is not None  # initialize_head=True
         workers = [_add_worker(cluster), _add_worker(cluster)]
-        roles = {cluster.head_node.node_id: "head"}
+        roles = {head.node_id: "head"}
         roles.update({w.node_id: f"worker-{i}" for i, w in enumerate(workers)})
         ray.init(
-            address=cluster.head_node.gcs_address,
+            address=head.gcs_address,
             namespace=NAMESPACE,
             logging_level=logging.WARNING,
             log_to_driver=False,
