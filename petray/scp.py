@@ -344,6 +344,9 @@ def read_header(
         )
     except PARSE_ERRORS as exc:
         raise UnreadableInstance(str(exc) or type(exc).__name__) from None
+    except RecursionError:
+        # pydicom reads a sequence by recursion: ~200 nested levels exhaust the stack.
+        raise UnreadableInstance("sequences nested too deep") from None
     return ds, fp.tell()
 
 

@@ -8,6 +8,7 @@ nothing accepted before is lost: a good series sent before and one sent after ar
 from __future__ import annotations
 
 import socket
+import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -505,3 +506,244 @@ def test_silent_connections_are_dropped_after_the_acse_timeout(
                 probe.close()
         assert elapsed < limits.acse_timeout_s + 5.0
         assert quick.uids() == uids_of(paths)
+
+
+# -- malformed datasets: each refused with its reason (issue 9 corpus) ----------------------------
+
+
+def only(ds: Dataset, keyword: str, syntax: UID = ExplicitVRLittleEndian) -> bytes:
+    """The encoded bytes of one element of ``ds``."""
+    single = Dataset()
+    setattr(single, keyword, getattr(ds, keyword))
+    return encode(single, syntax)
+
+
+def explicit_element(group: int, element: int, vr: str, value: bytes) -> bytes:
+    """One explicit VR little endian element, written by hand (any VR, any value)."""
+    if vr in ("OB", "OW", "OF", "SQ", "UT", "UN"):
+        return struct.pack("<HH2s2xI", group, element, vr.encode(), len(value)) + value
+    return struct.pack("<HH2sH", group, element, vr.encode(), len(value)) + value
+
+
+def swapped(keyword: str, replacement: bytes, **overrides: object) -> tuple[bytes, UID]:
+    """A good PET dataset whose element ``keyword`` is replaced by ``replacement`` bytes."""
+    ds = pet(**overrides)
+    data = encode(ds)
+    old = only(ds, keyword)
+    assert data.count(old) == 1
+    return data.replace(old, replacement), ExplicitVRLittleEndian
+
+
+def changed(syntax: UID = ExplicitVRLittleEndian, **values: object) -> tuple[bytes, UID]:
+    """A good PET dataset with some attributes set (None deletes one)."""
+    ds = pet()
+    for keyword, value in values.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return encode(ds, syntax), syntax
+
+
+def nested_sequences(depth: int, *, without: str = "") -> tuple[bytes, UID]:
+    """A private sequence nested ``depth`` deep before the pixel data (undefined lengths)."""
+    item = b""
+    for _ in range(depth):
+        inner = explicit_element(0x0009, 0x1010, "SQ", b"")[:-4] + b"\xff\xff\xff\xff"
+        item = (
+            inner + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        )
+        item += b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    ds = pet()
+    if without:
+        delattr(ds, without)
+    data = encode(ds)
+    at = data.index(b"\xe0\x7f\x10\x00")  # PixelData's tag
+    creator = explicit_element(0x0009, 0x0010, "LO", b"FUZZ")
+    return data[:at] + creator + item + data[at:], ExplicitVRLittleEndian
+
+
+def truncated(fraction: float) -> tuple[bytes, UID]:
+    data = encode(pet())
+    header = len(data) - len(pet().PixelData) - 12
+    return data[: int(header * fraction)], ExplicitVRLittleEndian
+
+
+CANNOT = StoreStatus.CANNOT_UNDERSTAND
+MISMATCH = StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+MALFORMED: dict[str, tuple[Callable[[], tuple[bytes, UID]], StoreStatus, str]] = {
+    "truncated-mid-header": (lambda: truncated(0.5), MISMATCH, "missing mandatory attributes"),
+    "truncated-in-element-header": (
+        lambda: (encode(pet())[: -(len(pet().PixelData) + 6)], ExplicitVRLittleEndian),
+        CANNOT,
+        "cannot parse dataset",
+    ),
+    "wrong-vr-rows-as-text": (
+        lambda: swapped("Rows", explicit_element(0x0028, 0x0010, "DS", b"abc ")),
+        MISMATCH,
+        "invalid attributes: Rows",
+    ),
+    "wrong-vr-spacing-as-uid": (
+        lambda: swapped("PixelSpacing", explicit_element(0x0028, 0x0030, "UI", b"1.2.3\x00")),
+        MISMATCH,
+        "PixelSpacing",
+    ),
+    "unknown-vr-in-character-set": (
+        lambda: swapped("SpecificCharacterSet", explicit_element(0x0008, 0x0005, "BS", b"XX")),
+        CANNOT,
+        "cannot parse dataset",
+    ),
+    "huge-vr-length": (
+        lambda: swapped(
+            "SeriesDescription",
+            explicit_element(0x0008, 0x103E, "UT", b"")[:-4] + b"\xf0\xff\xff\xff",
+        ),
+        # Read as the rest of the dataset: everything after it is missing.
+        MISMATCH,
+        "missing mandatory attributes: StudyInstanceUID",
+    ),
+    "sequences-nested-200-deep": (
+        lambda: nested_sequences(200),
+        CANNOT,
+        "cannot parse dataset: sequences nested too deep",
+    ),
+    "sequences-nested-20-deep-but-no-pixel-check": (
+        # Legal nesting is accepted up to the header: this one is refused for its missing UID.
+        lambda: nested_sequences(20, without="SeriesInstanceUID"),
+        MISMATCH,
+        "missing mandatory attributes: SeriesInstanceUID",
+    ),
+    "non-numeric-slice-thickness": (
+        lambda: swapped("SliceThickness", explicit_element(0x0018, 0x0050, "DS", b"abc ")),
+        MISMATCH,
+        "SliceThickness (not a number)",
+    ),
+    "non-numeric-rescale-slope": (
+        lambda: swapped("RescaleSlope", explicit_element(0x0028, 0x1053, "DS", b"x1")),
+        MISMATCH,
+        "RescaleSlope (not a number)",
+    ),
+    "nan-rescale-slope": (
+        lambda: changed(RescaleSlope="NaN"),
+        MISMATCH,
+        "RescaleSlope (not a finite number)",
+    ),
+    "negative-rescale-slope": (
+        lambda: changed(RescaleSlope="-0.5"),
+        MISMATCH,
+        "RescaleSlope (must be positive)",
+    ),
+    "zero-rescale-slope": (
+        lambda: changed(RescaleSlope="0"),
+        MISMATCH,
+        "RescaleSlope (must be positive)",
+    ),
+    "zero-spacing": (
+        lambda: changed(PixelSpacing=["0", "0"]),
+        MISMATCH,
+        "PixelSpacing (spacing must be positive)",
+    ),
+    "negative-spacing": (
+        lambda: changed(PixelSpacing=["-2", "2"]),
+        MISMATCH,
+        "PixelSpacing (spacing must be positive)",
+    ),
+    "no-study-uid": (
+        lambda: changed(StudyInstanceUID=None),
+        MISMATCH,
+        "missing mandatory attributes: StudyInstanceUID",
+    ),
+    "no-modality": (
+        lambda: changed(Modality=None),
+        MISMATCH,
+        "missing mandatory attributes: Modality",
+    ),
+    "malformed-series-uid": (
+        lambda: changed(SeriesInstanceUID="1.2.abc"),
+        MISMATCH,
+        "SeriesInstanceUID",
+    ),
+    "bits-allocated-12": (
+        lambda: changed(BitsAllocated=12),
+        MISMATCH,
+        "BitsAllocated (must be one of 8, 16, 32)",
+    ),
+    "three-samples-per-pixel": (
+        lambda: changed(SamplesPerPixel=3),
+        MISMATCH,
+        "SamplesPerPixel",
+    ),
+    "zero-rows": (lambda: changed(Rows=0), MISMATCH, "Rows (must be positive)"),
+    "orientation-not-unit": (
+        lambda: changed(ImageOrientationPatient=["2", "0", "0", "0", "1", "0"]),
+        MISMATCH,
+        "ImageOrientationPatient (direction cosines",
+    ),
+    "negative-number-of-frames": (
+        lambda: changed(NumberOfFrames="-3"),
+        MISMATCH,
+        "NumberOfFrames (must be positive)",
+    ),
+    "position-with-two-numbers": (
+        lambda: changed(ImagePositionPatient=["1", "2"]),
+        MISMATCH,
+        "ImagePositionPatient (needs 3 numbers)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_dataset_is_refused_with_its_reason(scp: Scp, tmp_path: Path, case: str) -> None:
+    build, code, phrase = MALFORMED[case]
+    data, syntax = build()
+    ds = pet()
+    bad = raw_file(
+        tmp_path / f"{case}.dcm", data, sop_instance=str(ds.SOPInstanceUID), syntax=syntax
+    )
+
+    def attack() -> None:
+        (status,) = send_files(scp.port, [bad], syntax=syntax)
+        refused_with(status, code, phrase)
+
+    survives(scp, tmp_path, attack)
+    assert scp.service.counters.refused == 1
+
+
+def test_unknown_transfer_syntax_is_refused_at_negotiation(scp: Scp, tmp_path: Path) -> None:
+    def attack() -> None:
+        ae = AE(ae_title="ATTACKER")
+        ae.acse_timeout = 10
+        ae.add_requested_context(PositronEmissionTomographyImageStorage, "1.2.3.4.5.6.7")
+        ae.add_requested_context(Verification)  # so that the association itself is accepted
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        try:
+            (pet_context,) = [
+                c
+                for c in assoc.rejected_contexts
+                if c.abstract_syntax == PositronEmissionTomographyImageStorage
+            ]
+            # PS3.8 9.3.3.2: 4 = transfer syntaxes not supported (provider rejection).
+            assert pet_context.result == 0x04
+            assert all(
+                c.abstract_syntax != PositronEmissionTomographyImageStorage
+                for c in assoc.accepted_contexts
+            )
+        finally:
+            assoc.release()
+
+    survives(scp, tmp_path, attack)
+
+
+def test_wrong_modality_is_dropped_and_counted_not_stored(scp: Scp, tmp_path: Path) -> None:
+    ds = pet()
+    ds.Modality = "CT"  # PET Image Storage that says it is CT
+    bad = raw_file(tmp_path / "ct.dcm", encode(ds), sop_instance=str(ds.SOPInstanceUID))
+
+    def attack() -> None:
+        (status,) = send_files(scp.port, [bad])
+        assert status is not None and status.Status == StoreStatus.SUCCESS  # ARCHITECTURE: dropped
+
+    survives(scp, tmp_path, attack)
+    assert scp.service.counters.ignored == 1
+    assert any("1 non-PET ignored" in log.outcome for log in scp.logs())

@@ -260,8 +260,9 @@ def _orientation(value: Any) -> tuple[float, float, float, float, float, float]:
 
 def _slope(value: Any) -> float:
     slope = _finite(value)
-    if slope == 0:
-        raise ValueError("must not be zero")
+    # Zero erases the image; a negative slope turns every activity into its opposite (issue 9).
+    if slope <= 0:
+        raise ValueError("must be positive")
     return slope
 
 

@@ -54,6 +54,7 @@ Action = Literal["retry", "restart", "cancel", "delete"]
 ACTIONS: tuple[Action, ...] = ("retry", "restart", "cancel", "delete")
 SortParam = Literal["created", "updated", "stage", "state", "sender", "images"]
 HIDDEN = "(hidden)"
+MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class TaskFilter:
     date_to: date | None = None
     sort: SortParam = "created"
     order: Literal["asc", "desc"] = "desc"
-    page: Annotated[int, Query(ge=1)] = 1
+    # Bounded so that page x page_size stays a 64-bit offset (issue 9: API fuzz, 500 on
+    # page=9223372036854775239); nobody pages through a million pages of tasks.
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50
 
     def query(self) -> TaskQuery:
