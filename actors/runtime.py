@@ -13,6 +13,7 @@ from actors.names import NAMESPACE, STAGE_ACTORS
 from petray.audit import configure_syslog
 from petray.db.engine import make_engine, make_sessionmaker
 from petray.domain import Stage
+from petray.logfile import install_log_file
 from petray.logformat import configure_logging
 from petray.settings import Settings
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 def init_actor_process(settings: Settings) -> Any:
     """Logging and the process's one engine; returns its session factory."""
     configure_logging(logging.INFO, settings.log_format)
+    install_log_file(settings.home)  # petray's own log, for the console's log page (issue 11)
     # pynetdicom logs every PDU at INFO: one line per instance is noise, not operations data.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     configure_syslog(settings.audit_syslog)  # audit events this actor records (issue 10)

@@ -50,6 +50,9 @@ class TaskQuery:
     state: str | None = None
     stage: str | None = None
     sender: str | None = None
+    # Issue 11: a technologist finds a study by patient id or accession number (exact match).
+    patient_id: str | None = None
+    accession: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     sort: SortKey = "created"
@@ -79,6 +82,9 @@ class TaskRow:
     series_description: str
     modality: str
     patient_name: str
+    patient_id: str = ""
+    accession_number: str = ""
+    study_date: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,10 @@ def _filtered(stmt: _S, query: TaskQuery) -> _S:
     if query.sender:
         pattern = f"%{query.sender.strip()}%"
         stmt = stmt.where(or_(Task.calling_ae.ilike(pattern), Task.peer_host.ilike(pattern)))
+    if query.patient_id:
+        stmt = stmt.where(Patient.patient_id == query.patient_id.strip())
+    if query.accession:
+        stmt = stmt.where(Study.accession_number == query.accession.strip())
     if query.since:
         stmt = stmt.where(Task.created >= query.since)
     if query.until:
@@ -111,8 +121,19 @@ def _filtered(stmt: _S, query: TaskQuery) -> _S:
     return stmt
 
 
+def _with_patient(stmt: _S) -> _S:
+    return (
+        stmt.join(Series, Task.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id)
+    )
+
+
 def query_tasks(query: TaskQuery, *, session: Session) -> TaskPage:
-    total = session.scalar(_filtered(select(func.count(Task.id)), query)) or 0
+    counted = select(func.count(Task.id))
+    if query.patient_id or query.accession:
+        counted = _with_patient(counted)
+    total = session.scalar(_filtered(counted, query)) or 0
     column = _SORT_COLUMNS[query.sort]
     order = column.desc() if query.descending else column.asc()
     stmt = _filtered(
@@ -130,6 +151,9 @@ def query_tasks(query: TaskQuery, *, session: Session) -> TaskPage:
             Series.description,
             Series.modality,
             Patient.name,
+            Patient.patient_id,
+            Study.accession_number,
+            Study.study_date,
         )
         .join(Series, Task.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
@@ -153,6 +177,9 @@ def query_tasks(query: TaskQuery, *, session: Session) -> TaskPage:
             series_description=r[10],
             modality=r[11],
             patient_name=r[12],
+            patient_id=r[13],
+            accession_number=r[14],
+            study_date=r[15],
         )
         for r in session.execute(stmt)
     ]

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # "text" or "json" (one JSON object per line) for the gateway's own log lines.
     log_format: str = Field(default="text", pattern="^(text|json)$")
+    # Time zone (IANA name, e.g. Europe/Madrid) in which the console shows times (issue 11);
+    # unset: the host's local zone. The database keeps UTC either way.
+    timezone: str | None = None
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
@@ -134,6 +137,21 @@ class Settings(BaseSettings):
                 f"dicom_memory_budget_mb ({self.dicom_memory_budget_mb})"
             )
         return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as Europe/Madrid)"
+            ) from None
+        return value.strip()
 
     @field_validator("ae_title")
     @classmethod

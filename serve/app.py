@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import petray
+from petray import display
 from petray.audit import configure_syslog
 from petray.errors import InvalidTransition, UnknownTask
 from petray.ports import PipelineControl
@@ -46,6 +48,7 @@ from serve.routes import (
     devices,
     filters,
     health,
+    logs,
     radiopharmaceuticals,
     tasks,
     users,
@@ -72,7 +75,18 @@ DOCS_CSP = (
 )
 
 # Modules with a REST router ``api`` and a console router ``pages``.
-RESOURCES = (auth, tasks, devices, filters, radiopharmaceuticals, config, activity, users, audit)
+RESOURCES = (
+    auth,
+    tasks,
+    devices,
+    filters,
+    radiopharmaceuticals,
+    config,
+    activity,
+    users,
+    audit,
+    logs,
+)
 
 
 class AuthenticateFirst:
@@ -212,6 +226,23 @@ def _install_docs(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _install_display(templates: Jinja2Templates, settings: Settings) -> None:
+    """Template filters that show stored values in the site's words and time zone (issue 11)."""
+    zone = display.site_zone(settings.timezone)
+
+    def when(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
+        return display.local_time(value, zone, fmt)
+
+    templates.env.filters.update(
+        when=when,
+        person=display.person_name,
+        dicom_date=display.dicom_date,
+        explain=display.explain,
+    )
+    templates.env.globals["zone_abbreviation"] = lambda: display.zone_abbreviation(zone)
+    templates.env.globals["zone_name"] = settings.timezone or "local time"
+
+
 def create_app(
     settings: Settings,
     *,
@@ -238,6 +269,7 @@ def create_app(
         pipeline=pipeline,
         templates=Jinja2Templates(directory=HERE / "templates"),
     )
+    _install_display(ctx.templates, settings)
     # Added first, so it runs inside the session middleware added next.
     app.add_middleware(AuthenticateFirst, ctx=ctx)
     app.add_middleware(

@@ -26,8 +26,10 @@ class PetrayHttp:
         from actors.control import RayPipelineControl
         from actors.ray_loopback import keep_serve_replica_on_loopback
         from petray.db.engine import make_engine, make_sessionmaker
+        from petray.logfile import install_log_file
         from serve.app import create_app
 
+        install_log_file(self._settings.home)  # the console's log page (issue 11)
         # Before Ray starts this replica's own gRPC server (issue 9: loopback only).
         keep_serve_replica_on_loopback()
         sessions = make_sessionmaker(make_engine(self._settings.resolved_database_url))

@@ -151,6 +151,9 @@ class TaskPublic(BaseModel):
     updated: datetime
     series_description: str
     patient_name: str | None = Field(None, description="null for viewers")
+    patient_id: str | None = Field(None, description="null for viewers")
+    accession_number: str | None = Field(None, description="null for viewers")
+    study_date: str = Field("", description="StudyDate as received (DICOM DA, YYYYMMDD)")
 
 
 class TaskList(BaseModel):
@@ -194,6 +197,24 @@ class TaskAction(BaseModel):
     id: str
     stage: str
     state: str
+
+
+class BulkTaskAction(Strict):
+    action: Literal["retry", "cancel", "delete"]
+    ids: list[Annotated[str, Field(pattern=TASK_ID_PATTERN)]] = Field(min_length=1, max_length=500)
+
+
+class BulkOutcome(BaseModel):
+    id: str
+    ok: bool
+    detail: str = Field(description="the new stage/state, or why the task was skipped")
+
+
+class BulkResult(BaseModel):
+    action: str
+    done: int
+    skipped: int
+    outcomes: list[BulkOutcome]
 
 
 # --- devices -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.errors import PetrayError
 from petray.gateway_lock import GatewayLock, acquire_gateway_lock
+from petray.logfile import install_log_file
 from petray.preflight import Verdict, can_run, run_checks
 from petray.production import production_problems
 from petray.radiopharm import seed_radiopharmaceuticals
@@ -62,6 +63,7 @@ def run_start(args: argparse.Namespace) -> int:
     # Before importing Ray (seconds): a second gateway on this home is refused at once with one
     # line and exit 2 (GatewayAlreadyRunning is a PetrayError), and held until this process ends.
     with acquire_gateway_lock(settings.home, settings.resolved_database_url) as lock:
+        install_log_file(settings.home)  # the same file as the actors (issue 11)
         return _serve(settings, lock)
 
 

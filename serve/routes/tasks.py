@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -35,7 +36,11 @@ from serve.deps import (
 )
 from serve.routes.audit import AuditDep, Auditor
 from serve.routes.common import day_range, flash, redirect, render
+from serve.routes.crud import MAX_ROW_ID
 from serve.schemas import (
+    BulkOutcome,
+    BulkResult,
+    BulkTaskAction,
     DestinationProgress,
     OutputSeriesPublic,
     TaskAction,
@@ -51,21 +56,34 @@ api = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 pages = APIRouter(include_in_schema=False)
 
 Action = Literal["retry", "restart", "cancel", "delete"]
+BulkAction = Literal["retry", "cancel", "delete"]
+BULK_PAST = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
 ACTIONS: tuple[Action, ...] = ("retry", "restart", "cancel", "delete")
 SortParam = Literal["created", "updated", "stage", "state", "sender", "images"]
 HIDDEN = "(hidden)"
 MAX_PAGE = 1_000_000
 
 
+def _blank_is_none(value: object) -> object:
+    # The page's filter form sends "any" as an empty value (state=&stage=&date_from=).
+    return None if value == "" else value
+
+
+E = TypeVar("E")
+Blankable = Annotated[E | None, BeforeValidator(_blank_is_none)]
+
+
 @dataclass(frozen=True)
 class TaskFilter:
     """The task list's query parameters, shared by the REST API and the Tasks page."""
 
-    state: State | None = None
-    stage: Stage | None = None
+    state: Blankable[State] = None
+    stage: Blankable[Stage] = None
     sender: Annotated[str | None, Query(max_length=64)] = None
-    date_from: date | None = None
-    date_to: date | None = None
+    patient_id: Annotated[str | None, Query(max_length=64)] = None
+    accession: Annotated[str | None, Query(max_length=16)] = None
+    date_from: Blankable[date] = None
+    date_to: Blankable[date] = None
     sort: SortParam = "created"
     order: Literal["asc", "desc"] = "desc"
     # Bounded so that page x page_size stays a 64-bit offset (issue 9: API fuzz, 500 on
@@ -79,6 +97,8 @@ class TaskFilter:
             state=self.state.value if self.state else None,
             stage=self.stage.value if self.stage else None,
             sender=self.sender or None,
+            patient_id=self.patient_id or None,
+            accession=self.accession or None,
             since=since,
             until=until,
             sort=self.sort,
@@ -93,6 +113,8 @@ class TaskFilter:
             "state": self.state.value if self.state else "",
             "stage": self.stage.value if self.stage else "",
             "sender": self.sender or "",
+            "patient_id": self.patient_id or "",
+            "accession": self.accession or "",
             "date_from": self.date_from.isoformat() if self.date_from else "",
             "date_to": self.date_to.isoformat() if self.date_to else "",
             "sort": self.sort,
@@ -121,19 +143,27 @@ def _common(task: TaskRow | Task) -> dict[str, Any]:
 
 
 def _public(row: TaskRow, user: Principal) -> TaskPublic:
+    sees = user.sees_patient_data
     return TaskPublic(
         **_common(row),
         series_description=row.series_description,
-        patient_name=row.patient_name if user.sees_patient_data else None,
+        patient_name=row.patient_name if sees else None,
+        patient_id=row.patient_id if sees else None,
+        accession_number=row.accession_number if sees else None,
+        study_date=row.study_date,
     )
 
 
 def _detail(task: Task, user: Principal) -> TaskDetail:
     series = task.series
+    study, sees = series.study, user.sees_patient_data
     return TaskDetail(
         **_common(task),
         series_description=series.description,
-        patient_name=series.study.patient.name if user.sees_patient_data else None,
+        patient_name=study.patient.name if sees else None,
+        patient_id=study.patient.patient_id if sees else None,
+        accession_number=study.accession_number if sees else None,
+        study_date=study.study_date,
         attempts=task.attempts,
         retry_attempts=task.retry_attempts,
         last_error=task.last_error,
@@ -254,6 +284,34 @@ for _action in ACTIONS:
         _action_route(_action)
 
 
+async def perform_bulk(
+    ctx: AppContext, action: BulkAction, ids: list[str], audit: Auditor
+) -> BulkResult:
+    """``action`` on each task in turn, each in its own transaction with its own audit event.
+
+    A task that cannot take the action (a done task retried, one deleted meanwhile) is
+    skipped with the reason; the others go ahead.
+    """
+    outcomes: list[BulkOutcome] = []
+    for task_id in dict.fromkeys(ids):  # once each, in the order given
+        try:
+            result = await perform(ctx, task_id, action, audit)
+        except (UnknownTask, InvalidTransition) as exc:
+            outcomes.append(BulkOutcome(id=task_id, ok=False, detail=str(exc)))
+            continue
+        after = "deleted" if result is None else f"{result.stage}/{result.state}"
+        outcomes.append(BulkOutcome(id=task_id, ok=True, detail=after))
+    done = sum(o.ok for o in outcomes)
+    return BulkResult(action=action, done=done, skipped=len(outcomes) - done, outcomes=outcomes)
+
+
+@api.post("/bulk", response_model=BulkResult, summary="Retry, cancel or delete many tasks")
+async def api_bulk(
+    body: BulkTaskAction, ctx: ContextDep, _user: ApiOperator, audit: AuditDep
+) -> BulkResult:
+    return await perform_bulk(ctx, body.action, body.ids, audit)
+
+
 @api.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def api_delete(task_id: str, ctx: ContextDep, _user: ApiOperator, audit: AuditDep) -> None:
     await perform(ctx, task_id, "delete", audit)
@@ -311,6 +369,30 @@ def task_page(
         timeline=_timeline(task),
         final=task.state in (State.DONE, State.FAILED, State.CANCELLED),
     )
+
+
+@pages.post("/tasks/bulk")
+async def tasks_bulk(
+    request: Request,
+    ctx: ContextDep,
+    _user: PageOperator,
+    form: FormDep,
+    audit: AuditDep,
+) -> RedirectResponse:
+    # Back to the list as the user left it (filters, page), which the form carries along.
+    back = "/tasks" + (f"?{form['back']}" if form.get("back", "").strip() else "")
+    action = form.get("action", "")
+    ids = [str(i) for i in (await request.form()).getlist("ids") if isinstance(i, str)]
+    if action not in BULK_PAST or not ids:
+        flash(request, "Select tasks and an action first.", kind="error")
+        return redirect(back)
+    result = await perform_bulk(ctx, cast(BulkAction, action), ids, audit)
+    message = f"{result.done} task{'s' if result.done != 1 else ''} {BULK_PAST[action]}."
+    if result.skipped:
+        reasons = "; ".join(o.detail for o in result.outcomes if not o.ok)
+        message += f" {result.skipped} skipped: {reasons}"
+    flash(request, message, kind="warn" if result.skipped else "ok")
+    return redirect(back)
 
 
 @pages.post("/tasks/{task_id}/{action}")
@@ -371,7 +453,7 @@ def mip_source(task_id: str, ctx: ContextDep, session: SessionDep, _user: PageVi
 def mip_output(
     task_id: str, output_id: int, ctx: ContextDep, session: SessionDep, _user: PageViewer
 ) -> Response:
-    output = session.get(OutputSeries, output_id)
+    output = session.get(OutputSeries, output_id) if 1 <= output_id <= MAX_ROW_ID else None
     if output is None or output.task_id != task_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such output series")
     files = mip.series_files(output.directory)
