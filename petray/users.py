@@ -305,7 +305,8 @@ def list_api_tokens(user: User, *, session: Session) -> list[ApiToken]:
 
 def revoke_api_token(token_id: int, *, session: Session, user: User | None = None) -> None:
     """Delete a token; with ``user`` given, only that user's own token."""
-    row = session.get(ApiToken, token_id)
+    # An id beyond 64 bits is no token's (not an overflow in the driver: issue 9).
+    row = session.get(ApiToken, token_id) if 0 < token_id < 2**63 else None
     if row is None or (user is not None and row.user_pk != user.id):
         raise ConfigurationError(f"no API token with id {token_id}")
     session.delete(row)

@@ -7,25 +7,30 @@ of the body was never sent.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
 
 from petray.cli import main
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.domain import Stage, State
 from petray.users import create_api_token, get_user_by_name, list_users
 from tests.peers import LOOPBACK, free_port
 from tests.test_app_helpers import (
     CALLBACK_TOKEN,
+    PASSWORDS,
     AppHarness,
     build_harness,
     csrf_of,
+    make_task,
 )
 
 MIB = 2**20
@@ -289,3 +294,242 @@ def test_cli_refuses_weak_passwords(
     with unit_of_work(make_sessionmaker(engine)) as session:
         assert list_users(session=session) == []
     engine.dispose()
+
+
+# -- the callback: only the service, only for a task that waits, only once ----------------------
+
+WAITING_TASK = "a" * 32
+WAITING_BODY = json.dumps({"task_id": WAITING_TASK})
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Iterator[AppHarness]:
+    for harness in build_harness(tmp_path):
+        make_task(harness.sessions, task_id=WAITING_TASK)  # processing, waiting for its result
+        yield harness
+
+
+CALLBACK_REFUSALS = {
+    "no-authorization": ({}, WAITING_BODY, 401),
+    "wrong-token": (
+        {"Authorization": "Bearer petray-dev-callback-token"},
+        WAITING_BODY,
+        401,
+    ),
+    "right-token-basic-scheme": (
+        {"Authorization": f"Basic {CALLBACK_TOKEN}"},
+        WAITING_BODY,
+        401,
+    ),
+    "token-prefix": (
+        {"Authorization": f"Bearer {CALLBACK_TOKEN[:-1]}"},
+        WAITING_BODY,
+        401,
+    ),
+    "token-with-suffix": (
+        {"Authorization": f"Bearer {CALLBACK_TOKEN}x"},
+        WAITING_BODY,
+        401,
+    ),
+    "empty-bearer": ({"Authorization": "Bearer "}, WAITING_BODY, 401),
+    "malformed-json": ({"Authorization": f"Bearer {CALLBACK_TOKEN}"}, '{"task_id": ', 422),
+    "json-list": ({"Authorization": f"Bearer {CALLBACK_TOKEN}"}, f'["{WAITING_TASK}"]', 422),
+    "task-id-traversal": (
+        {"Authorization": f"Bearer {CALLBACK_TOKEN}"},
+        '{"task_id": "../../etc/passwd"}',
+        422,
+    ),
+    "task-id-sql": (
+        {"Authorization": f"Bearer {CALLBACK_TOKEN}"},
+        "{\"task_id\": \"x' OR '1'='1\"}",
+        422,
+    ),
+    "unknown-task": (
+        {"Authorization": f"Bearer {CALLBACK_TOKEN}"},
+        json.dumps({"task_id": "b" * 32}),
+        404,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALLBACK_REFUSALS))
+def test_callback_refusals(hostile: AppHarness, case: str) -> None:
+    headers, body, code = CALLBACK_REFUSALS[case]
+    client = hostile.client
+    response = client.post(
+        "/process_ready", content=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == code, response.text
+    if code == 401:
+        assert response.json() == {"detail": "invalid or missing callback token"}
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert hostile.pipeline.calls == []  # nothing was started
+    # The task still waits, and the real service's callback still works.
+    good = client.post(
+        "/process_ready",
+        json={"task_id": WAITING_TASK},
+        headers={"Authorization": f"Bearer {CALLBACK_TOKEN}"},
+    )
+    assert good.status_code == 200, good.text
+    assert hostile.pipeline.calls == [("result_ready", WAITING_TASK)]
+
+
+def test_callback_token_in_the_query_string_is_not_a_token(hostile: AppHarness) -> None:
+    response = hostile.client.post(
+        f"/process_ready?token={CALLBACK_TOKEN}", json={"task_id": WAITING_TASK}
+    )
+    assert response.status_code == 401
+
+
+def test_repeated_callback_starts_the_download_once(hostile: AppHarness) -> None:
+    auth = {"Authorization": f"Bearer {CALLBACK_TOKEN}"}
+    for _ in range(5):
+        response = hostile.client.post(
+            "/process_ready", json={"task_id": WAITING_TASK}, headers=auth
+        )
+        assert response.status_code == 200
+    assert hostile.pipeline.calls == [("result_ready", WAITING_TASK)]
+
+
+def test_callback_for_a_task_not_waiting_is_a_conflict(hostile: AppHarness) -> None:
+    # Still compiling (the service cannot have its data), or already failed.
+    compiling = make_task(hostile.sessions, stage=Stage.COMPILING, state=State.ACTIVE)
+    failed = make_task(hostile.sessions, stage=Stage.SENDING, state=State.FAILED)
+    for task_id in (compiling, failed):
+        response = hostile.client.post(
+            "/process_ready",
+            json={"task_id": task_id},
+            headers={"Authorization": f"Bearer {CALLBACK_TOKEN}"},
+        )
+        assert response.status_code == 409
+        assert response.json() == {"detail": "task is not waiting for a result"}
+    assert hostile.pipeline.calls == []
+
+
+# -- console and API: roles, CSRF, odd inputs ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "body"),
+    [
+        ("viewer", "POST", "/api/v1/devices", {"name": "x"}),
+        ("viewer", "POST", "/api/v1/filters", {"description": "x"}),
+        ("viewer", "PUT", "/api/v1/config", {}),
+        ("operator", "DELETE", "/api/v1/users/1", None),
+        ("operator", "POST", "/api/v1/users", {"name": "mallory"}),
+        ("operator", "POST", "/api/v1/devices", {"name": "x"}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "body",
+)
+def test_wrong_role_is_forbidden(
+    hostile: AppHarness, role: str, method: str, path: str, body: object
+) -> None:
+    with unit_of_work(hostile.sessions) as session:
+        user = get_user_by_name(role, session=session)
+        assert user is not None
+        token = create_api_token(user, session=session)[1]
+    response = hostile.client.request(
+        method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 403, response.text
+
+
+def test_console_forms_without_csrf_are_refused(hostile: AppHarness) -> None:
+    client = hostile.login("admin")
+    form = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": "104"}
+    for data in (form, {**form, "csrf_token": "forged"}):
+        response = client.post("/devices", data={**data, "is_destination": "true"})
+        assert response.status_code == 403
+        assert "did not come from this site" in response.text
+    # With the session's cookie but without the header, the API refuses a change too.
+    response = client.post("/api/v1/devices", json={**form, "port": 104, "is_destination": True})
+    assert response.status_code == 403
+    assert response.json() == {"detail": "missing or invalid CSRF token"}
+    assert client.get("/api/v1/devices").json() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/v1/tasks", {"sender": "' OR '1'='1"}),
+        ("/api/v1/tasks", {"patient_id": "1; DROP TABLE task; --"}),
+        ("/api/v1/tasks", {"accession": "' UNION SELECT 1"}),
+        ("/api/v1/activity", {"who": "' OR 1=1 --"}),
+        ("/api/v1/audit", {"actor": "admin' --"}),
+    ],
+    ids=["sender-or", "patient-drop", "accession-union", "activity-or", "audit-comment"],
+)
+def test_sql_in_filters_is_only_text(
+    hostile: AppHarness, path: str, params: dict[str, str]
+) -> None:
+    client = hostile.login("admin")
+    response = client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    rows = response.json()
+    rows = rows.get("items", rows) if isinstance(rows, dict) else rows
+    assert rows == []  # matched as text, so nothing: the waiting task is not listed
+    everything = client.get("/api/v1/tasks").json()
+    assert WAITING_TASK in str(everything)  # and the table is still there
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tasks/..%2F..%2Fpetray.db/mip/source.png",
+        "/tasks/../../etc/passwd/mip/source.png",
+        f"/tasks/{WAITING_TASK}/mip/output/9223372036854775808.png",
+        f"/tasks/{WAITING_TASK}/mip/output/-1.png",
+        "/static/..%2F..%2Fpetray.db",
+        "/static/../../petray.db",
+        "/devices/9223372036854775808/edit",
+        "/api/v1/devices/9223372036854775808",
+        "/api/v1/filters/-5",
+    ],
+)
+def test_traversal_and_absurd_ids_are_not_found(hostile: AppHarness, path: str) -> None:
+    client = hostile.login("admin")
+    response = client.get(path)
+    assert response.status_code in (404, 422), (path, response.status_code)
+    assert b"SQLite format" not in response.content
+
+
+def test_revoking_an_absurd_token_id_is_not_found(hostile: AppHarness) -> None:
+    client = hostile.login("admin")
+    csrf = csrf_of(client.get("/account").text)
+    response = client.delete("/api/v1/tokens/9223372036854775808", headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\r\nSet-Cookie: stolen=1",
+        "//evil.example/",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/tasks%0d%0aLocation:%20https://evil.example",
+    ],
+    ids=["crlf", "protocol-relative", "backslash", "absolute", "encoded-crlf"],
+)
+def test_login_redirect_cannot_inject_headers_or_leave_the_site(
+    hostile: AppHarness, target: str
+) -> None:
+    client = hostile.client
+    token = csrf_of(client.get("/login").text)
+    response = client.post(
+        "/login",
+        data={
+            "username": "viewer",
+            "password": PASSWORDS["viewer"],
+            "csrf_token": token,
+            "next": target,
+        },
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.startswith("/") and not location.startswith("//")
+    assert "\r" not in location and "\n" not in location
+    parts = urlsplit(location)
+    assert (parts.scheme, parts.netloc) == ("", "")  # a path on this site, nothing else
+    assert "stolen" not in response.headers.get("set-cookie", "")
