@@ -173,9 +173,7 @@ def test_task_actions_and_callbacks_are_recorded_without_patient_names(
         rows = list(session.scalars(select(AuditEvent)))
     assert len(rows) >= 9
     for row in rows:
-        text = json.dumps(
-            [row.actor, row.source, row.action, row.target, row.outcome, row.detail]
-        )
+        text = json.dumps([row.actor, row.source, row.action, row.target, row.outcome, row.detail])
         assert family not in text, row.action
 
 
