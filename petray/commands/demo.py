@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,44 @@ def _port_or_free(preferred: int) -> int:
     raise RuntimeError("no free TCP port on loopback")
 
 
+Say = Callable[[str], None]
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
+
+
+@contextlib.contextmanager
+def _output_to_file(log_file: Path) -> Iterator[Say]:
+    """Everything written to this process's stdout and stderr goes to ``log_file``; yields a
+    ``say`` that still reaches the terminal (issue 11: the demo prints its progress, not Ray's).
+
+    At the file-descriptor level, because Ray prints from its own threads (Serve's INFO lines,
+    "(raylet) ... graceful_shutdown failed" at shutdown) and its child processes inherit the
+    descriptors; logging handlers keep writing to the same descriptors.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+
+    def say(message: str) -> None:
+        terminal.write(message + "\n")
+        terminal.flush()
+
+    with log_file.open("ab") as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield say
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            terminal.close()
 
 
 @contextlib.contextmanager
@@ -101,7 +139,7 @@ def _configure_site(settings: Settings, destination: DicomNode) -> None:
         )
 
 
-def _wait_for_task(settings: Settings, timeout_s: float) -> str:
+def _wait_for_task(settings: Settings, timeout_s: float, say: Say) -> str:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     deadline = time.monotonic() + timeout_s
     last = ""
@@ -119,7 +157,7 @@ def _wait_for_task(settings: Settings, timeout_s: float) -> str:
             if task.reason:
                 progress += f" ({task.reason})"
             if progress != last:
-                _say(f"  task {task.id[:8]}: {progress}")
+                say(f"  task {task.id[:8]}: {progress}")
                 last = progress
             if State(task.state) in FINAL_STATES:
                 return task.id
@@ -132,25 +170,31 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with _home(args) as home:
         settings = _demo_settings(home)
+        log_file = home / "logs" / "demo-output.log"
         # The demo runs a gateway: like `petray start`, never two on one home (issue 8).
         lock = acquire_gateway_lock(settings.home, settings.resolved_database_url)
         with lock, contextlib.ExitStack() as stack:
             prepare_storage(settings)
             _say(f"petray demo in {home}")
+            say = _say if args.verbose else stack.enter_context(_output_to_file(log_file))
             port = int(settings.remote_url.rsplit(":", 1)[1])
             reference = stack.enter_context(running_reference(settings, port=port))
-            _say(f"reference processing service: {reference.url}")
+            say(f"reference processing service: {reference.url}")
             destination = stack.enter_context(start_destination(home / "destination"))
-            _say(f"destination: {destination.describe()}")
+            say(f"destination: {destination.describe()}")
             _configure_site(settings, destination.node)
             from actors.gateway import Gateway
 
             started = time.monotonic()
+
+            def progress(step: str) -> None:
+                say(f"  gateway: {step} ({time.monotonic() - started:.1f} s)")
+
             # Actor logs stay in Ray's session logs; the demo prints its own progress.
-            gateway = Gateway(settings, log_to_driver=False, lock=lock).start()
+            gateway = Gateway(settings, log_to_driver=False, lock=lock, progress=progress).start()
             stack.callback(gateway.stop)
             listener = gateway.listener
-            _say(
+            say(
                 f"gateway up in {time.monotonic() - started:.1f} s: DICOM "
                 f"{listener['ae_title']}@127.0.0.1:{listener['port']}, console "
                 f"http://{settings.http_host}:{settings.http_port}/, Ray dashboard "
@@ -160,24 +204,27 @@ def run_demo(args: argparse.Namespace) -> int:
             files = write_series(study, home / "scanner")
             node = DicomNode(listener["ae_title"], "127.0.0.1", int(listener["port"]))
             report = send_instances(node, files, calling_ae="DEMO_SCANNER")
-            _say(f"sent {report.sent} PET slices over DICOM in {report.elapsed_s:.2f} s")
-            task_id = _wait_for_task(settings, DEMO_TIMEOUT_S)
-            return _report(settings, task_id, study, destination)
+            say(f"sent {report.sent} PET slices over DICOM in {report.elapsed_s:.2f} s")
+            task_id = _wait_for_task(settings, DEMO_TIMEOUT_S, say)
+            code = _report(settings, task_id, study, destination, say)
+            if code and not args.verbose:
+                say(f"the gateway's and Ray's output is in {log_file} (keep it with --keep)")
+            return code
     return 1
 
 
-def _report(settings: Settings, task_id: str, study: list[Any], destination: Any) -> int:
+def _report(settings: Settings, task_id: str, study: list[Any], destination: Any, say: Say) -> int:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with unit_of_work(sessions) as session:
         task = get_task(task_id, session=session)
         state, reason = task.state, task.reason
         shape = tuple(task.details.get("shape", ()))
         timings = stage_timings(task_id, session=session)
-    _say("per-stage timings:")
+    say("per-stage timings:")
     for stage, seconds in timings:
-        _say(f"  {stage:<12} {seconds:7.2f} s")
+        say(f"  {stage:<12} {seconds:7.2f} s")
     if state != State.DONE:
-        _say(f"FAILED: task ended {state}: {reason}")
+        say(f"FAILED: task ended {state}: {reason}")
         return 1
     result = read_result_archive(
         settings.work_dir / f"{task_id}.result.zip",
@@ -194,11 +241,11 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
         spacing_zyx=tuple(float(v) for v in np.asarray(_spacing(settings, task_id))),
     )
     if problems:
-        _say("FAILED verification:")
+        say("FAILED verification:")
         for problem in problems:
-            _say(f"  - {problem}")
+            say(f"  - {problem}")
         return 1
-    _say(
+    say(
         f"verified: {len(received)} series x {len(study)} instances at {destination.describe()}, "
         "same patient and study, new series UIDs, values match the service's result "
         "filtered with scipy"
