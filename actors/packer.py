@@ -11,6 +11,7 @@ from petray.archive import peak_magnitude, write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.packing import upload_metadata
+from petray.siteconfig import effective_client_id
 from petray.task_files import TaskFiles
 from petray.tasks import get_task, instance_paths
 from petray.volume import load_series_volume
@@ -25,6 +26,7 @@ class PackerActor(StageWorker):
         with unit_of_work(self.sessions) as session:
             paths = [Path(p) for p in instance_paths(task_id, session=session)]
             details = dict(get_task(task_id, session=session).details)
+            client_id = effective_client_id(self.settings, session=session)
         volume = load_series_volume(paths)
         # The volume goes into the object store once; what is archived is the read-only,
         # zero-copy view of it, and the private copy is dropped straight away.
@@ -35,9 +37,7 @@ class PackerActor(StageWorker):
         view = ray.get(volume_ref)
         archive = TaskFiles.of(self.settings, task_id).archive
         archive.parent.mkdir(parents=True, exist_ok=True)
-        metadata = upload_metadata(
-            details["processing"], task_id=task_id, client_id=self.settings.client_id
-        )
+        metadata = upload_metadata(details["processing"], task_id=task_id, client_id=client_id)
         sha256 = write_upload_archive(
             archive,
             task_id=task_id,

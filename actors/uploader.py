@@ -16,7 +16,7 @@ from petray.db.models import Task
 from petray.domain import Stage, State
 from petray.remote import RemoteClient
 from petray.shared_folder import upload
-from petray.siteconfig import effective_remote_url
+from petray.siteconfig import effective_client_id, effective_remote_url
 from petray.tasks import fail, get_task, move_to
 
 logger = logging.getLogger(__name__)
@@ -52,13 +52,12 @@ class UploaderActor(StageWorker):
             archive = Path(task.details["archive"])
             metadata = task.details["processing"]
             remote_url = effective_remote_url(self.settings, session=session)
+            client_id = effective_client_id(self.settings, session=session)
         upload(archive, self.settings.resolved_shared_dir, task_id)
         with RemoteClient(
             remote_url, self.settings.remote_token, timeout_s=self.settings.remote_timeout_s
         ) as client:
-            client.start_processing(
-                task_id=task_id, client_id=self.settings.client_id, metadata=metadata
-            )
+            client.start_processing(task_id=task_id, client_id=client_id, metadata=metadata)
         return Stage.PROCESSING
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:

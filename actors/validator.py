@@ -15,7 +15,7 @@ from petray.destinations import assign_destinations
 from petray.domain import Stage
 from petray.radiopharm import load_table
 from petray.remote import RemoteClient
-from petray.siteconfig import effective_remote_url
+from petray.siteconfig import effective_client_id, effective_remote_url
 from petray.tasks import get_task, instance_paths
 from petray.validation import build_processing_header, check_model_payload, processing_metadata
 
@@ -37,7 +37,8 @@ class ValidatorActor(StageWorker):
                 table=load_table(session=session),
             )
             shift = choose_date_shift_days(task_id)
-            payload = check_model_payload(header, client_id=self.settings.client_id)
+            client_id = effective_client_id(self.settings, session=session)
+            payload = check_model_payload(header, client_id=client_id)
             task.date_shift_days = shift
             task.radiopharmaceutical = header.radiopharmaceutical
             task.details = {

@@ -55,6 +55,11 @@ def effective_remote_url(settings: Settings, *, session: Session) -> str:
     return get_site_config(session=session).remote_url or settings.remote_url
 
 
+def effective_client_id(settings: Settings, *, session: Session) -> str:
+    """The site id the service licenses: the console's value, else PETRAY_CLIENT_ID."""
+    return get_site_config(session=session).client_id or settings.client_id
+
+
 def validate_ae_title(value: str) -> str:
     value = value.strip()
     if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:

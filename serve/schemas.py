@@ -405,7 +405,18 @@ class RadiopharmaceuticalPublic(BaseModel):
 # --- site configuration --------------------------------------------------------------------
 
 
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ClientId = Annotated[
+    str,
+    Field(
+        pattern=CLIENT_ID_PATTERN,
+        description="the site id the service licenses: letters, digits, . _ - (1-64)",
+    ),
+]
+
+
 class ConfigPublic(BaseModel):
+    client_id: str
     ae_title: str
     dicom_port: int
     remote_url: str
@@ -456,7 +467,12 @@ class RemoteUpdate(Strict):
         return _http_url(value)
 
 
+class SiteUpdate(Strict):
+    client_id: ClientId
+
+
 class ConfigUpdate(Strict):
+    client_id: ClientId | None = None
     ae_title: str | None = None
     dicom_port: int | None = Field(None, ge=1, le=65535)
     remote_url: str | None = None

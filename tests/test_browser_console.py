@@ -332,6 +332,28 @@ def test_edit_a_radiopharmaceutical(page: Page, served: Served) -> None:
         assert found is not None and found.actor == "admin"
 
 
+def test_admin_changes_the_client_id(page: Page, served: Served) -> None:
+    _login(page, "admin", PASSWORDS["admin"])
+    page.goto("/config")
+    expect(page.locator("#site #f-client_id")).to_have_value("petray-site")
+    page.fill("#site #f-client_id", "has space")
+    page.click("#site-form button[type=submit]")
+    expect(page.locator("#site #e-client_id")).to_contain_text("pattern")
+    page.fill("#site #f-client_id", "hospital-a")
+    page.click("#site-form button[type=submit]")
+    expect(page.locator(".flash")).to_contain_text("Saved.")
+    expect(page.locator("#site #f-client_id")).to_have_value("hospital-a")
+    with unit_of_work(served.harness.sessions) as session:
+        change = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "config.update")
+        ).all()[-1]
+        assert change.detail["changed"]["client_id"]["to"] == "hospital-a"
+    page.context.clear_cookies()
+    _login(page, "viewer", PASSWORDS["viewer"])
+    page.goto("/config")
+    expect(page.locator("#site #f-client_id")).to_be_disabled()
+
+
 def test_a_device_host_must_be_a_host(page: Page) -> None:
     _login(page, "admin", PASSWORDS["admin"])
     page.goto("/devices")

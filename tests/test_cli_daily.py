@@ -227,11 +227,15 @@ def test_radiopharm_and_config_from_the_shell(migrated: Cli) -> None:
     cli.refused("config", "set", "min_images=0", message="min_images")
     cli.refused("config", "set", "colour=blue", message="unknown setting colour")
     cli.refused("config", "set", "min_images", message="expected KEY=VALUE")
+    client = cli.ok("config", "set", "client_id=hospital-a").out
+    assert client.strip() == "client_id: petray-site -> hospital-a"
+    cli.refused("config", "set", "client_id=has space", message="client_id")
     shown = cli.ok("config", "show", "--json").json()
     assert isinstance(shown, dict)
     assert (shown["min_images"], shown["reply_to_sender"]) == (20, True)
+    assert shown["client_id"] == "hospital-a"
     assert "min_images             20" in cli.ok("config", "show").out
-    (update,) = _audit(cli, "config.update")
+    update, _client = _audit(cli, "config.update")
     assert update.source == "cli"
     assert update.detail["changed"]["min_images"] == {"from": 10, "to": 20}
     assert [e.action for e in _audit(cli, "radiopharmaceutical.update")] == [

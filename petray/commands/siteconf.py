@@ -19,7 +19,12 @@ from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.db.models import Radiopharmaceutical
 from petray.errors import ConfigurationError
 from petray.settings import Settings
-from petray.siteconfig import effective_listener, effective_remote_url, get_site_config
+from petray.siteconfig import (
+    effective_client_id,
+    effective_listener,
+    effective_remote_url,
+    get_site_config,
+)
 
 # Read by the listener only when it (re)starts; the console's Save restarts it at once.
 LISTENER_FIELDS = frozenset({"ae_title", "dicom_port"})
@@ -125,10 +130,11 @@ def run_radiopharm(args: argparse.Namespace) -> int:
 
 
 def config_values(settings: Settings, *, session: Session) -> dict[str, Any]:
-    """The site configuration as the console shows it (overrides applied), plus the client id."""
+    """The site configuration as the console shows it (overrides applied)."""
     config = get_site_config(session=session)
     listener = effective_listener(settings, session=session)
     return {
+        "client_id": effective_client_id(settings, session=session),
         "ae_title": listener.ae_title,
         "dicom_port": listener.port,
         "remote_url": effective_remote_url(settings, session=session),
@@ -171,7 +177,9 @@ def run_config(args: argparse.Namespace) -> int:
         known = ", ".join(ConfigUpdate.model_fields)
         raise ConfigurationError(f"unknown setting {', '.join(unknown)}; known: {known}")
     update = _validated(ConfigUpdate, dict(wanted))
-    with admin_session(write=True) as session:
+    with admin_database(write=True) as (settings, session):
+        # What the site used before, overrides applied (an unset client id is the setting's).
+        shown_before = config_values(settings, session=session)
         config = get_site_config(session=session)
         changed: dict[str, Any] = {}
         for name, value in update.model_dump(exclude_none=True).items():
@@ -185,7 +193,7 @@ def run_config(args: argparse.Namespace) -> int:
         print("nothing changed")
         return 0
     for name, change in changed.items():
-        print(f"{name}: {change['from']} -> {change['to']}")
+        print(f"{name}: {shown_before.get(name, change['from'])} -> {change['to']}")
     if set(changed) & LISTENER_FIELDS:
         print("the DICOM listener uses the new AE title/port when the gateway restarts")
     return 0

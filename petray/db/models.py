@@ -254,6 +254,8 @@ class SiteConfig(Base):
     ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH), nullable=True)
     dicom_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     remote_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The site id sent to the service (issue 11); null: PETRAY_CLIENT_ID.
+    client_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Retention (issue 10): files of done tasks go after this many days, of failed ones after
     # the second; the task rows stay as history.
     retention_done_days: Mapped[int] = mapped_column(Integer, default=7, server_default="7")

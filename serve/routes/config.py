@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from petray.errors import PetrayError
 from petray.settings import Settings
 from petray.siteconfig import (
+    effective_client_id,
     effective_listener,
     effective_remote_url,
     everyone_refused,
@@ -39,6 +40,7 @@ from serve.schemas import (
     RemoteTestPublic,
     RemoteUpdate,
     RetentionUpdate,
+    SiteUpdate,
     ThresholdsUpdate,
 )
 
@@ -68,6 +70,7 @@ def read_config(settings: Settings, *, session: Session) -> ConfigPublic:
     config = get_site_config(session=session)
     listener = effective_listener(settings, session=session)
     return ConfigPublic(
+        client_id=effective_client_id(settings, session=session),
         ae_title=listener.ae_title,
         dicom_port=listener.port,
         remote_url=effective_remote_url(settings, session=session),
@@ -165,6 +168,7 @@ def config_page(
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
+    "site": SiteUpdate,
     "listener": ListenerUpdate,
     "thresholds": ThresholdsUpdate,
     "remote": RemoteUpdate,
