@@ -23,6 +23,9 @@ from petray.filters import FilterSpec, apply_post_filter
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class FilterWorker:
+    def __init__(self) -> None:
+        self._jobs = 0
+
     def filter_series(
         self,
         denoised: np.ndarray,
@@ -40,6 +43,7 @@ class FilterWorker:
         """
         # ``denoised`` arrives as a read-only view of the object store's copy (no copy made).
         filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
+        self._jobs += 1
         if ray.get_runtime_context().get_node_id() == writer_node:
             return len(write_series(filtered, templates, job))
         return encode_series(filtered, templates, job)
@@ -59,6 +63,10 @@ class FilterWorker:
             "owndata": bool(volume.flags.owndata),
             "base_type": f"{type(base).__module__}.{type(base).__qualname__}",
         }
+
+    def jobs(self) -> int:
+        """Filters run by this incarnation (tests check that a lost node's job alone reran)."""
+        return self._jobs
 
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()

@@ -8,8 +8,10 @@ capacity, as cluster.yaml has it) and two worker nodes offering one slot each, e
 
 1. placement: the node of every actor, from the GCS actor table;
 2. one series end to end, delivered to DCMTK storescp and checked value by value;
-3. a second series: both worker nodes removed while it is being filtered, the reason it waits
-   with, a new worker node joining, and the task finished with correct values.
+3. a second series: one worker node removed while it is being filtered; only its filter
+   reruns, on the other node, and the values are correct;
+4. a third series with no filter node left: the reason it waits with, a new worker node
+   joining, and the task finished with correct values.
 
 The caller sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray 2.60 otherwise swaps 127.0.0.1 in the
 head's address for the host's own, where nothing listens (actors/ray_loopback.py).
@@ -92,6 +94,17 @@ def _placement(roles: dict[str, str]) -> list[dict[str, str]]:
     return sorted(placed, key=lambda p: p["name"])
 
 
+def _filter_workers() -> dict[str, str]:
+    """FilterWorker name -> node id, from the GCS actor table."""
+    from ray._private import state
+
+    return {
+        str(info["Name"]): str(info["Address"]["NodeID"])
+        for info in state.actors().values()
+        if info.get("State") == "ALIVE" and info.get("ActorClassName") == "FilterWorker"
+    }
+
+
 def _verify(site: dict[str, Any], task_id: str, study: list[Any], received: Path) -> list[str]:
     from petray.archive import read_result_archive
     from petray.db.engine import unit_of_work
@@ -160,7 +173,7 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
 
         # Slow enough that the removal below lands while the series is being filtered.
         filters = (
-            FilterSpec(id=None, description="Gauss 5mm", series_number=801, fwhm_mm=5.0),
+            FilterSpec(id=None, description="Gauss 200mm", series_number=801, fwhm_mm=200.0),
             FilterSpec(
                 id=None, description="Gauss 300mm", series_number=802, fwhm_mm=300.0, noise_pct=25
             ),
@@ -214,22 +227,40 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
             shutil.rmtree(dest.output_dir)
             dest.output_dir.mkdir()
 
-            # 3. every filter node lost mid-filter; a new one joins
+            # 3. one filter node lost mid-filter: only its filter reruns, on the other node
+            survivor_name = next(
+                name for name, node in _filter_workers().items() if node == workers[1].node_id
+            )
+            survivor = ray.get_actor(survivor_name, namespace=NAMESPACE)
+            jobs_before = ray.get(survivor.jobs.remote(), timeout=60)
             study, uid = send(seed=12, slices=96, size=256)
             _wait(
                 lambda: (t := task_of(uid)) is not None and t.stage == "unpacking",
                 "the second task to reach unpacking",
             )
-            time.sleep(0.3)  # the volume and templates are put; the jobs are running
+            time.sleep(0.3)  # the volume and templates are put; both filters are running
             at_removal = task_of(uid)
-            for worker in workers:
-                cluster.remove_node(worker, allow_graceful=False)
+            cluster.remove_node(workers[0], allow_graceful=False)
             report["removed"] = {"stage": at_removal.stage, "state": at_removal.state}
+            task = _wait(lambda: finished(uid), "the second task", describe=lambda: task_of(uid))
+            report["second"] = {
+                "state": task.state,
+                "reason": task.reason,
+                "sent": task.destinations[0]["sent"],
+                "problems": _verify(site, task.id, study, dest.output_dir),
+                "survivor_jobs": ray.get(survivor.jobs.remote(), timeout=60) - jobs_before,
+            }
+            shutil.rmtree(dest.output_dir)
+            dest.output_dir.mkdir()
+
+            # 4. no filter node left: the task waits with the reason; a new node joins
+            cluster.remove_node(workers[1], allow_graceful=False)
+            study, uid = send(seed=13, slices=24, size=64)
             waiting = _wait(
                 lambda: (
                     (t := task_of(uid)) is not None
                     and t.state == "waiting"
-                    and "no filter worker" in (t.last_error or t.reason)
+                    and "no node offers" in (t.last_error or t.reason)
                     and t
                 ),
                 "the task to wait for filter capacity",
@@ -241,10 +272,10 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
             roles[joined.node_id] = "worker-new"
             task = _wait(
                 lambda: finished(uid),
-                "the second task after a node joined",
+                "the third task after a node joined",
                 describe=lambda: task_of(uid),
             )
-            report["second"] = {
+            report["third"] = {
                 "state": task.state,
                 "reason": task.reason,
                 "sent": task.destinations[0]["sent"],

@@ -2,8 +2,8 @@
 
 The scenario runs in its own process (tests/cluster_scenario.py): this session already holds
 the shared local Ray and a process can ``ray.init`` only once. One run (about a minute and a
-half on 2 cores) checks placement, a task delivered with correct values, and every filter node
-lost mid-filter until a new node joins.
+half on 2 cores) checks placement, a task delivered with correct values, a filter node lost
+mid-filter (only its filter reruns), and no filter node left until a new one joins.
 """
 
 from __future__ import annotations
@@ -92,15 +92,24 @@ def test_a_task_is_delivered_with_correct_values(report: dict[str, Any]) -> None
     assert first["problems"] == []
 
 
-def test_filter_nodes_lost_mid_filter_the_task_waits_then_finishes_on_a_new_node(
-    report: dict[str, Any],
-) -> None:
+def test_a_node_lost_mid_filter_costs_only_its_filter(report: dict[str, Any]) -> None:
     assert report["removed"] == {"stage": "unpacking", "state": "active"}
-    assert "no node offers the filter_worker resource" in report["waiting_reason"]
     second = report["second"]
     assert (second["state"], second["reason"]) == ("done", "")
     assert second["sent"] == 96 * 2
     assert second["problems"] == []
+    # The surviving node ran its own filter and the lost node's, not the whole task again.
+    assert second["survivor_jobs"] == 2
+
+
+def test_without_filter_nodes_the_task_waits_then_finishes_on_a_new_node(
+    report: dict[str, Any],
+) -> None:
+    assert "no node offers the filter_worker resource" in report["waiting_reason"]
+    third = report["third"]
+    assert (third["state"], third["reason"]) == ("done", "")
+    assert third["sent"] == 24 * 2
+    assert third["problems"] == []
     # The lost nodes' workers are gone; the new node got one; nothing else moved.
     after = report["placement_after"]
     assert sorted(_nodes(after, filter_workers=True).values()) == ["worker-new"]
