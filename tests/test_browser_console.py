@@ -189,6 +189,23 @@ def test_the_list_refreshes_itself_and_pauses_while_the_user_selects(
     expect(row.locator(".state")).to_have_text("done", timeout=5_000)
 
 
+def test_a_task_page_follows_its_task_until_it_ends(page: Page, served: Served) -> None:
+    task_id = rich_task(served, stage=Stage.UNPACKING, state=State.ACTIVE)
+    _login(page, "viewer", PASSWORDS["viewer"])
+    page.goto(f"/tasks/{task_id}")
+    page.evaluate("window.__notReloaded = true")
+    expect(page.locator("#task-stage")).to_have_text("unpacking")
+    _set(served, task_id, Stage.DONE, State.DONE)
+    expect(page.locator("#task-state")).to_have_text("done", timeout=5_000)
+    expect(page.locator("#task-stage")).to_have_text("done")
+    assert page.evaluate("window.__notReloaded") is True
+    # A final task is not fetched again: nothing changes once it has ended.
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.wait_for_timeout(3_000)
+    assert not [url for url in requests if url.endswith(f"/tasks/{task_id}")], requests
+
+
 def test_bulk_retry_and_delete_with_confirmation(page: Page, served: Served) -> None:
     failed = [
         rich_task(served, stage=Stage.UPLOADING, state=State.FAILED, reason="service down")

@@ -42,4 +42,8 @@ def test_demo_prints_progress_and_no_ray_noise(tmp_path: Path) -> None:
     # Ray's and the gateway's own lines went to a file instead.
     captured = (home / "logs" / "demo-output.log").read_text()
     assert "serve" in captured
+    # petray's own log file, written by the actor processes and the Serve replica (issue 11).
+    own = (home / "logs" / "petray.log").read_text()
+    assert " INFO [" in own and " actors." in own  # level, pid, an actor module
+    assert "Doe^" not in own
     assert time.monotonic() - started < 600
