@@ -3,10 +3,10 @@
 A process can ``ray.init`` once and the test session already holds the shared local Ray, so
 tests/test_cluster.py runs this script with the virtualenv's Python and reads the JSON report it
 prints last. ``ray.cluster_utils.Cluster`` starts a head (the gateway, no ``filter_worker``
-capacity, as cluster.yaml has it) and two worker nodes offering one slot each, every node on
-127.0.0.1. The scenario:
+capacity, as cluster.yaml has it); the gateway starts there with no filter node at all, then two
+worker nodes offering one slot each join, every node on 127.0.0.1. The scenario:
 
-1. placement: the node of every actor, from the GCS actor table;
+1. placement: the node of every actor, from the GCS actor table, once the nodes joined;
 2. one series end to end, delivered to DCMTK storescp and checked value by value;
 3. a second series: one worker node removed while it is being filtered; only its filter
    reruns, on the other node, and the values are correct;
@@ -159,16 +159,13 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
     try:
         head = cluster.head_node
         assert head is not None  # initialize_head=True
-        workers = [_add_worker(cluster), _add_worker(cluster)]
         roles = {head.node_id: "head"}
-        roles.update({w.node_id: f"worker-{i}" for i, w in enumerate(workers)})
         ray.init(
             address=head.gcs_address,
             namespace=NAMESPACE,
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
-        report["nodes_up_s"] = round(time.monotonic() - started, 1)
         report["driver_node"] = roles.get(ray.get_runtime_context().get_node_id(), "?")
 
         # Slow enough that the removal below lands while the series is being filtered.
@@ -190,8 +187,20 @@ def run(workdir: Path, report: dict[str, Any]) -> None:
         ):
             sessions = prepare_site(settings, destination=(dest.aet, dest.port), filters=filters)
             site = {"settings": settings, "sessions": sessions, "filters": filters}
+            # The gateway starts before any filter node exists (it used to give up after
+            # ~160 s); the nodes that join afterwards get their workers.
             gateway = Gateway(settings, log_to_driver=False).start()
             report["gateway_started_s"] = round(time.monotonic() - started, 1)
+            report["filter_workers_at_start"] = len(_filter_workers())
+            workers = [_add_worker(cluster), _add_worker(cluster)]
+            roles.update({w.node_id: f"worker-{i}" for i, w in enumerate(workers)})
+            report["nodes_up_s"] = round(time.monotonic() - started, 1)
+            _wait(
+                lambda: len(_filter_workers()) == 2,
+                "a filter worker on each node that joined",
+                timeout_s=90,
+                describe=_filter_workers,
+            )
             report["placement"] = _placement(roles)
             port = int(gateway.listener["port"])
 

@@ -81,6 +81,8 @@ def test_io_actors_serve_and_the_driver_stay_on_the_head(report: dict[str, Any])
 def test_one_filter_worker_per_slot_on_the_worker_nodes_none_on_the_head(
     report: dict[str, Any],
 ) -> None:
+    # The gateway started without any filter capacity; the nodes joined afterwards.
+    assert report["filter_workers_at_start"] == 0
     filters = _nodes(report["placement"], filter_workers=True)
     assert sorted(filters.values()) == ["worker-0", "worker-1"], filters
 
