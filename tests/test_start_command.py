@@ -139,7 +139,11 @@ def test_one_gateway_per_home_and_no_ray_left_after_a_sigkill(tmp_path: Path) ->
         os.killpg(first.pid, signal.SIGKILL)  # the power cut: the group this test started
         first.wait(timeout=30)
         gone_after = _until_gone(home, bound_s=30)
-        assert "the gateway (pid" in (tmp_path / "first.log").read_text()  # the watchdog's line
+        # The watchdog writes its line once it has finished killing: give it a moment.
+        deadline = time.monotonic() + 10
+        while "the gateway (pid" not in (tmp_path / "first.log").read_text():
+            assert time.monotonic() < deadline, "the watchdog said nothing"
+            time.sleep(0.1)
 
         third = _start(_env(home, free_port(), free_port()), tmp_path / "third.log")
         processes.append(third)
