@@ -170,11 +170,20 @@ def _actors(actors: Sequence[ActorStatus] | None) -> list[Check]:
     return [_actor(a) for a in actors]
 
 
+# Short actor names (actors.control) of filter workers start with this.
+FILTER_WORKER = "filter_worker"
+
+
 def _actor(actor: ActorStatus) -> Check:
     restarted = f", restarted {actor.restarts} times" if actor.restarts else ""
     if not actor.alive:
         detail = actor.details.get("state") or actor.details.get("error") or ""
         reason = f"not alive ({str(detail).lower()})" if detail else "not alive"
+        if actor.name.startswith(FILTER_WORKER):
+            # Filter capacity comes and goes with the cluster's nodes (issue 12): tasks wait in
+            # unpacking with a reason and go on elsewhere; ingest and delivery are unaffected.
+            reason += ": less filtering capacity, tasks wait for it"
+            return Check(CheckKind.ACTOR, actor.name, Verdict.WARN, reason + restarted)
         return Check(CheckKind.ACTOR, actor.name, Verdict.FAIL, reason + restarted)
     if not actor.responding:
         return Check(

@@ -269,3 +269,14 @@ def test_a_destination_at_a_new_address_starts_afresh(sessions: sessionmaker[Ses
     with unit_of_work(sessions) as session:
         session.execute(update(Device).where(Device.name == "pacs").values(port=11104))
     assert facts_by_name(sessions)["pacs"].state is DeliveryState.UNKNOWN
+
+
+def test_a_lost_filter_worker_degrades_but_a_lost_pipeline_actor_is_down() -> None:
+    # Filter capacity follows the cluster's nodes (issue 12): losing one is not an outage.
+    lost = ActorStatus(name="filter_worker.ab12.0", alive=False, restarts=0)
+    facts = make_facts(actors=[*healthy_actors(), lost])
+    worker = check(facts, CheckKind.ACTOR, "filter_worker.ab12.0")
+    assert worker.verdict is Verdict.WARN and "filtering capacity" in worker.reason
+    assert assess(facts).status is Status.DEGRADED
+    dead = make_facts(actors=with_actor(1, alive=False))
+    assert assess(dead).status is Status.DOWN
