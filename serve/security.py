@@ -10,26 +10,11 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from petray.errors import ConfigurationError
+from petray.production import DEVELOPMENT_SECRETS, MIN_SECRET_LENGTH
 from petray.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Secrets that appear in docs, examples or are otherwise guessable; refused in production.
-KNOWN_DEFAULT_SECRETS = frozenset(
-    {
-        "",
-        "changeme",
-        "change-me",
-        "secret",
-        "secret-key",
-        "petray",
-        "petray-secret",
-        "petray-dev-secret",
-        "development",
-        "insecure",
-    }
-)
-MIN_SECRET_LENGTH = 32
 CSRF_SESSION_KEY = "csrf"
 CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -65,7 +50,7 @@ def resolve_secret_key(settings: Settings) -> str:
     """
     secret = settings.secret_key or ""
     if settings.production:
-        if secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+        if secret.strip().lower() in DEVELOPMENT_SECRETS:
             raise ConfigurationError(
                 "PETRAY_SECRET_KEY must be set to a private random value in production mode"
             )
@@ -74,7 +59,7 @@ def resolve_secret_key(settings: Settings) -> str:
                 f"PETRAY_SECRET_KEY must have at least {MIN_SECRET_LENGTH} characters"
             )
         return secret
-    if secret and secret.strip().lower() not in KNOWN_DEFAULT_SECRETS:
+    if secret and secret.strip().lower() not in DEVELOPMENT_SECRETS:
         return secret
     log.warning(
         "PETRAY_SECRET_KEY is not set: using a random key for this process "
