@@ -31,51 +31,6 @@ def _env(home: Path, dicom_port: int, http_port: int) -> dict[str, str]:
     }
 
 
-def test_start_serves_dicom_and_http_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    dicom_port, http_port = free_port(), free_port()
-    env = _env(tmp_path / "home", dicom_port, http_port)
-    log = (tmp_path / "start.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "petray.cli", "start"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        health = None
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{http_port}/api/v1/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        assert health is not None and health.status_code == 200, (
-            tmp_path / "start.log"
-        ).read_text()
-        echo = run_echoscu(host="127.0.0.1", port=dicom_port, called_ae="PETRAY")
-        assert echo.returncode == 0, echo.stderr
-        # "petray running" is printed once start-up is over and the shutdown handler is set.
-        while "petray running" not in (tmp_path / "start.log").read_text():
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=90) == 0
-        output = (tmp_path / "start.log").read_text()
-        assert f"PETRAY@127.0.0.1:{dicom_port}" in output
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # only the process group this test started
-            process.wait(timeout=30)
-        log.close()
-    # Once stopped, nothing listens any more.
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://127.0.0.1:{http_port}/api/v1/health", timeout=2)
-
-
 def _start(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """``petray start`` in a session of its own, like a service manager starts it."""
     with log_path.open("wb") as log:
@@ -145,14 +100,23 @@ def test_one_gateway_per_home_and_no_ray_left_after_a_sigkill(tmp_path: Path) ->
             assert time.monotonic() < deadline, "the watchdog said nothing"
             time.sleep(0.1)
 
-        third = _start(_env(home, free_port(), free_port()), tmp_path / "third.log")
+        # The next start on the same home serves DICOM and HTTP, then stops cleanly on SIGTERM.
+        dicom_port, http_port = free_port(), free_port()
+        third = _start(_env(home, dicom_port, http_port), tmp_path / "third.log")
         processes.append(third)
         _wait_running(third, tmp_path / "third.log")
         third_record, third_processes = _run_processes(home)
         assert third_record.pid == third.pid and third_record.run_id != record.run_id
         assert third_processes
+        assert f"PETRAY@127.0.0.1:{dicom_port}" in (tmp_path / "third.log").read_text()
+        echo = run_echoscu(host="127.0.0.1", port=dicom_port, called_ae="PETRAY")
+        assert echo.returncode == 0, echo.stderr
+        health = httpx.get(f"http://127.0.0.1:{http_port}/api/v1/health", timeout=10)
+        assert health.status_code == 200, health.text  # degraded: no service, no destination
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=90) == 0
+        with pytest.raises(httpx.TransportError):  # once stopped, nothing listens any more
+            httpx.get(f"http://127.0.0.1:{http_port}/api/v1/health", timeout=2)
         # A clean stop leaves nothing either (the watchdog removes slow-exiting workers).
         clean_after = _until_gone(home, bound_s=30)
         print(f"Ray gone {gone_after:.1f} s after SIGKILL, {clean_after:.1f} s after SIGTERM")
