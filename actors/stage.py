@@ -34,8 +34,6 @@ from petray.tasks import fail, get_task, move_to, record_transient_failure, runn
 logger = logging.getLogger(__name__)
 
 RUNNABLE_STATES = (State.ACTIVE.value, State.WAITING.value)
-# When the database cannot be read at (re)start, try again after this long.
-RESUME_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,9 +97,9 @@ class StageWorker:
         try:
             taken = await asyncio.to_thread(self._take_up)
         except Exception:
-            logger.exception("%s cannot read its tasks; trying again", self.stage)
-            await asyncio.sleep(RESUME_RETRY_S)
-            return await self.resume()
+            # The database is away: the rescan tries again every sweep interval.
+            logger.exception("%s cannot read its tasks yet", self.stage)
+            return 0
         if taken:
             logger.info(
                 "%s %s: took up %d tasks",
