@@ -194,6 +194,11 @@ class Device(Base):
     # A source matched on its AE title alone, from any address (issue 9): for a sender whose
     # address changes (DHCP, a cluster of modality workstations). Off, the host must match too.
     match_ae_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A destination reached over DICOMweb STOW-RS (issue 15) rather than C-STORE: the service
+    # URL, and a bearer token or "user:password" for HTTP Basic. Empty: a DIMSE device.
+    stow_url: Mapped[str] = mapped_column(Text, default="", server_default="")
+    stow_token: Mapped[str] = mapped_column(Text, default="", server_default="")
+    stow_basic: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class TaskDestination(Base):
@@ -211,6 +216,8 @@ class TaskDestination(Base):
     sent: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str] = mapped_column(Text, default="")
+    # Set for a STOW-RS destination (issue 15); empty for C-STORE.
+    stow_url: Mapped[str] = mapped_column(Text, default="", server_default="")
     task: Mapped[Task] = relationship(back_populates="destinations")
 
 
@@ -260,6 +267,14 @@ class SiteConfig(Base):
     # the second; the task rows stay as history.
     retention_done_days: Mapped[int] = mapped_column(Integer, default=7, server_default="7")
     retention_failed_days: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    # Issue 15: refuse a series without PatientWeight (off: process it, SUV not computed).
+    require_patient_weight: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # The quantitative check's alarm, in percent change against the received series; a task
+    # beyond either is held for review. Null turns that check off.
+    quant_max_activity_change_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    quant_max_suvmax_change_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Radiopharmaceutical(Base):
