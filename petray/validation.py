@@ -17,8 +17,8 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.valuerep import DA, DT, TM
 
+from petray.dicom.times import acquisition_start, injection_start, parse_date, text
 from petray.errors import ValidationFailed
 from petray.radiopharm import (
     SEED_RADIOPHARMACEUTICALS,
@@ -61,11 +61,6 @@ class ProcessingHeader:
     age_years: int | None
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
 def _positive(value: Any) -> float | None:
     try:
         number = float(value)
@@ -86,68 +81,12 @@ def _floats(value: Any, count: int) -> list[float] | None:
     return numbers
 
 
-def _naive(moment: datetime) -> datetime:
-    # DA/TM values are local wall-clock time without an offset; a DT with an offset is compared on
-    # the same wall-clock basis so the two kinds can be mixed.
-    return moment.replace(tzinfo=None)
-
-
-def _parse_dt(value: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return _naive(DT(value))
-    except ValueError:
-        return None
-
-
-def _parse_date(value: str) -> date | None:
-    if not value:
-        return None
-    try:
-        return DA(value)
-    except ValueError:
-        return None
-
-
-def _combine(date_text: str, time_text: str) -> datetime | None:
-    day = _parse_date(date_text)
-    if day is None or not time_text:
-        return None
-    try:
-        moment = TM(time_text)
-    except ValueError:
-        return None
-    return datetime.combine(day, moment.replace(tzinfo=None))
-
-
-def _acquisition_start(ds: Dataset) -> datetime | None:
-    # PS3.3 C.8.9.4.1.2 and the SUV convention use SeriesDate/SeriesTime as the decay reference.
-    return (
-        _combine(_text(ds, "SeriesDate"), _text(ds, "SeriesTime"))
-        or _parse_dt(_text(ds, "AcquisitionDateTime"))
-        or _combine(_text(ds, "AcquisitionDate"), _text(ds, "AcquisitionTime"))
-    )
-
-
-def _injection_start(item: Dataset, ds: Dataset, acquisition: datetime | None) -> datetime | None:
-    moment = _parse_dt(_text(item, "RadiopharmaceuticalStartDateTime"))
-    if moment is not None:
-        return moment
-    date_text = _text(ds, "SeriesDate") or _text(ds, "AcquisitionDate") or _text(ds, "StudyDate")
-    moment = _combine(date_text, _text(item, "RadiopharmaceuticalStartTime"))
-    if moment is not None and acquisition is not None and moment > acquisition:
-        # Only a time was given: an injection before midnight for a scan after it.
-        moment -= timedelta(days=1)
-    return moment
-
-
 def _age_years(ds: Dataset, reference: date | None) -> int | None:
-    match = _AGE.match(_text(ds, "PatientAge"))
+    match = _AGE.match(text(ds, "PatientAge"))
     if match:
         number, unit = int(match.group(1)), match.group(2)
         return number if unit == "Y" else 0
-    born = _parse_date(_text(ds, "PatientBirthDate"))
+    born = parse_date(text(ds, "PatientBirthDate"))
     if born is None or reference is None or born > reference:
         return None
     return reference.year - born.year - ((reference.month, reference.day) < (born.month, born.day))
@@ -178,8 +117,8 @@ def _codes(item: Dataset, keyword: str) -> tuple[list[str], str]:
     values: list[str] = []
     meanings: list[str] = []
     for code in item.get(keyword) or ():
-        values.append(_text(code, "CodeValue") or _text(code, "LongCodeValue"))
-        meanings.append(_text(code, "CodeMeaning"))
+        values.append(text(code, "CodeValue") or text(code, "LongCodeValue"))
+        meanings.append(text(code, "CodeMeaning"))
     return [v for v in values if v], " ".join(m for m in meanings if m)
 
 
@@ -190,15 +129,15 @@ def _quote(text: str) -> str:
 def _radiopharmaceutical(
     item: Dataset, table: Sequence[RadiopharmaceuticalSpec]
 ) -> tuple[RadiopharmaceuticalSpec | None, str | None]:
-    text = _text(item, "Radiopharmaceutical")
+    name = text(item, "Radiopharmaceutical")
     codes, code_meaning = _codes(item, "RadiopharmaceuticalCodeSequence")
     nuclide_codes, nuclide_meaning = _codes(item, "RadionuclideCodeSequence")
-    if not text and not codes and not code_meaning:
+    if not name and not codes and not code_meaning:
         return (
             None,
             "radiopharmaceutical (Radiopharmaceutical, RadiopharmaceuticalCodeSequence) missing",
         )
-    for candidate_text in (text, code_meaning):
+    for candidate_text in (name, code_meaning):
         spec = match_radiopharmaceutical(
             text=candidate_text,
             codes=codes,
@@ -208,7 +147,7 @@ def _radiopharmaceutical(
         )
         if spec is not None:
             return spec, None
-    named = text or code_meaning or ",".join(codes)
+    named = name or code_meaning or ",".join(codes)
     return None, f"unknown radiopharmaceutical '{_quote(named)}'"
 
 
@@ -241,11 +180,9 @@ def build_processing_header(
             problems.append(what)
         return value
 
-    model = need(
-        _text(ds, "ManufacturerModelName"), "scanner model (ManufacturerModelName) missing"
-    )
+    model = need(text(ds, "ManufacturerModelName"), "scanner model (ManufacturerModelName) missing")
     method = need(
-        _text(ds, "ReconstructionMethod"), "reconstruction method (ReconstructionMethod) missing"
+        text(ds, "ReconstructionMethod"), "reconstruction method (ReconstructionMethod) missing"
     )
     pixel_spacing = _floats(ds.get("PixelSpacing"), 2)
     if pixel_spacing is None or min(pixel_spacing) <= 0:
@@ -259,12 +196,12 @@ def build_processing_header(
     need(_positive(ds.get("RescaleSlope")), "rescale slope (RescaleSlope) missing or not positive")
     if _floats([ds.get("RescaleIntercept")], 1) is None:
         problems.append("rescale intercept (RescaleIntercept) missing")
-    units = _text(ds, "Units")
+    units = text(ds, "Units")
     if units != ACTIVITY_UNITS:
         problems.append(f"units (Units) must be {ACTIVITY_UNITS}, got '{_quote(units)}'")
     weight = need(_positive(ds.get("PatientWeight")), "patient weight (PatientWeight) missing")
     acquisition = need(
-        _acquisition_start(ds), "acquisition start (SeriesDate/SeriesTime) missing or invalid"
+        acquisition_start(ds), "acquisition start (SeriesDate/SeriesTime) missing or invalid"
     )
 
     spec: RadiopharmaceuticalSpec | None = None
@@ -281,7 +218,7 @@ def build_processing_header(
         if reason:
             problems.append(reason)
         injection = need(
-            _injection_start(item, ds, acquisition),
+            injection_start(item, ds, acquisition),
             "injection time (RadiopharmaceuticalStartDateTime/StartTime) missing or invalid",
         )
         dose_bq = need(
