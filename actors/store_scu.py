@@ -18,12 +18,13 @@ from petray.delivery import (
     PendingDestination,
     pending_destinations,
     record_sent,
+    send_to,
     set_destination_state,
+    with_stow_credentials,
 )
 from petray.domain import Stage
 from petray.errors import DeliveryRefused, TransientError
 from petray.outputs import output_files
-from petray.scu import send_instances
 from petray.siteconfig import effective_listener
 from petray.tasks import get_task
 from petray.tls import with_device_tls
@@ -62,8 +63,9 @@ class StoreScuActor(StageWorker):
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
             files = output_files(task)
-            destinations = with_device_tls(
-                pending_destinations(task_id, session=session), session=session
+            destinations = with_stow_credentials(
+                with_device_tls(pending_destinations(task_id, session=session), session=session),
+                session=session,
             )
             calling_ae = effective_listener(self.settings, session=session).ae_title
         if len(destinations) <= 1:
@@ -103,11 +105,10 @@ class StoreScuActor(StageWorker):
         failure: Exception | None = None
         sent, started = [0], datetime.now(UTC)
         try:
-            report = send_instances(
-                destination.node,
+            report = send_to(
+                destination,
                 files,
                 calling_ae=calling_ae,
-                skip_sop_uids=destination.already_sent,
                 on_sent=on_sent,
                 associations=ASSOCIATIONS_PER_DESTINATION,
             )
@@ -121,15 +122,15 @@ class StoreScuActor(StageWorker):
         self._m_outcomes.inc(tags={**tags, "outcome": state})
         with unit_of_work(self.sessions) as session:
             set_destination_state(destination.pk, state, reason=str(failure or ""), session=session)
-            # Issue 10: associations out are in the activity log and the audit trail.
-            node = destination.node
+            # Issue 10: associations out are in the activity log and the audit trail (a
+            # STOW-RS delivery too, issue 15: its URL stands for the peer).
             outcome = state if failure is None else f"{state}: {failure}"
             record_association(
                 AssociationLog(
                     direction="out",
                     calling_ae=calling_ae,
-                    called_ae=node.ae_title,
-                    peer_host=f"{node.host}:{node.port}",
+                    called_ae=destination.called_ae,
+                    peer_host=destination.address[:255],
                     started=started,
                     ended=datetime.now(UTC),
                     instances=sent[0],

@@ -1,14 +1,27 @@
-"""Delivery bookkeeping: per-destination progress that makes resumption duplicate-free."""
+"""Delivery bookkeeping: per-destination progress that makes resumption duplicate-free.
+
+A destination is reached by C-STORE (``petray.scu``) or, when its row has a STOW-RS URL, by
+DICOMweb (``petray.stow``, issue 15); both report each acknowledged instance through the same
+``on_sent`` so progress, resumption and the retry budget are one mechanism.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from petray.db.models import SentInstance, TaskDestination
-from petray.scu import DicomNode
+from petray.db.models import Device, SentInstance, TaskDestination
+from petray.scu import DicomNode, SendReport, send_instances
+from petray.siteconfig import list_devices
+from petray.stow import StowEndpoint, StowReport, store_instances
+from petray.tls import TlsFiles
+
+# The called "AE" of a STOW-RS delivery in the activity log and audit trail: it has none.
+STOW_CALLED_AE = "STOW-RS"
 
 
 @dataclass(frozen=True)
@@ -17,6 +30,17 @@ class PendingDestination:
     name: str
     node: DicomNode
     already_sent: frozenset[str]
+    # Set for a STOW-RS destination: then ``node`` only carries its address columns.
+    stow: StowEndpoint | None = None
+
+    @property
+    def called_ae(self) -> str:
+        return STOW_CALLED_AE if self.stow is not None else self.node.ae_title
+
+    @property
+    def address(self) -> str:
+        """Where it is, for logs and the audit trail: the URL, or host:port."""
+        return self.stow.url if self.stow is not None else f"{self.node.host}:{self.node.port}"
 
 
 def pending_destinations(task_id: str, *, session: Session) -> list[PendingDestination]:
@@ -31,6 +55,7 @@ def pending_destinations(task_id: str, *, session: Session) -> list[PendingDesti
             pk=row.id,
             name=row.name,
             node=DicomNode(ae_title=row.ae_title, host=row.host, port=row.port),
+            stow=StowEndpoint(url=row.stow_url) if row.stow_url else None,
             already_sent=frozenset(
                 session.scalars(
                     select(SentInstance.sop_instance_uid).where(
@@ -69,4 +94,60 @@ def set_destination_state(
         update(TaskDestination)
         .where(TaskDestination.id == destination_pk)
         .values(state=state, reason=reason)
+    )
+
+
+def _stow_endpoint(device: Device | None, url: str) -> StowEndpoint:
+    if device is None:
+        return StowEndpoint(url=url)
+    return StowEndpoint(
+        url=url,
+        token=device.stow_token,
+        basic=device.stow_basic,
+        tls=TlsFiles(ca=device.tls_ca, cert=device.tls_cert, key=device.tls_key),
+    )
+
+
+def with_stow_credentials(
+    destinations: list[PendingDestination], *, session: Session
+) -> list[PendingDestination]:
+    """STOW-RS destinations with their device's credentials and TLS files as they are now.
+
+    Credentials are never copied into a task's rows: they are read at every attempt (a token
+    renewed in the console is used on the next retry). The device is found by its URL, else by
+    name; a destination whose device is gone is tried without credentials.
+    """
+    devices = [d for d in list_devices(session=session) if d.stow_url]
+    by_url = {d.stow_url: d for d in devices}
+    by_name = {d.name: d for d in devices}
+    resolved = []
+    for pending in destinations:
+        if pending.stow is not None:
+            url = pending.stow.url
+            device = by_url.get(url) or by_name.get(pending.name)
+            pending = replace(pending, stow=_stow_endpoint(device, url))
+        resolved.append(pending)
+    return resolved
+
+
+def send_to(
+    destination: PendingDestination,
+    files: Sequence[Path],
+    *,
+    calling_ae: str,
+    on_sent: Callable[[str], None],
+    associations: int,
+) -> SendReport | StowReport:
+    """Deliver ``files`` to one destination by its protocol, skipping what it already has."""
+    if destination.stow is not None:
+        return store_instances(
+            destination.stow, files, skip_sop_uids=destination.already_sent, on_sent=on_sent
+        )
+    return send_instances(
+        destination.node,
+        files,
+        calling_ae=calling_ae,
+        skip_sop_uids=destination.already_sent,
+        on_sent=on_sent,
+        associations=associations,
     )

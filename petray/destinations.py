@@ -41,6 +41,7 @@ def assign_destinations(task: Task, *, session: Session) -> list[TaskDestination
             ae_title=device.ae_title,
             host=device.host,
             port=device.port,
+            stow_url=device.stow_url,
         )
         session.add(row)
         task.destinations.append(row)

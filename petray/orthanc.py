@@ -26,6 +26,9 @@ from pydicom.dataset import Dataset
 
 LOOPBACK = "127.0.0.1"
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
+# Debian's orthanc-dicomweb (issue 15): STOW-RS, QIDO-RS and WADO-RS under DICOMWEB_ROOT.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web"
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 START_ATTEMPTS = 3  # a free port can be taken by someone else between probe and bind
@@ -98,10 +101,27 @@ class OrthancPeer:
     process: subprocess.Popen[bytes]
     log_path: Path
     client: httpx.Client = field(repr=False)
+    scheme: str = "http"
 
     @property
     def http_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}"
+        return f"{self.scheme}://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (with the plugin loaded): STOW-RS posts to ``/studies``."""
+        return self.http_url + DICOMWEB_ROOT
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Orthanc's change log, oldest first (every page of it)."""
+        found: list[dict[str, Any]] = []
+        since = 0
+        while True:
+            page = self._json("GET", "/changes", params={"since": since, "limit": 1000})
+            found += page["Changes"]
+            if page["Done"]:
+                return found
+            since = page["Last"]
 
     @property
     def host(self) -> str:
@@ -213,13 +233,32 @@ def start_orthanc(
     aet: str = "ORTHANC",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    dicomweb: bool = False,
+    users: Mapping[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[OrthancPeer]:
     """Run Orthanc with a private storage in ``workdir`` until the block ends.
 
     ``modalities`` maps a name to ``(aet, host, port)``; ``config_overrides`` replaces any
     key of the generated configuration (e.g. ``{"DicomAlwaysAllowStore": False}``).
+    ``dicomweb`` loads the DICOMweb plugin; ``users`` (name -> password) turns on HTTP Basic
+    authentication (the peer's own client logs in as the first); ``tls`` is ``(PEM with the
+    server certificate and its key, CA file to verify it)`` for HTTPS.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if dicomweb:
+        extra["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        extra["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT + "/"}
+    if users:
+        extra["AuthenticationEnabled"] = True
+        extra["RegisteredUsers"] = dict(users)
+    if tls is not None:
+        extra["SslEnabled"] = True
+        extra["SslCertificate"] = str(tls[0])
+    scheme = "https" if tls is not None else "http"
+    auth = httpx.BasicAuth(*next(iter(users.items()))) if users else None
+    verify: str | bool = str(tls[1]) if tls is not None else True
     for attempt in range(START_ATTEMPTS):
         dicom_port, http_port = free_port(), free_port()
         config = _orthanc_config(
@@ -228,7 +267,7 @@ def start_orthanc(
             dicom_port=dicom_port,
             http_port=http_port,
             modalities=modalities or {},
-            overrides=config_overrides or {},
+            overrides={**extra, **(config_overrides or {})},
         )
         config_path = workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -241,7 +280,9 @@ def start_orthanc(
                 env=peer_env(),
                 cwd=workdir,
             )
-        client = httpx.Client(base_url=f"http://{LOOPBACK}:{http_port}", timeout=30.0)
+        client = httpx.Client(
+            base_url=f"{scheme}://{LOOPBACK}:{http_port}", timeout=30.0, auth=auth, verify=verify
+        )
 
         def ready(client: httpx.Client = client, port: int = dicom_port) -> bool:
             try:
@@ -266,6 +307,7 @@ def start_orthanc(
             process=process,
             log_path=log_path,
             client=client,
+            scheme=scheme,
         )
         try:
             yield peer

@@ -117,6 +117,65 @@ def add_device(
     return device
 
 
+# A STOW-RS device has no AE title: its URL stands in the address columns (host, port 0), so that
+# everything keyed on (AE title, host, port) - a task's destination rows and their unique
+# constraint, health, TLS lookup - tells two DICOMweb services apart, even on one server.
+STOW_PORT = 0
+
+
+def set_stow(device: Device, *, url: str, token: str = "", basic: str = "") -> None:
+    """Make ``device`` a STOW-RS destination at ``url`` (validated); ConfigurationError if not."""
+    from petray.stow import validate_basic, validate_stow_url, validate_token
+
+    try:
+        url, token, basic = validate_stow_url(url), validate_token(token), validate_basic(basic)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if token and basic:
+        raise ConfigurationError("give a token or user:password, not both")
+    if device.is_source:
+        raise ConfigurationError("a STOW-RS device is a destination only: it cannot send to petray")
+    device.ae_title, device.host, device.port = "", url, STOW_PORT
+    device.stow_url, device.stow_token, device.stow_basic = url, token, basic
+    # The TLS badge and with_device_tls follow the scheme; the CA/cert files stay the device's.
+    device.tls = url.startswith("https://")
+    device.is_destination = True
+
+
+def add_stow_device(
+    *,
+    session: Session,
+    name: str,
+    url: str,
+    token: str = "",
+    basic: str = "",
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
+) -> Device:
+    """A DICOMweb destination (issue 15): results are stored with STOW-RS at ``url``."""
+    name = name.strip()
+    if not name:
+        raise ConfigurationError("device name must not be empty")
+    if session.scalar(select(Device).where(Device.name == name)) is not None:
+        raise ConfigurationError(f"a device named {name!r} already exists")
+    device = Device(
+        name=name,
+        is_source=False,
+        is_destination=True,
+        tls_ca=tls_ca.strip(),
+        tls_cert=tls_cert.strip(),
+        tls_key=tls_key.strip(),
+        match_ae_only=False,
+    )
+    if bool(device.tls_cert) != bool(device.tls_key):
+        raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
+    set_stow(device, url=url, token=token, basic=basic)
+    session.add(device)
+    session.flush()
+    return device
+
+
 def add_filter(
     spec: FilterSpec,
     *,
