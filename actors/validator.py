@@ -10,12 +10,13 @@ from pydicom import dcmread
 from actors.stage import StageWorker
 from petray.assemblies import slice_spacing_mm
 from petray.db.engine import unit_of_work
+from petray.decay import read_slice_decays
 from petray.deid import choose_date_shift_days
 from petray.destinations import assign_destinations
 from petray.domain import Stage
 from petray.radiopharm import load_table
 from petray.remote import RemoteClient
-from petray.siteconfig import effective_client_id, effective_remote_url
+from petray.siteconfig import effective_client_id, effective_remote_url, get_site_config
 from petray.tasks import get_task, instance_paths
 from petray.validation import build_processing_header, check_model_payload, processing_metadata
 
@@ -27,14 +28,19 @@ class ValidatorActor(StageWorker):
 
     def handle(self, task_id: str) -> Stage | None:
         with unit_of_work(self.sessions) as session:
+            paths = [Path(p) for p in instance_paths(task_id, session=session)]
+        # Every slice's DecayFactor (a few ms a file), read before the task row is locked.
+        slice_decays = read_slice_decays(paths)
+        with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             assign_destinations(task, session=session)
             spacing = slice_spacing_mm(task_id, session=session)
-            first = Path(instance_paths(task_id, session=session)[0])
             header = build_processing_header(
-                dcmread(first, stop_before_pixels=True),
+                dcmread(paths[0], stop_before_pixels=True),
                 slice_spacing_mm=spacing,
                 table=load_table(session=session),
+                slice_decays=slice_decays,
+                require_patient_weight=get_site_config(session=session).require_patient_weight,
             )
             shift = choose_date_shift_days(task_id)
             client_id = effective_client_id(self.settings, session=session)

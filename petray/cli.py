@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--licenses", help="JSON file with the licence table")
     # Test switches (also PETRAY_REFERENCE_* variables and POST /_control at run time).
     ref.add_argument("--slow", type=float, help="extra seconds per job")
+    synth.add_argument(
+        "--units", choices=["BQML", "CNTS"], default="BQML", help="CNTS: Philips counts"
+    )
+    synth.add_argument(
+        "--decay-correction", choices=["START", "ADMIN", "NONE"], default="START"
+    )
+    synth.add_argument("--no-patient-weight", action="store_true", help="leave PatientWeight out")
     ref.add_argument("--delay", type=float, help="seconds before each answer")
     ref.add_argument("--fail-5xx", action="store_true", default=None, help="answer 503")
     ref.add_argument("--refuse", type=int, choices=[405, 406, 407], help="refuse check_model")

@@ -52,8 +52,15 @@ from petray.synth_tables import (  # noqa: F401 - re-exported: petray.synth is t
     GE_IR_NUM_SUBSETS,
     GE_PETD_CREATOR,
     GE_PETD_GROUP,
+    GE_POST_FILTER,
+    GE_POST_FILTER_PARAMETER,
+    GE_Z_FILTER_RATIO,
     N13,
     O15,
+    PHILIPS_ACTIVITY_FACTOR,
+    PHILIPS_PET_CREATOR,
+    PHILIPS_PET_GROUP,
+    PHILIPS_SUV_FACTOR,
     RB82,
     TRACERS,
     VENDORS,
@@ -78,6 +85,16 @@ SUPPORTED_TRANSFER_SYNTAXES = NATIVE | PYDICOM_ENCODED | frozenset(DCMTK_ENCODED
 
 
 BED_DURATION_S = 120
+# PS3.3 C.8.9.1.1.3: the Units and DecayCorrection a synthetic series may be written in.
+SYNTH_UNITS = ("BQML", "CNTS")
+DECAY_CORRECTIONS = ("START", "ADMIN", "NONE")
+# Philips counts: Bq/ml per rescaled stored value, a little different on every slice so that a
+# reader applying one slice's factor to the whole series is caught.
+PHILIPS_ACTIVITY_FACTOR_BASE = 3.7
+PHILIPS_ACTIVITY_FACTOR_STEP = 0.01
+GE_POST_FILTER_ON = 1
+GE_POST_FILTER_FWHM_MM = 6.4
+GE_Z_FILTER_RATIO_VALUE = 0.25
 BED_OVERLAP = 0.3
 DEFAULT_FOV_MM = 700.0
 
@@ -101,6 +118,9 @@ class SynthSpec:
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     transfer_syntax: str = ExplicitVRLittleEndian
+    units: str = "BQML"  # CNTS: Philips counts with the activity concentration scale factor
+    decay_correction: str = "START"
+    patient_weight: bool = True  # False: no PatientWeight, as some exports leave it out
 
     def __post_init__(self) -> None:
         # Strict when writing: an invalid spec fails here, not halfway through a series.
@@ -111,6 +131,12 @@ class SynthSpec:
         find_tracer(self.radiopharmaceutical)
         if self.transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES:
             raise ConfigurationError(f"unsupported transfer syntax {self.transfer_syntax}")
+        if self.units not in SYNTH_UNITS:
+            raise ConfigurationError(f"units must be one of {SYNTH_UNITS}")
+        if self.units == "CNTS" and not VENDORS[self.vendor].philips_private:
+            raise ConfigurationError("only the philips flavour stores counts (Units CNTS)")
+        if self.decay_correction not in DECAY_CORRECTIONS:
+            raise ConfigurationError(f"decay correction must be one of {DECAY_CORRECTIONS}")
         if any(i < 0 or i >= self.slices for i in self.drop):
             raise ConfigurationError("drop indices must be within 0..slices-1")
         if self.slice_spacing_mm <= 0 or (self.pixel_spacing_mm or 1.0) <= 0:
@@ -235,6 +261,10 @@ def _to_int16(values: np.ndarray) -> tuple[np.ndarray, str]:
     return pixels, slope
 
 
+def _study_day(spec: SynthSpec) -> date:
+    return date(2024, 1, 8) + timedelta(days=spec.seed % 365)
+
+
 def _patient(seed: int, study_day: date) -> _Patient:
     rng = np.random.default_rng([seed, 0x9A7])
     age_years = int(rng.integers(35, 85))
@@ -256,7 +286,7 @@ def _template(spec: SynthSpec, *, study_uid: str, series_uid: str, frame_uid: st
     """Everything shared by the slices of one series, module by module (PS3.3 A.21.3)."""
     tracer = find_tracer(spec.radiopharmaceutical)
     vendor = VENDORS[spec.vendor]
-    study_day = date(2024, 1, 8) + timedelta(days=spec.seed % 365)
+    study_day = _study_day(spec)
     patient = _patient(spec.seed, study_day)
     injection = datetime.combine(study_day, datetime.min.time()) + timedelta(hours=8, minutes=12)
     series_start = injection + timedelta(seconds=tracer.uptake_s)
@@ -281,7 +311,8 @@ def _template(spec: SynthSpec, *, study_uid: str, series_uid: str, frame_uid: st
     ds.StudyDescription = f"PET-CT WB {tracer.name}"
     ds.PatientAge = _age_string(patient.birth_date, study_day)
     ds.PatientSize = _ds_number(patient.size_m)
-    ds.PatientWeight = _ds_number(patient.weight_kg)
+    if spec.patient_weight:
+        ds.PatientWeight = _ds_number(patient.weight_kg)
     # General Series, PET Series
     ds.Modality = "PT"
     ds.SeriesInstanceUID = series_uid
@@ -290,16 +321,19 @@ def _template(spec: SynthSpec, *, study_uid: str, series_uid: str, frame_uid: st
     ds.SeriesDate = _dicom_date(study_day)
     ds.SeriesTime = _dicom_time(series_start)
     ds.BodyPartExamined = "WHOLEBODY"
-    ds.Units = "BQML"
+    ds.Units = spec.units
     ds.CountsSource = "EMISSION"
     ds.SeriesType = ["WHOLE BODY", "IMAGE"]
     if spec.number_of_slices:
         ds.NumberOfSlices = spec.slices
-    ds.CorrectedImage = list(vendor.corrected_image)
+    corrected = vendor.corrected_image
+    if spec.decay_correction == "NONE":
+        corrected = tuple(c for c in corrected if c != "DECY")
+    ds.CorrectedImage = list(corrected)
     ds.RandomsCorrectionMethod = "DLYD"
     ds.AttenuationCorrectionMethod = "measured,AC_CT"
     ds.ScatterCorrectionMethod = "Model-based"
-    ds.DecayCorrection = "START"
+    ds.DecayCorrection = spec.decay_correction
     ds.ReconstructionDiameter = _ds_number(spec.pixel_spacing * max(spec.rows, spec.cols))
     ds.ConvolutionKernel = vendor.convolution_kernel
     ds.ReconstructionMethod = vendor.reconstruction_method
@@ -363,7 +397,22 @@ def _template(spec: SynthSpec, *, study_uid: str, series_uid: str, frame_uid: st
         block = ds.private_block(GE_PETD_GROUP, GE_PETD_CREATOR, create=True)
         block.add_new(GE_IR_NUM_ITERATIONS, "SL", vendor.iterations)
         block.add_new(GE_IR_NUM_SUBSETS, "SL", vendor.subsets)
+        block.add_new(GE_POST_FILTER, "SL", GE_POST_FILTER_ON)
+        block.add_new(GE_POST_FILTER_PARAMETER, "FL", GE_POST_FILTER_FWHM_MM)
+        block.add_new(GE_Z_FILTER_RATIO, "FL", GE_Z_FILTER_RATIO_VALUE)
     return ds
+
+
+def philips_activity_factor(index: int) -> float:
+    """(7053,1009) of slice ``index`` in a synthetic Philips counts series: Bq/ml per count."""
+    return round(PHILIPS_ACTIVITY_FACTOR_BASE * (1 + PHILIPS_ACTIVITY_FACTOR_STEP * index), 6)
+
+
+def _philips_private(ds: Dataset, *, activity_factor: float | None, suv_factor: float) -> None:
+    block = ds.private_block(PHILIPS_PET_GROUP, PHILIPS_PET_CREATOR, create=True)
+    block.add_new(PHILIPS_SUV_FACTOR, "DS", _ds_number(suv_factor))
+    if activity_factor is not None:
+        block.add_new(PHILIPS_ACTIVITY_FACTOR, "DS", _ds_number(activity_factor))
 
 
 def _bed_timing(spec: SynthSpec, index: int) -> int:
@@ -383,11 +432,14 @@ def make_pet_series(spec: SynthSpec | None = None, /, **overrides: object) -> li
     series_uid = spec.series_instance_uid or _uid("series", *key)
     frame_uid = _uid("frame", *key)
     template = _template(spec, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid)
-    patient_weight_g = float(template.PatientWeight) * 1000.0
+    # The phantom's weight even when the header leaves it out: the activity stays the same.
+    patient_weight_g = _patient(spec.seed, _study_day(spec)).weight_kg * 1000.0
     # DecayCorrection START: every image is corrected to the series start, so SUV 1 is the
     # injected dose decayed to the series start, spread over the body weight (1 g ~ 1 ml).
     decay_to_start = math.exp(-math.log(2) * tracer.uptake_s / tracer.nuclide.half_life_s)
-    phantom = _Phantom(spec, tracer.dose_mbq * 1e6 * decay_to_start / patient_weight_g)
+    concentration_per_suv = tracer.dose_mbq * 1e6 * decay_to_start / patient_weight_g
+    suv_per_bqml = 1.0 / concentration_per_suv
+    phantom = _Phantom(spec, concentration_per_suv)
     series_start = datetime.strptime(template.SeriesDate + template.SeriesTime, "%Y%m%d%H%M%S.%f")
     decay_constant = math.log(2) / tracer.nuclide.half_life_s
     # Decay during one frame, and the decay-weighted mean time of the frame (PS3.3 C.8.9.4.1.5).
@@ -402,7 +454,19 @@ def make_pet_series(spec: SynthSpec | None = None, /, **overrides: object) -> li
         number = spec.slices - index if vendor.head_first_instances else index + 1
         bed_start_s = _bed_timing(spec, index) * BED_DURATION_S
         acquired = series_start + timedelta(seconds=bed_start_s)
-        pixels, slope = _to_int16(phantom.slice_values(index))
+        frame_reference_s = bed_start_s + mean_in_frame_s
+        decay_factor = math.exp(decay_constant * frame_reference_s)  # corrected to START
+        values = phantom.slice_values(index)
+        if spec.decay_correction == "ADMIN":
+            # Corrected to the injection instead: a factor of exp(lambda * uptake) larger.
+            decay_factor /= decay_to_start
+            values = values / decay_to_start
+        elif spec.decay_correction == "NONE":
+            values = values / decay_factor  # each bed as it decayed while it was acquired
+        activity_factor = philips_activity_factor(index) if spec.units == "CNTS" else None
+        if activity_factor is not None:
+            values = values / activity_factor
+        pixels, slope = _to_int16(values)
         ds = copy.deepcopy(template)
         ds.SOPInstanceUID = _uid("instance", series_uid, index)
         ds.InstanceNumber = number
@@ -411,8 +475,18 @@ def make_pet_series(spec: SynthSpec | None = None, /, **overrides: object) -> li
         ds.AcquisitionTime = _dicom_time(acquired)
         ds.ContentDate = ds.AcquisitionDate
         ds.ContentTime = ds.AcquisitionTime
-        ds.FrameReferenceTime = _ds_number(round((bed_start_s + mean_in_frame_s) * 1000, 3))
-        ds.DecayFactor = _ds_number(in_frame * math.exp(decay_constant * bed_start_s))
+        ds.FrameReferenceTime = _ds_number(round(frame_reference_s * 1000, 3))
+        if spec.decay_correction != "NONE":  # PS3.3 C.8.9.4: Type 1C, absent for NONE
+            ds.DecayFactor = _ds_number(decay_factor)
+        if vendor.philips_private:
+            # SUV per rescaled stored value, as Philips writes it for its own viewer.
+            bqml_per_value = activity_factor or 1.0
+            suv_factor = bqml_per_value * suv_per_bqml
+            if spec.decay_correction == "ADMIN":
+                suv_factor *= decay_to_start
+            elif spec.decay_correction == "NONE":
+                suv_factor *= decay_factor
+            _philips_private(ds, activity_factor=activity_factor, suv_factor=suv_factor)
         z = z_feet + index * spec.slice_spacing_mm
         x0 = -(spec.cols - 1) / 2 * spec.pixel_spacing
         y0 = -(spec.rows - 1) / 2 * spec.pixel_spacing
@@ -508,6 +582,9 @@ def run_synth_command(args: argparse.Namespace) -> int:
         number_of_slices=not args.no_number_of_slices,
         drop=_parse_drop(args.drop),
         transfer_syntax=getattr(args, "transfer_syntax", None) or ExplicitVRLittleEndian,
+        units=getattr(args, "units", "BQML"),
+        decay_correction=getattr(args, "decay_correction", "START"),
+        patient_weight=not getattr(args, "no_patient_weight", False),
     )
     paths = write_series(make_pet_series(spec), Path(args.outdir))
     print(f"wrote {len(paths)} instances to {args.outdir}")

@@ -203,6 +203,7 @@ class VendorFlavour:
     head_first_instances: bool  # InstanceNumber 1 at the head (True) or at the feet (False)
     series_description: str
     ge_private: bool = False
+    philips_private: bool = False  # the Philips PET Private Group's SUV/activity factors
 
 
 VENDORS: dict[str, VendorFlavour] = {
@@ -233,9 +234,30 @@ VENDORS: dict[str, VendorFlavour] = {
         series_description="WB VPFX-S",
         ge_private=True,
     ),
+    "philips": VendorFlavour(
+        manufacturer="Philips Medical Systems",
+        model_name="Vereos PET/CT",
+        software_versions="3.0.2",
+        station_name="VEREOS01",
+        reconstruction_method="BLOB-OS-TF 3i11s",
+        iterations=3,
+        subsets=11,
+        convolution_kernel="BLOB",
+        corrected_image=("DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM"),
+        head_first_instances=True,
+        series_description="WB CTAC",
+        philips_private=True,
+    ),
 }
 
 GE_PETD_CREATOR = "GEMS_PETD_01"
 GE_PETD_GROUP = 0x0009
 GE_IR_NUM_ITERATIONS = 0xB2  # (0009,xxB2) PET ir_num_iterations, SL
 GE_IR_NUM_SUBSETS = 0xB3  # (0009,xxB3) PET ir_num_subsets, SL
+GE_POST_FILTER = 0xBA  # (0009,xxBA) PET post_filter, SL
+GE_POST_FILTER_PARAMETER = 0xBB  # (0009,xxBB) PET post_filt_parm, FL (mm)
+GE_Z_FILTER_RATIO = 0xDC  # (0009,xxDC) PET ir_z_filter_ratio, FL
+PHILIPS_PET_CREATOR = "Philips PET Private Group"
+PHILIPS_PET_GROUP = 0x7053
+PHILIPS_SUV_FACTOR = 0x00  # (7053,xx00) SUV Scale Factor, DS
+PHILIPS_ACTIVITY_FACTOR = 0x09  # (7053,xx09) Activity Concentration Scale Factor, DS

@@ -18,6 +18,12 @@ from typing import Any
 
 from pydicom import Dataset
 
+from petray.decay import (
+    DecayFactors,
+    SliceDecay,
+    check_decay_factors,
+    decay_correction_problem,
+)
 from petray.dicom.times import acquisition_start, injection_start, parse_date, text
 from petray.errors import ValidationFailed
 from petray.radiopharm import (
@@ -26,6 +32,7 @@ from petray.radiopharm import (
     match_radiopharmaceutical,
 )
 from petray.recon import parse_iterations_subsets
+from petray.vendors import activity_factor
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +41,6 @@ CM_PER_M = 100.0
 # PatientSize is metres (PS3.3 C.7.1.3); a value above this is taken as centimetres written by
 # a misconfigured console rather than a 3 m tall patient.
 MAX_HEIGHT_M = 3.0
-ACTIVITY_UNITS = "BQML"  # PS3.3 C.8.9.1.1.3: the service expects activity concentration in Bq/ml
 ORTHONORMAL_TOLERANCE = 1e-3
 METADATA_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _AGE = re.compile(r"^(\d{3})([DWMY])$")  # PS3.5 6.2, VR AS
@@ -56,9 +62,11 @@ class ProcessingHeader:
     dose_mbq: float
     radiopharmaceutical_start: datetime
     acquisition_start: datetime
-    weight_kg: float
+    weight_kg: float | None  # None: the header has none and the site does not require it
     height_cm: float | None
     age_years: int | None
+    decay_correction: str | None = None  # START, ADMIN or NONE (petray.decay)
+    decay_factors: DecayFactors | None = None
 
 
 def _positive(value: Any) -> float | None:
@@ -160,11 +168,15 @@ def build_processing_header(
     *,
     slice_spacing_mm: float,
     table: Sequence[RadiopharmaceuticalSpec] = SEED_RADIOPHARMACEUTICALS,
+    slice_decays: Sequence[SliceDecay] = (),
+    require_patient_weight: bool = False,
 ) -> ProcessingHeader:
     """The processing header of a series from one of its instances, or ``ValidationFailed``.
 
     ``slice_spacing_mm`` is the distance between slice centres measured from the positions of the
-    whole series (the Compilator/Packer know it; one instance cannot).
+    whole series (the Compilator/Packer know it; one instance cannot); ``slice_decays`` the
+    DecayFactor of every slice, checked against the series' DecayCorrection. Without a
+    PatientWeight the series is processed (no SUV) unless the site requires one.
     """
     series_type = ds.get("SeriesType")
     if series_type and str(series_type[0]).upper() in MULTI_FRAME_SERIES_TYPES:
@@ -196,10 +208,24 @@ def build_processing_header(
     need(_positive(ds.get("RescaleSlope")), "rescale slope (RescaleSlope) missing or not positive")
     if _floats([ds.get("RescaleIntercept")], 1) is None:
         problems.append("rescale intercept (RescaleIntercept) missing")
-    units = text(ds, "Units")
-    if units != ACTIVITY_UNITS:
-        problems.append(f"units (Units) must be {ACTIVITY_UNITS}, got '{_quote(units)}'")
-    weight = need(_positive(ds.get("PatientWeight")), "patient weight (PatientWeight) missing")
+    try:
+        # Bq/ml, or a vendor's units petray converts (petray.vendors: Philips counts).
+        activity_factor(ds)
+    except ValidationFailed as exc:
+        problems.append(str(exc))
+    weight = _positive(ds.get("PatientWeight"))
+    if weight is None and require_patient_weight:
+        problems.append("patient weight (PatientWeight) missing")
+    correction = text(ds, "DecayCorrection").upper()
+    decay_factors: DecayFactors | None = None
+    if (problem := decay_correction_problem(correction)) is not None:
+        problems.append(problem)
+    else:
+        try:
+            summary = check_decay_factors(correction, slice_decays)
+            decay_factors = summary if summary.slices else None
+        except ValidationFailed as exc:
+            problems.append(str(exc))
     acquisition = need(
         acquisition_start(ds), "acquisition start (SeriesDate/SeriesTime) missing or invalid"
     )
@@ -248,9 +274,11 @@ def build_processing_header(
         dose_mbq=dose,
         radiopharmaceutical_start=injection,
         acquisition_start=acquisition,
-        weight_kg=float(weight),
+        weight_kg=weight,
         height_cm=_height_cm(ds),
         age_years=_age_years(ds, reference),
+        decay_correction=correction or None,
+        decay_factors=decay_factors,
     )
 
 
@@ -284,7 +312,17 @@ def processing_metadata(header: ProcessingHeader, *, date_shift_days: int) -> di
         "radiopharmaceutical_dose": header.dose_mbq,
         "radiopharmaceutical_start": _shifted(header.radiopharmaceutical_start, date_shift_days),
         "acquisition_start": _shifted(header.acquisition_start, date_shift_days),
-        "weight": header.weight_kg,
+        "weight": header.weight_kg,  # null: no PatientWeight, so no SUV either
         "height": header.height_cm,
         "age": header.age_years,
+        "reconstruction": reconstruction_metadata(header),
+    }
+
+
+def reconstruction_metadata(header: ProcessingHeader) -> dict[str, Any]:
+    """How the series was reconstructed and corrected, for the service to pick its model."""
+    factors = header.decay_factors
+    return {
+        "DecayCorrection": header.decay_correction,
+        "DecayFactor": factors.as_metadata() if factors is not None else None,
     }

@@ -18,7 +18,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from petray.errors import PermanentError
+from petray.errors import PermanentError, ValidationFailed
+from petray.vendors import activity_factor
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ SAME_POSITION_MM = 1e-3
 @dataclass(frozen=True, slots=True)
 class PetVolume:
     """Voxels in Bq/ml (float32, C order, axes z, y, x) and where they are in the patient.
+
+    Bq/ml whatever the vendor stored: Philips counts are converted slice by slice with their
+    activity concentration scale factor (``petray.vendors``).
 
     ``slice_paths[k]`` and ``positions[k]`` describe ``data[k]``; z grows along the slice normal.
     """
@@ -156,12 +160,19 @@ def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if not (math.isfinite(slope) and math.isfinite(intercept)):
         raise PermanentError(f"{path.name}: RescaleSlope/RescaleIntercept not finite")
+    try:
+        # Bq/ml per rescaled value: 1 for BQML, the vendor's per-slice factor for counts.
+        factor = activity_factor(ds)
+    except ValidationFailed as exc:
+        raise PermanentError(f"{path.name}: {exc}") from None
     # Written into the volume's own slice: no per-slice float64 copy is kept around.
     plane[...] = pixels
-    if slope != 1.0:
-        plane *= np.float32(slope)
     if intercept != 0.0:
+        plane *= np.float32(slope)
         plane += np.float32(intercept)
+        slope = 1.0
+    if slope * factor != 1.0:
+        plane *= np.float32(slope * factor)
     if not np.isfinite(plane).all():
         raise PermanentError(f"{path.name}: rescaled values are not finite")
 

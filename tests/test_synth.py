@@ -82,6 +82,21 @@ def test_every_file_passes_dciodvfy(tmp_path: Path, vendor: str, allowed: str | 
 
 
 @needs_dicom3tools
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"vendor": "philips", "units": "CNTS"},
+        {"vendor": "philips"},
+        {"vendor": "siemens", "decay_correction": "ADMIN", "patient_weight": False},
+        {"vendor": "siemens", "decay_correction": "NONE"},
+    ],
+)
+def test_vendor_export_flavours_pass_dciodvfy(tmp_path: Path, spec: dict[str, object]) -> None:
+    datasets = make_pet_series(slices=3, rows=16, cols=16, **spec)  # type: ignore[arg-type]
+    assert_valid(write_series(datasets, tmp_path))
+
+
+@needs_dicom3tools
 @pytest.mark.parametrize("tracer", [t.name for t in TRACERS])
 def test_every_tracer_passes_dciodvfy(tmp_path: Path, tracer: str) -> None:
     paths = write_series(
@@ -253,7 +268,9 @@ def test_tracer_table_and_lookup() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"vendor": "philips"},
+        {"vendor": "toshiba"},
+        {"units": "CNTS"},  # counts only in the philips flavour
+        {"decay_correction": "LATER"},
         {"radiopharmaceutical": "unobtainium"},
         {"drop": frozenset({99})},
         {"slices": 0},

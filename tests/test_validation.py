@@ -149,8 +149,7 @@ def _late_injection(ds: Dataset) -> None:
         (_set("RescaleSlope", "0"), "rescale slope (RescaleSlope) missing or not positive"),
         (_delete("RescaleIntercept"), "rescale intercept (RescaleIntercept) missing"),
         (_set("Units", "CNTS"), "units (Units) must be BQML, got 'CNTS'"),
-        (_delete("PatientWeight"), "patient weight (PatientWeight) missing"),
-        (_set("PatientWeight", "0"), "patient weight (PatientWeight) missing"),
+        (_set("DecayCorrection", "LATER"), "decay correction (DecayCorrection) must be one of"),
         (_delete("SeriesTime"), "acquisition start (SeriesDate/SeriesTime) missing"),
         (
             _delete("RadiopharmaceuticalInformationSequence"),
@@ -185,7 +184,7 @@ def test_every_problem_is_reported_at_once() -> None:
     del ds.PatientWeight
     del ds.PixelSpacing
     with pytest.raises(ValidationFailed) as failure:
-        build(ds)
+        build_processing_header(ds, slice_spacing_mm=2.0, require_patient_weight=True)
     assert "PatientWeight" in str(failure.value) and "PixelSpacing" in str(failure.value)
 
 
@@ -286,6 +285,7 @@ def test_processing_metadata_fields_and_date_shift() -> None:
         "weight",
         "height",
         "age",
+        "reconstruction",
     }
     assert {key: metadata[key] for key in model_fields} == model_fields
     assert metadata["radiopharmaceutical_start"] == "2024-01-27 09:15:00"
