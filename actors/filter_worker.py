@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 
 from petray.derive import EncodedSeries, SeriesJob, SliceTemplate, encode_series, write_series
 from petray.filters import FilterSpec, apply_post_filter
+from petray.quant import ActivityMetrics, measure
+
+
+@dataclass(frozen=True)
+class FilteredSeries:
+    """A finished filter job: the files' count (or the encoded files) and the volume's metrics."""
+
+    series: int | EncodedSeries
+    metrics: ActivityMetrics | None = None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -35,18 +45,24 @@ class FilterWorker:
         spacing_zyx: Sequence[float],
         job: SeriesJob,
         writer_node: str,
-    ) -> int | EncodedSeries:
+        body_threshold_bqml: float | None = None,
+    ) -> FilteredSeries:
         """Filter the volume with ``spec`` and make ``job``'s series.
 
         On ``writer_node`` (the gateway's), write the files and return their count; elsewhere
-        return them encoded for the gateway to write.
+        return them encoded for the gateway to write. With ``body_threshold_bqml``, also the
+        filtered volume's quantitative metrics (issue 15), measured here where the volume is
+        rather than moved anywhere for it.
         """
         # ``denoised`` arrives as a read-only view of the object store's copy (no copy made).
         filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
         self._jobs += 1
+        metrics = None
+        if body_threshold_bqml is not None:
+            metrics = measure(filtered, spacing_zyx, body_threshold_bqml=body_threshold_bqml)
         if ray.get_runtime_context().get_node_id() == writer_node:
-            return len(write_series(filtered, templates, job))
-        return encode_series(filtered, templates, job)
+            return FilteredSeries(len(write_series(filtered, templates, job)), metrics)
+        return FilteredSeries(encode_series(filtered, templates, job), metrics)
 
     def describe(self, volume: np.ndarray) -> dict[str, object]:
         """How ``volume`` arrived in this worker; exists only so the benchmark can prove zero-copy.

@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import ray
+from pydicom import dcmread
 
 from actors.stage import StageWorker
 from petray.archive import peak_magnitude, write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.packing import upload_metadata
+from petray.quant import body_threshold, measure
+from petray.review import QUANT, received_record
 from petray.siteconfig import effective_client_id
+from petray.suv import suv_scale
 from petray.task_files import TaskFiles
 from petray.tasks import get_task, instance_paths
 from petray.volume import load_series_volume
@@ -47,7 +51,17 @@ class PackerActor(StageWorker):
             compresslevel=self.settings.zip_compression_level,
         )
         input_peak = peak_magnitude(view)
+        # The quantitative check's reference (issue 15), on the same read-only view.
+        threshold = body_threshold(view)
+        metrics = measure(view, spacing, body_threshold_bqml=threshold)
         del view, volume_ref
+        scale = suv_scale(
+            dcmread(slice_paths[0], stop_before_pixels=True),
+            half_life_s=details["processing"].get("HalfLife"),
+        )
+        quant = received_record(
+            metrics, suv_factor=scale.factor, suv_reason=scale.reason, body_threshold=threshold
+        )
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             task.details = {
@@ -59,5 +73,6 @@ class PackerActor(StageWorker):
                 # The Unpacker bounds the result's values by it (issue 9).
                 "input_peak": input_peak,
                 "slice_paths": slice_paths,
+                QUANT: quant,
             }
         return Stage.UPLOADING

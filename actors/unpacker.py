@@ -21,14 +21,18 @@ import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
 from actors.filter_pool import PoolWorker, sync_pool
+from actors.filter_worker import FilteredSeries
 from actors.placement import gateway_node_id
 from actors.stage import StageWorker
+from petray import audit
 from petray.archive import read_result_archive
 from petray.db.engine import unit_of_work
 from petray.derive import EncodedSeries, SeriesJob, prepare_templates, write_encoded
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.outputs import BuiltSeries, clear_outputs, filters_for, record_outputs, series_job
+from petray.quant import ActivityMetrics
+from petray.review import QUANT, hold, hold_reason, judge, must_hold, site_thresholds
 from petray.settings import Settings
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
@@ -119,6 +123,10 @@ class UnpackerActor(StageWorker):
             for spec in specs
         ]
         spacing = details["spacing_zyx"]
+        # Tasks packed before issue 15 have no received metrics to compare with.
+        quant = details.get(QUANT)
+        threshold = quant["body_threshold_bqml"] if quant else None
+        measured: dict[int, ActivityMetrics] = {}
 
         def run(index: int, worker: Any) -> Any:
             # One filter job per filter; a worker runs its jobs one at a time.
@@ -130,10 +138,13 @@ class UnpackerActor(StageWorker):
                 spacing,
                 jobs[index],
                 self.node_id,
+                threshold,
             )
 
-        def collect(index: int, result: Any) -> int:
-            return _written(result, jobs[index])
+        def collect(index: int, result: FilteredSeries) -> int:
+            if result.metrics is not None:
+                measured[index] = result.metrics
+            return _written(result.series, jobs[index])
 
         counts = self._run_jobs(task_id, len(jobs), run, collect)
         built = [
@@ -141,8 +152,34 @@ class UnpackerActor(StageWorker):
             for spec, job, instances in zip(specs, jobs, counts, strict=True)
         ]
         with unit_of_work(self.sessions) as session:
-            record_outputs(get_task(task_id, session=session), built, session=session)
+            task = get_task(task_id, session=session, lock=True)
+            record_outputs(task, built, session=session)
+            if quant is not None and len(measured) == len(specs):
+                derived = [
+                    (f"#{spec.series_number} {spec.description}", spec.series_number, measured[i])
+                    for i, spec in enumerate(specs)
+                ]
+                task.details = {
+                    **task.details,
+                    QUANT: judge(quant, derived, site_thresholds(session=session)),
+                }
         return Stage.SENDING
+
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
+        """A result beyond the site's quantitative limits stops here, held for review."""
+        if target != Stage.SENDING or not must_hold(task):
+            super().on_advance(task, target, session=session)
+            return
+        hold(task, session=session)
+        audit.record(
+            "task.hold",
+            session=session,
+            actor=audit.GATEWAY,
+            target=f"task {task.id}",
+            outcome="held",
+            detail={"reason": hold_reason(task)},
+        )
+        logger.warning("task %s held for quantitative review", task.id)
 
     def _run_jobs(
         self,

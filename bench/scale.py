@@ -199,7 +199,7 @@ def _scaling(
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             k, node_id = pending.pop(ready[0])
-            result = ray.get(ready[0])
+            result = ray.get(ready[0]).series
             moved = per_node.setdefault(roles[node_id], {"jobs": 0, "in": 0, "out": 0})
             moved["jobs"] += 1
             if isinstance(result, EncodedSeries):

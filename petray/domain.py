@@ -23,6 +23,9 @@ class State(StrEnum):
     FAILED = "failed"
     DONE = "done"
     CANCELLED = "cancelled"
+    # Stopped before sending by the quantitative check (issue 15): waits for an operator to
+    # release or reject it. Not final, and never taken up again by the pipeline on its own.
+    HELD = "held"
 
 
 STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)

@@ -42,6 +42,10 @@ ACTOR_STAGES = frozenset(
 )
 
 
+# States whose event message is also the task's reason (what the console shows).
+REASONED_STATES = frozenset({State.WAITING, State.FAILED, State.CANCELLED, State.HELD})
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -85,7 +89,7 @@ def move_to(
         _clear_retries(task)
     task.stage = stage
     task.state = state
-    task.reason = message if state in (State.WAITING, State.FAILED, State.CANCELLED) else ""
+    task.reason = message if state in REASONED_STATES else ""
     task.updated = datetime.now(UTC)
     session.add(TaskEvent(task_id=task.id, stage=stage, state=state, message=message))
 
@@ -220,6 +224,13 @@ def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
         stage = Stage.UPLOADING
     if stage == Stage.DONE:
         stage = Stage.SENDING
+    if (
+        stage == Stage.SENDING
+        and (task.details or {}).get("quant", {}).get("check", {}).get("status") == "rejected"
+    ):
+        # Rejected after review: its series are not sent on a retry; they are made and
+        # checked again (with the thresholds of now).
+        stage = Stage.UNPACKING
     task.attempts += 1
     task.deadline = None
     _clear_retries(task)
@@ -274,6 +285,8 @@ class TaskSummary:
     next_attempt_at: str | None = None
     operator_retries: int = 0
     notes: str = ""
+    # The quantitative check (issue 15, petray.review): metrics, changes and its verdict.
+    quant: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -297,6 +310,7 @@ def summarize(task: Task) -> TaskSummary:
         next_attempt_at=task.next_attempt_at.isoformat() if task.next_attempt_at else None,
         operator_retries=task.attempts or 0,
         notes=task.notes or "",
+        quant=(task.details or {}).get("quant"),
         destinations=[
             {
                 "name": d.name,

@@ -1,4 +1,4 @@
-"""``petray task retry|restart|cancel|delete ID`` and ``petray wait ID`` (issue 11).
+"""``petray task retry|restart|cancel|delete|release|reject ID`` and ``petray wait ID``.
 
 The same changes as the console's buttons, recorded in the audit trail as the OS user. The
 gateway's stage actors take up a retried task at their next sweep (``PETRAY_SWEEP_INTERVAL_S``):
@@ -8,6 +8,7 @@ a shell has no handle on the running pipeline, and the database is the source of
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from petray.activity import remove_files
 from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.domain import State
 from petray.errors import UnknownTask
+from petray.review import reject, release
 from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, retry, summarize
 
@@ -26,6 +28,7 @@ EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 3
 EXIT_TIMEOUT = 4
+EXIT_HELD = 5  # held for quantitative review (issue 15): a person must release or reject it
 WAIT_POLL_S = 0.5
 
 
@@ -56,14 +59,24 @@ def run_task(args: argparse.Namespace) -> int:
         was = f"{before.stage}/{before.state}"
         if args.action == "cancel":
             cancel(task_id, session=session)
+        elif args.action == "release":
+            release(task_id, session=session, by=getpass.getuser())
+        elif args.action == "reject":
+            reject(task_id, session=session, by=getpass.getuser(), note=args.reason)
         else:
             retry(task_id, session=session, from_start=args.action == "restart")
         task = get_task(task_id, session=session)
         now = f"{task.stage}/{task.state}"
-        cli_audit(f"task.{args.action}", target, session=session, before=was, after=now)
+        reason = task.reason
+        extra = {"reason": reason} if args.action == "reject" else {}
+        cli_audit(f"task.{args.action}", target, session=session, before=was, after=now, **extra)
         sweep = settings.sweep_interval_s
     if args.action == "cancel":
         print(f"cancelled task {task_id} (was {was})")
+    elif args.action == "reject":
+        print(f"rejected task {task_id}: {reason}")
+    elif args.action == "release":
+        print(f"released task {task_id}; the gateway sends it within {sweep:g} s")
     else:
         print(
             f"task {task_id} back to work in {task.stage} (was {was}); the gateway takes it up "
@@ -96,6 +109,8 @@ def run_wait(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             if state == State.CANCELLED:
                 return EXIT_CANCELLED
+            if state == State.HELD:
+                return EXIT_HELD
             # Each poll reads committed state in a fresh transaction (no snapshot held open).
             session.rollback()
             if deadline is not None and time.monotonic() >= deadline:
