@@ -131,6 +131,23 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+# Issue 15: a task held by the quantitative check is released (sent) or rejected (failed).
+REVIEW_ACTIONS = (
+    ("release", "send a task held for quantitative review"),
+    ("reject", "fail a task held for quantitative review; its series are not sent"),
+)
+
+
+def _review_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], action: str, verb: str
+) -> argparse.ArgumentParser:
+    one = subparsers.add_parser(action, help=verb)
+    one.add_argument("id", help="task id")
+    if action == "reject":
+        one.add_argument("--reason", default="", help="why, added to the task's reason")
+    return one
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petray", description="DICOM gateway for PET imaging")
     parser.add_argument(
@@ -175,8 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--radiopharmaceutical", default="FDG", help="Radiopharmaceutical (default FDG)"
     )
     synth.add_argument(
-        "--vendor", choices=["siemens", "ge"], default="siemens", help="header style"
+        "--vendor", choices=["siemens", "ge", "philips"], default="siemens", help="header style"
     )
+    synth.add_argument(
+        "--units", choices=["BQML", "CNTS"], default="BQML", help="CNTS: Philips counts"
+    )
+    synth.add_argument(
+        "--decay-correction", choices=["START", "ADMIN", "NONE"], default="START"
+    )
+    synth.add_argument("--no-patient-weight", action="store_true", help="leave PatientWeight out")
     synth.add_argument(
         "--no-number-of-slices", action="store_true", help="leave NumberOfSlices out"
     )
@@ -194,13 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--licenses", help="JSON file with the licence table")
     # Test switches (also PETRAY_REFERENCE_* variables and POST /_control at run time).
     ref.add_argument("--slow", type=float, help="extra seconds per job")
-    synth.add_argument(
-        "--units", choices=["BQML", "CNTS"], default="BQML", help="CNTS: Philips counts"
-    )
-    synth.add_argument(
-        "--decay-correction", choices=["START", "ADMIN", "NONE"], default="START"
-    )
-    synth.add_argument("--no-patient-weight", action="store_true", help="leave PatientWeight out")
     ref.add_argument("--delay", type=float, help="seconds before each answer")
     ref.add_argument("--fail-5xx", action="store_true", default=None, help="answer 503")
     ref.add_argument("--refuse", type=int, choices=[405, 406, 407], help="refuse check_model")
@@ -289,8 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(tasks)
     tasks.add_argument("--limit", type=int, default=200, help="at most this many (default 200)")
     tasks.set_defaults(func=_cmd_tasks)
+    # ``petray tasks release|reject ID``: the same as ``petray task release|reject ID``.
+    review = tasks.add_subparsers(dest="action", required=False, metavar="[release|reject]")
+    for action, verb in REVIEW_ACTIONS:
+        _review_parser(review, action, verb).set_defaults(func=_cmd_task)
 
-    task = sub.add_parser("task", help="one task: show, retry, restart, cancel or delete")
+    task = sub.add_parser(
+        "task", help="one task: show, retry, restart, cancel, delete, release or reject"
+    )
     tsub = task.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, verb in (
         ("show", "print the task"),
@@ -303,13 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
         one.add_argument("id", help="task id")
         if action == "show":
             _add_json(one)
+    for action, verb in REVIEW_ACTIONS:
+        _review_parser(tsub, action, verb)
     task.set_defaults(func=_cmd_task)
 
     wait = sub.add_parser(
         "wait",
-        help="wait for a task to end; exit 0 done, 1 failed, 3 cancelled, 4 timeout",
+        help="wait for a task to end; exit 0 done, 1 failed, 3 cancelled, 4 timeout, 5 held",
         description="Print the task's stage as it moves and exit when it ends: 0 done, "
-        "1 failed, 3 cancelled, 4 still running at --timeout, 2 unknown task.",
+        "1 failed, 3 cancelled, 4 still running at --timeout, 5 held for quantitative review, "
+        "2 unknown task.",
     )
     wait.add_argument("id", help="task id")
     wait.add_argument("--timeout", type=float, help="give up after this many seconds")
