@@ -32,6 +32,7 @@ from petray.radiopharm import (
     match_radiopharmaceutical,
 )
 from petray.recon import parse_iterations_subsets
+from petray.reconstruction import RECONSTRUCTION_FIELDS, RECONSTRUCTION_KEY, reconstruction_details
 from petray.vendors import activity_factor
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class ProcessingHeader:
     age_years: int | None
     decay_correction: str | None = None  # START, ADMIN or NONE (petray.decay)
     decay_factors: DecayFactors | None = None
+    # Allow-listed, de-identified reconstruction details (petray.reconstruction).
+    reconstruction: dict[str, Any] | None = None
 
 
 def _positive(value: Any) -> float | None:
@@ -279,6 +282,9 @@ def build_processing_header(
         age_years=_age_years(ds, reference),
         decay_correction=correction or None,
         decay_factors=decay_factors,
+        reconstruction=reconstruction_details(
+            ds, decay_correction=correction or None, decay_factors=decay_factors
+        ),
     )
 
 
@@ -315,14 +321,6 @@ def processing_metadata(header: ProcessingHeader, *, date_shift_days: int) -> di
         "weight": header.weight_kg,  # null: no PatientWeight, so no SUV either
         "height": header.height_cm,
         "age": header.age_years,
-        "reconstruction": reconstruction_metadata(header),
-    }
-
-
-def reconstruction_metadata(header: ProcessingHeader) -> dict[str, Any]:
-    """How the series was reconstructed and corrected, for the service to pick its model."""
-    factors = header.decay_factors
-    return {
-        "DecayCorrection": header.decay_correction,
-        "DecayFactor": factors.as_metadata() if factors is not None else None,
+        # How the series was reconstructed and corrected, for the service to pick its model.
+        RECONSTRUCTION_KEY: dict(header.reconstruction or dict.fromkeys(RECONSTRUCTION_FIELDS)),
     }

@@ -6,12 +6,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from petray.archive import write_upload_archive
+from petray.decay import read_slice_decays
 from petray.deid import choose_date_shift_days, identifying_values
 from petray.packing import upload_metadata
 from petray.radiopharm import SEED_RADIOPHARMACEUTICALS
+from petray.reconstruction import RECONSTRUCTION_FIELDS
 from petray.synth import make_pet_series, write_series
 from petray.validation import build_processing_header, processing_metadata
 from petray.volume import load_series_volume
@@ -71,6 +73,70 @@ def test_upload_archive_carries_no_identifying_value(tmp_path: Path, vendor: str
     assert leaked == []
     with zipfile.ZipFile(archive) as zf:
         assert sorted(zf.namelist()) == sorted([f"{TASK_ID}.npy", "metadata.json"])
+
+
+def _identity_everywhere(ds: Dataset, patient_id: str) -> None:
+    """Identity typed into every reconstruction field the service gets (issue 15, item 4)."""
+    ds.ConvolutionKernel = "Quixote"
+    ds.AttenuationCorrectionMethod = f"measured {patient_id}"
+    ds.ScatterCorrectionMethod = "Alonso Quixote"
+    ds.ActualFrameDuration = int(patient_id)
+    ds.DecayFactor = f"1.{patient_id}"
+    block = ds.private_block(0x0009, "GEMS_PETD_01")
+    ds[block.get_tag(0xBA)].value = int(patient_id)
+    ds[block.get_tag(0xBB)].value = float(patient_id)
+    ds[block.get_tag(0xDC)].value = float(f"0.{patient_id}")
+    ds.InstitutionName = "Hospital de la Mancha"
+    ds.AccessionNumber = "ACC-99127"
+
+
+def test_reconstruction_details_carry_no_identifying_value(tmp_path: Path) -> None:
+    patient_id = "7732119"
+    datasets = make_pet_series(
+        slices=6, rows=16, cols=16, vendor="ge", patient_id=patient_id,
+        patient_name="Quixote^Alonso^Q",
+    )  # fmt: skip
+    for ds in datasets:
+        _identity_everywhere(ds, patient_id)
+    files = write_series(datasets, tmp_path / "series")
+    volume = load_series_volume(files)
+    header = build_processing_header(
+        dcmread(files[0], stop_before_pixels=True),
+        slice_spacing_mm=volume.spacing_zyx[0],
+        slice_decays=read_slice_decays(files),
+    )
+    metadata = upload_metadata(
+        processing_metadata(header, date_shift_days=choose_date_shift_days(TASK_ID)),
+        task_id=TASK_ID,
+        client_id="site-1",
+    )
+    details = metadata["reconstruction"]
+    # Every field is there; each one that carried identity is null, the rest still says
+    # something (the scan below would be trivially clean if nothing were sent).
+    assert list(details) == list(RECONSTRUCTION_FIELDS)
+    for field in ("ConvolutionKernel", "AttenuationCorrectionMethod", "ScatterCorrectionMethod"):
+        assert details[field] is None, field
+    assert details["ActualFrameDuration"] is None
+    assert details["DecayFactor"] == {"min": None, "max": None, "slices": 6}
+    assert details["ScannerPostFilter"] == {
+        "GEMS_PETD_01": {"post_filter": None, "post_filt_parm": None, "ir_z_filter_ratio": None}
+    }
+    assert details["DecayCorrection"] == "START"
+    archive = tmp_path / f"{TASK_ID}.zip"
+    write_upload_archive(
+        archive,
+        task_id=TASK_ID,
+        volume=volume.data,
+        voxel_spacing_zyx=volume.spacing_zyx,
+        metadata=metadata,
+        compresslevel=1,
+    )
+    secrets: set[str] = set()
+    for ds in datasets:
+        secrets |= identifying_values(ds)
+    assert {patient_id, "Quixote", "Alonso Quixote", "Hospital de la Mancha"} <= secrets
+    texts = _archive_texts(archive)
+    assert sorted(s for s in secrets for text in texts if s.encode() in text) == []
 
 
 def test_the_scan_finds_a_leak(tmp_path: Path) -> None:

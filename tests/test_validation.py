@@ -10,6 +10,7 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from petray.errors import ValidationFailed
+from petray.reconstruction import RECONSTRUCTION_FIELDS
 from petray.synth import make_pet_series
 from petray.validation import (
     ProcessingHeader,
@@ -88,6 +89,8 @@ def test_complete_header() -> None:
         weight_kg=72.5,
         height_cm=175.0,
         age_years=65,
+        # No reconstruction detail in this minimal header: every field there, null.
+        reconstruction=dict.fromkeys(RECONSTRUCTION_FIELDS),
     )
 
 
@@ -323,3 +326,56 @@ def test_dynamic_series_are_refused_with_a_clear_reason() -> None:
     ds.NumberOfTimeSlices = 3
     with pytest.raises(ValidationFailed, match="DYNAMIC PET series are not supported"):
         build_processing_header(ds, slice_spacing_mm=3.0)
+
+
+def test_reconstruction_details_of_each_vendor() -> None:
+    ge = make_pet_series(slices=1, rows=8, cols=8, vendor="ge")[0]
+    details = processing_metadata(build(ge), date_shift_days=-400)["reconstruction"]
+    assert list(details) == list(RECONSTRUCTION_FIELDS)
+    assert details["ConvolutionKernel"] == str(ge.ConvolutionKernel)
+    assert details["ActualFrameDuration"] == int(ge.ActualFrameDuration)
+    assert details["AttenuationCorrectionMethod"] == str(ge.AttenuationCorrectionMethod)
+    assert details["ScatterCorrectionMethod"] == str(ge.ScatterCorrectionMethod)
+    assert details["DecayCorrection"] == "START"
+    block = ge.private_block(0x0009, "GEMS_PETD_01")
+    assert details["ScannerPostFilter"] == {
+        "GEMS_PETD_01": {
+            "post_filter": block[0xBA].value,
+            "post_filt_parm": pytest.approx(block[0xBB].value, rel=1e-6),
+            "ir_z_filter_ratio": pytest.approx(block[0xDC].value, rel=1e-6),
+        }
+    }
+    siemens = make_pet_series(slices=1, rows=8, cols=8, vendor="siemens")[0]
+    assert build(siemens).reconstruction["ScannerPostFilter"] is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("ConvolutionKernel", "Secret^Patient"),  # a person name's separator
+        ("ConvolutionKernel", "gauss " + "x" * 70),  # longer than any setting
+        ("AttenuationCorrectionMethod", "measured by Patient Secret"),  # a name form
+        ("ScatterCorrectionMethod", "model id-secret-1"),  # the patient id, any case
+        ("ScatterCorrectionMethod", 'model "quoted"'),
+    ],
+)
+def test_reconstruction_text_that_is_not_a_setting_is_sent_as_null(
+    keyword: str, value: str
+) -> None:
+    ds = make_ds()
+    ds.ConvolutionKernel = "XYZ Gauss2.00"
+    setattr(ds, keyword, value)
+    details = build(ds).reconstruction
+    assert details is not None
+    assert details[keyword] is None
+    if keyword != "ConvolutionKernel":
+        assert details["ConvolutionKernel"] == "XYZ Gauss2.00"
+
+
+def test_a_number_spelling_the_patient_id_is_dropped() -> None:
+    ds = make_ds()
+    ds.PatientID = "7732119"
+    ds.ActualFrameDuration = 7732119
+    assert build(ds).reconstruction["ActualFrameDuration"] is None  # type: ignore[index]
+    ds.ActualFrameDuration = 120000  # shares no five-digit run with the id
+    assert build(ds).reconstruction["ActualFrameDuration"] == 120000  # type: ignore[index]
