@@ -101,11 +101,10 @@ class OrthancPeer:
     process: subprocess.Popen[bytes]
     log_path: Path
     client: httpx.Client = field(repr=False)
-    scheme: str = "http"
 
     @property
     def http_url(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.http_port}"
+        return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -235,15 +234,14 @@ def start_orthanc(
     config_overrides: Mapping[str, Any] | None = None,
     dicomweb: bool = False,
     users: Mapping[str, str] | None = None,
-    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[OrthancPeer]:
     """Run Orthanc with a private storage in ``workdir`` until the block ends.
 
     ``modalities`` maps a name to ``(aet, host, port)``; ``config_overrides`` replaces any
     key of the generated configuration (e.g. ``{"DicomAlwaysAllowStore": False}``).
     ``dicomweb`` loads the DICOMweb plugin; ``users`` (name -> password) turns on HTTP Basic
-    authentication (the peer's own client logs in as the first); ``tls`` is ``(PEM with the
-    server certificate and its key, CA file to verify it)`` for HTTPS.
+    authentication (the peer's own client logs in as the first). No HTTPS: Debian 12's Orthanc
+    1.10.1 dies (SIGSEGV) on its first HTTPS request, whatever the certificate.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
@@ -253,12 +251,7 @@ def start_orthanc(
     if users:
         extra["AuthenticationEnabled"] = True
         extra["RegisteredUsers"] = dict(users)
-    if tls is not None:
-        extra["SslEnabled"] = True
-        extra["SslCertificate"] = str(tls[0])
-    scheme = "https" if tls is not None else "http"
     auth = httpx.BasicAuth(*next(iter(users.items()))) if users else None
-    verify: str | bool = str(tls[1]) if tls is not None else True
     for attempt in range(START_ATTEMPTS):
         dicom_port, http_port = free_port(), free_port()
         config = _orthanc_config(
@@ -280,9 +273,7 @@ def start_orthanc(
                 env=peer_env(),
                 cwd=workdir,
             )
-        client = httpx.Client(
-            base_url=f"{scheme}://{LOOPBACK}:{http_port}", timeout=30.0, auth=auth, verify=verify
-        )
+        client = httpx.Client(base_url=f"http://{LOOPBACK}:{http_port}", timeout=30.0, auth=auth)
 
         def ready(client: httpx.Client = client, port: int = dicom_port) -> bool:
             try:
@@ -307,7 +298,6 @@ def start_orthanc(
             process=process,
             log_path=log_path,
             client=client,
-            scheme=scheme,
         )
         try:
             yield peer

@@ -378,6 +378,24 @@ def _client(endpoint: StowEndpoint, timeout_s: float) -> httpx.Client:
     )
 
 
+def _verification_failure(exc: BaseException) -> str | None:
+    """Why the peer's certificate was not trusted, if that is why ``exc`` happened.
+
+    httpx re-raises the ssl error as a ConnectError, not always chaining the original.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current.reason or "verification failed")
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip()
+    return None
+
+
 def _post(
     client: httpx.Client, endpoint: StowEndpoint, batch: Sequence[StowInstance]
 ) -> httpx.Response:
@@ -393,14 +411,10 @@ def _post(
         )
     except httpx.TimeoutException:
         raise TransientError(f"{endpoint} did not answer a STOW-RS request in time") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise DeliveryRefused(
-            f"{endpoint}: TLS certificate not trusted: {exc.verify_message}"
-        ) from None
     except httpx.ConnectError as exc:
-        if isinstance(exc.__context__, ssl.SSLCertVerificationError):
-            message = exc.__context__.verify_message
-            raise DeliveryRefused(f"{endpoint}: TLS certificate not trusted: {message}") from None
+        if (untrusted := _verification_failure(exc)) is not None:
+            # The same certificate is refused on every retry: staff must fix the device's CA.
+            raise DeliveryRefused(f"{endpoint}: TLS certificate not trusted: {untrusted}") from None
         raise TransientError(f"cannot connect to {endpoint}: {exc}") from None
     except httpx.TransportError as exc:
         raise TransientError(f"STOW-RS request to {endpoint} failed: {exc}") from None

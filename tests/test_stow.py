@@ -11,17 +11,22 @@ import email.parser
 import email.policy
 import io
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pydicom
 import pytest
 
+from petray.db.models import Device
+from petray.delivery import PendingDestination, with_stow_credentials
 from petray.errors import ConfigurationError, DeliveryRefused, TransientError
+from petray.scu import DicomNode
 from petray.stow import (
     StowEndpoint,
     StowInstance,
@@ -41,6 +46,8 @@ from petray.stow import (
     validate_token,
 )
 from petray.synth import make_pet_series, write_series
+from petray.tls import TlsFiles, server_context
+from tests.tls_certs import Pki, make_pki
 
 PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
@@ -245,8 +252,14 @@ Answer = Callable[[list[str]], tuple[int, bytes]]
 
 
 @contextmanager
-def scripted_server(answer: Answer) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """An HTTP server on loopback that reads each STOW-RS request and answers ``answer(uids)``."""
+def scripted_server(
+    answer: Answer, *, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """An HTTP server on loopback that reads each STOW-RS request and answers ``answer(uids)``.
+
+    With ``tls``, HTTPS: Debian's Orthanc 1.10.1 dies on its first HTTPS request, so petray's
+    TLS client is checked against this server instead.
+    """
     seen: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -266,10 +279,13 @@ def scripted_server(answer: Answer) -> Iterator[tuple[str, list[dict[str, Any]]]
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", seen
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/dicom-web", seen
     finally:
         server.shutdown()
         server.server_close()
@@ -338,3 +354,61 @@ def test_nothing_listening_is_transient(series: list[Path]) -> None:
 
     with pytest.raises(TransientError, match="cannot connect"):
         store_instances(StowEndpoint(f"http://127.0.0.1:{free_port()}/dw"), series, timeout_s=2)
+
+
+# -- TLS (certificates from tests/tls_certs.py, as the DICOM TLS tests make them) -----------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _stored(uids: list[str]) -> tuple[int, bytes]:
+    return 200, _response(uids, [])
+
+
+def _device_endpoint(url: str, **tls: str) -> StowEndpoint:
+    """The endpoint as the StoreSCU stage resolves it from the device row (its CA, its cert)."""
+    device = Device(name="vna", stow_url=url, stow_token="", stow_basic="", **tls)
+    pending = PendingDestination(1, "vna", DicomNode("", url, 0), frozenset(), StowEndpoint(url))
+    with patch("petray.delivery.list_devices", return_value=[device]):
+        [resolved] = with_stow_credentials([pending], session=None)  # type: ignore[arg-type]
+    assert resolved.stow is not None
+    return resolved.stow
+
+
+def test_https_verified_with_the_devices_ca(series: list[Path], pki: Pki) -> None:
+    context = server_context(pki.server.cert, pki.server.key)
+    with scripted_server(_stored, tls=context) as (url, seen):
+        endpoint = _device_endpoint(url, tls_ca=str(pki.ca))
+        assert store_instances(endpoint, series[:2]).sent == 2
+    assert len(seen) == 1
+
+
+def test_https_signed_by_another_ca_is_refused_for_good(series: list[Path], pki: Pki) -> None:
+    context = server_context(pki.server.cert, pki.server.key)
+    with (
+        scripted_server(_stored, tls=context) as (url, seen),
+        pytest.raises(DeliveryRefused, match="TLS certificate not trusted"),
+    ):
+        store_instances(_device_endpoint(url, tls_ca=str(pki.other_ca)), series[:2])
+    assert seen == []
+
+
+def test_https_presents_the_client_certificate_when_asked(series: list[Path], pki: Pki) -> None:
+    context = server_context(pki.server.cert, pki.server.key, ca=pki.ca)
+    with scripted_server(_stored, tls=context) as (url, _):
+        endpoint = _device_endpoint(
+            url, tls_ca=str(pki.ca), tls_cert=str(pki.client.cert), tls_key=str(pki.client.key)
+        )
+        assert store_instances(endpoint, series[:2]).sent == 2
+
+
+def test_unusable_ca_file_is_a_permanent_refusal_naming_it(
+    series: list[Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    endpoint = StowEndpoint("https://127.0.0.1:9/dw", tls=TlsFiles(ca=str(missing)))
+    with pytest.raises(DeliveryRefused, match=r"no-such-ca\.pem"):
+        store_instances(endpoint, series[:1])
