@@ -197,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--units", choices=["BQML", "CNTS"], default="BQML", help="CNTS: Philips counts"
     )
-    synth.add_argument(
-        "--decay-correction", choices=["START", "ADMIN", "NONE"], default="START"
-    )
+    synth.add_argument("--decay-correction", choices=["START", "ADMIN", "NONE"], default="START")
     synth.add_argument("--no-patient-weight", action="store_true", help="leave PatientWeight out")
     synth.add_argument(
         "--no-number-of-slices", action="store_true", help="leave NumberOfSlices out"
@@ -233,9 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = device.add_subparsers(dest="action", required=True, metavar="ACTION")
     dadd = dsub.add_parser("add", help="add a device")
     dadd.add_argument("name", help="a name for people (unique)")
-    dadd.add_argument("--ae-title", required=True, help="its AE title")
-    dadd.add_argument("--host", required=True, help="its host name or IP address")
-    dadd.add_argument("--port", type=int, required=True, help="its DICOM port")
+    # A DICOM device has an AE title, host and port; a DICOMweb one a STOW-RS URL instead.
+    dadd.add_argument("--ae-title", help="its AE title")
+    dadd.add_argument("--host", help="its host name or IP address")
+    dadd.add_argument("--port", type=int, help="its DICOM port")
+    dadd.add_argument(
+        "--stow-url",
+        help="a DICOMweb destination: the STOW-RS service's base URL (petray posts to URL/studies)",
+    )
+    auth = dadd.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="STOW-RS bearer token ('-': read it from standard input)")
+    auth.add_argument(
+        "--basic", metavar="USER:PASS", help="STOW-RS HTTP Basic credentials ('-': from stdin)"
+    )
     dadd.add_argument("--source", action="store_true", help="it may send to petray")
     dadd.add_argument("--destination", action="store_true", help="it receives the results")
     dadd.add_argument(
@@ -244,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="as a source, accept its AE title from any address (default: its host only)",
     )
     dadd.add_argument("--tls", action="store_true", help="send to it over DICOM TLS")
-    dadd.add_argument("--tls-ca", default="", help="CA file to verify it (default: system CAs)")
+    dadd.add_argument(
+        "--tls-ca",
+        default="",
+        help="CA file to verify it, DICOM TLS or https (default: system CAs)",
+    )
     dadd.add_argument("--tls-cert", default="", help="client certificate, if it asks for one")
     dadd.add_argument("--tls-key", default="", help="key of the client certificate")
     _add_json(dsub.add_parser("list", help="list devices"))

@@ -351,6 +351,10 @@ def check_destinations(destinations: Iterable[object], calling_ae: str) -> list[
     for device in destinations:
         assert isinstance(device, Device)
         name = f"echo {device.name}"
+        if device.stow_url:
+            # DICOMweb has no C-ECHO; a delivery shows whether the service answers.
+            checks.append(_ok(f"stow {device.name}", f"STOW-RS destination {device.stow_url}"))
+            continue
         try:
             node = DicomNode(device.ae_title, device.host, device.port, tls=device_tls(device))
         except ConfigurationError as exc:

@@ -160,6 +160,8 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "destination": True,
             "tls": False,
             "match_ae_only": False,
+            "stow_url": "",
+            "stow_auth": "",
         },
         {
             "name": "scanner",
@@ -170,6 +172,8 @@ def test_device_add_list_remove(cli: Cli) -> None:
             "destination": False,
             "tls": False,
             "match_ae_only": False,
+            "stow_url": "",
+            "stow_auth": "",
         },
     ]
     assert "removed device pacs" in cli.ok("device", "remove", "pacs").out

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
 from petray.commands.database import admin_database, admin_session, cli_audit
-from petray.db.models import PostFilter
+from petray.db.models import Device, PostFilter
 from petray.errors import ConfigurationError
 from petray.filters import FilterSpec
 from petray.siteconfig import (
     add_device,
     add_filter,
+    add_stow_device,
     effective_listener,
     list_devices,
     remove_device,
@@ -51,8 +53,23 @@ def print_rows(
 def run_device(args: argparse.Namespace) -> int:
     if args.action == "echo":
         return _echo(args.name)
+    if args.action == "add":
+        _check_add_arguments(args)
     with admin_session(write=args.action != "list") as session:
-        if args.action == "add":
+        if args.action == "add" and args.stow_url is not None:
+            device = add_stow_device(
+                session=session,
+                name=args.name,
+                url=args.stow_url,
+                token=args.token or "",
+                basic=args.basic or "",
+                tls_ca=args.tls_ca,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            )
+            cli_audit("device.create", f"Device {device.name}", session=session, id=device.id)
+            print(f"added device {device.name}: STOW-RS {device.stow_url} ({stow_auth(device)})")
+        elif args.action == "add":
             device = add_device(
                 session=session,
                 name=args.name,
@@ -85,6 +102,9 @@ def run_device(args: argparse.Namespace) -> int:
                     "destination": d.is_destination,
                     "tls": d.tls,
                     "match_ae_only": d.match_ae_only,
+                    "stow_url": d.stow_url,
+                    # Never the token or password: only which kind of credentials is set.
+                    "stow_auth": stow_auth(d) if d.stow_url else "",
                 }
                 for d in list_devices(session=session)
             ]
@@ -92,13 +112,64 @@ def run_device(args: argparse.Namespace) -> int:
                 rows,
                 as_json=args.json,
                 empty="no devices",
-                line="{name:<20} {ae_title:<16} {host}:{port}  {roles}",
+                line="{name:<20} {ae_title:<16} {address}  {roles}",
                 shown=lambda r: {
                     **r,
+                    "ae_title": r["ae_title"] or "STOW-RS",
+                    "address": (
+                        f"{r['stow_url']} ({r['stow_auth']})"
+                        if r["stow_url"]
+                        else f"{r['host']}:{r['port']}"
+                    ),
                     "roles": ",".join(k for k in ("source", "destination") if r[k]),
                 },
             )
     return 0
+
+
+def stow_auth(device: Device) -> str:
+    """How a STOW-RS device authenticates, with the secret masked: ``basic alice:****``."""
+    if device.stow_token:
+        return "bearer ****"
+    if device.stow_basic:
+        return f"basic {device.stow_basic.partition(':')[0]}:****"
+    return "no credentials"
+
+
+def _secret(value: str | None, what: str) -> str | None:
+    """``-`` reads the secret from standard input: a command line is seen by every user."""
+    if value != "-":
+        return value
+    line = sys.stdin.readline().strip()
+    if not line:
+        raise ConfigurationError(f"no {what} on standard input")
+    return line
+
+
+def _check_add_arguments(args: argparse.Namespace) -> None:
+    """A DICOM device (AE title, host, port) or a STOW-RS one (URL), never a mix of the two."""
+    dimse = {"--ae-title": args.ae_title, "--host": args.host, "--port": args.port}
+    if args.stow_url is not None:
+        given = [flag for flag, value in dimse.items() if value is not None]
+        if given:
+            raise ConfigurationError(
+                f"--stow-url replaces {', '.join(given)}: a STOW-RS device has no AE title, host "
+                "or port of its own"
+            )
+        if args.source or args.match_ae_only:
+            raise ConfigurationError("a STOW-RS device is a destination only (no --source)")
+        if args.tls:
+            raise ConfigurationError("--tls is DICOM TLS; a STOW-RS device uses TLS with https://")
+        args.token = _secret(args.token, "token")
+        args.basic = _secret(args.basic, "user:password")
+        return
+    missing = [flag for flag, value in dimse.items() if value is None]
+    if missing:
+        raise ConfigurationError(
+            f"a DICOM device needs {', '.join(missing)} (or give --stow-url for DICOMweb)"
+        )
+    if args.token is not None or args.basic is not None:
+        raise ConfigurationError("--token and --basic are for a STOW-RS device (--stow-url)")
 
 
 def _echo(name: str) -> int:
@@ -110,6 +181,8 @@ def _echo(name: str) -> int:
         device = next((d for d in list_devices(session=session) if d.name == name), None)
         if device is None:
             raise ConfigurationError(f"no device named {name!r}")
+        if device.stow_url:
+            raise ConfigurationError(f"{name} is a STOW-RS destination: C-ECHO is DICOM only")
         node = DicomNode(device.ae_title, device.host, device.port, tls=device_tls(device))
         calling_ae = effective_listener(settings, session=session).ae_title
         device_id = device.id
