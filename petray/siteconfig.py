@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -275,3 +276,22 @@ def add_destination_and_filters(
     )
     for spec in filters:
         add_filter(spec, session=session)
+
+
+# Site settings where null is a value, "off" (issue 15: the quantitative check's limits), so an
+# update may set them to null; for every other setting a null means "not given".
+NULLABLE_SETTINGS = frozenset({"quant_max_activity_change_pct", "quant_max_suvmax_change_pct"})
+
+
+def apply_config_values(values: Mapping[str, Any], *, session: Session) -> dict[str, Any]:
+    """Write the given settings to the configuration row; returns the changed ones, old and new."""
+    config = get_site_config(session=session)
+    changed: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None and name not in NULLABLE_SETTINGS:
+            continue
+        old = getattr(config, name)
+        if old != value:
+            setattr(config, name, value)
+            changed[name] = {"from": old, "to": value}
+    return changed

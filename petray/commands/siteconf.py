@@ -20,6 +20,8 @@ from petray.db.models import Radiopharmaceutical
 from petray.errors import ConfigurationError
 from petray.settings import Settings
 from petray.siteconfig import (
+    NULLABLE_SETTINGS,
+    apply_config_values,
     effective_client_id,
     effective_listener,
     effective_remote_url,
@@ -28,6 +30,8 @@ from petray.siteconfig import (
 
 # Read by the listener only when it (re)starts; the console's Save restarts it at once.
 LISTENER_FIELDS = frozenset({"ae_title", "dicom_port"})
+# ``petray config set quant_max_activity_change_pct=off``: what turns a nullable setting off.
+OFF_WORDS = ("", "off", "none", "null")
 
 
 def _validated(schema: type[BaseModel], values: dict[str, Any]) -> BaseModel:
@@ -146,6 +150,10 @@ def config_values(settings: Settings, *, session: Session) -> dict[str, Any]:
         "restrict_sources": config.restrict_sources,
         "retention_done_days": config.retention_done_days,
         "retention_failed_days": config.retention_failed_days,
+        # Issue 15: null is "off" for the quantitative check's limits (percent).
+        "require_patient_weight": config.require_patient_weight,
+        "quant_max_activity_change_pct": config.quant_max_activity_change_pct,
+        "quant_max_suvmax_change_pct": config.quant_max_suvmax_change_pct,
     }
 
 
@@ -176,17 +184,15 @@ def run_config(args: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(ConfigUpdate.model_fields)
         raise ConfigurationError(f"unknown setting {', '.join(unknown)}; known: {known}")
-    update = _validated(ConfigUpdate, dict(wanted))
+    given: dict[str, Any] = dict(wanted)
+    for name in NULLABLE_SETTINGS & set(given):
+        if str(given[name]).lower() in OFF_WORDS:
+            given[name] = None  # e.g. quant_max_activity_change_pct=off
+    update = _validated(ConfigUpdate, given)
     with admin_database(write=True) as (settings, session):
         # What the site used before, overrides applied (an unset client id is the setting's).
         shown_before = config_values(settings, session=session)
-        config = get_site_config(session=session)
-        changed: dict[str, Any] = {}
-        for name, value in update.model_dump(exclude_none=True).items():
-            old = getattr(config, name)
-            if old != value:
-                setattr(config, name, value)
-                changed[name] = {"from": old, "to": value}
+        changed = apply_config_values(update.model_dump(exclude_unset=True), session=session)
         if changed:
             cli_audit("config.update", "site configuration", session=session, changed=changed)
     if not changed:

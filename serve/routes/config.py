@@ -13,6 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from petray.errors import PetrayError
 from petray.settings import Settings
 from petray.siteconfig import (
+    NULLABLE_SETTINGS,
+    apply_config_values,
     effective_client_id,
     effective_listener,
     effective_remote_url,
@@ -37,6 +39,7 @@ from serve.schemas import (
     ConfigPublic,
     ConfigUpdate,
     ListenerUpdate,
+    QuantUpdate,
     RemoteTestPublic,
     RemoteUpdate,
     RetentionUpdate,
@@ -82,19 +85,15 @@ def read_config(settings: Settings, *, session: Session) -> ConfigPublic:
         restrict_sources=config.restrict_sources,
         retention_done_days=config.retention_done_days,
         retention_failed_days=config.retention_failed_days,
+        require_patient_weight=config.require_patient_weight,
+        quant_max_activity_change_pct=config.quant_max_activity_change_pct,
+        quant_max_suvmax_change_pct=config.quant_max_suvmax_change_pct,
     )
 
 
 def apply_update(update: BaseModel, *, session: Session) -> dict[str, object]:
     """Write the given fields to the configuration row; returns the changed ones, old and new."""
-    config = get_site_config(session=session)
-    changed: dict[str, object] = {}
-    for name, value in update.model_dump(exclude_unset=True, exclude_none=True).items():
-        old = getattr(config, name)
-        if old != value:
-            setattr(config, name, value)
-            changed[name] = {"from": old, "to": value}
-    return changed
+    return apply_config_values(update.model_dump(exclude_unset=True), session=session)
 
 
 async def save(ctx: AppContext, update: BaseModel, audit: Auditor) -> set[str]:
@@ -173,6 +172,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "thresholds": ThresholdsUpdate,
     "remote": RemoteUpdate,
     "retention": RetentionUpdate,
+    "quant": QuantUpdate,
 }
 
 
@@ -194,7 +194,17 @@ async def config_save(
         # An unchecked box is absent from the form; absent must mean "off", not "unchanged".
         for box in ("reply_to_sender", "restrict_sources"):
             data.setdefault(box, "false")
+    if model is QuantUpdate:
+        data.setdefault("require_patient_weight", "false")
     update, errors = parse_form(model, data)
+    if update is not None and model is QuantUpdate:
+        # An empty limit is "off": set to null, not left as it was.
+        update = QuantUpdate.model_validate(
+            {
+                **dict.fromkeys(NULLABLE_SETTINGS),
+                **update.model_dump(exclude_unset=True),
+            }
+        )
     if update is None:
         config = await run_db(ctx, lambda s: read_config(ctx.settings, session=s))
         return _page(

@@ -1,4 +1,7 @@
-"""Tasks: list, detail, MIP previews and the retry/restart/cancel/delete actions (issue 5)."""
+"""Tasks: list, detail, MIP previews and the retry/restart/cancel/delete actions (issue 5).
+
+Release and reject (issue 15) decide on a task held by the quantitative check (petray.review).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from petray.activity import MAX_PAGE_SIZE, TaskQuery, TaskRow, query_tasks, remo
 from petray.db.models import OutputSeries, Task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
+from petray.review import reject, release
 from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, instance_paths, retry
 from serve.deps import (
@@ -48,6 +52,7 @@ from serve.schemas import (
     TaskEventPublic,
     TaskList,
     TaskPublic,
+    TaskReject,
 )
 
 log = logging.getLogger(__name__)
@@ -55,10 +60,12 @@ log = logging.getLogger(__name__)
 api = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 pages = APIRouter(include_in_schema=False)
 
-Action = Literal["retry", "restart", "cancel", "delete"]
+Action = Literal["retry", "restart", "cancel", "delete", "release", "reject"]
 BulkAction = Literal["retry", "cancel", "delete"]
 BULK_PAST = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}
-ACTIONS: tuple[Action, ...] = ("retry", "restart", "cancel", "delete")
+ACTIONS: tuple[Action, ...] = ("retry", "restart", "cancel", "delete", "release", "reject")
+# Actions after which the pipeline takes the task up again at once (not at its next sweep).
+RESUMING = frozenset({"retry", "restart", "release"})
 SortParam = Literal["created", "updated", "stage", "state", "sender", "images"]
 HIDDEN = "(hidden)"
 MAX_PAGE = 1_000_000
@@ -171,6 +178,7 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
         notes=[line for line in task.notes.splitlines() if line],
         radiopharmaceutical=task.radiopharmaceutical,
         files_purged_at=task.files_purged_at,
+        quant=(task.details or {}).get("quant"),
         events=[
             TaskEventPublic(stage=e.stage, state=e.state, message=e.message, at=e.at)
             for e in task.events
@@ -202,9 +210,12 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
 
 
 async def perform(
-    ctx: AppContext, task_id: str, action: Action, audit: Auditor
+    ctx: AppContext, task_id: str, action: Action, audit: Auditor, *, note: str = ""
 ) -> TaskAction | None:
-    """Apply an action; commits (with its audit event) before the pipeline is told."""
+    """Apply an action; commits (with its audit event) before the pipeline is told.
+
+    ``note`` is the operator's reason for a reject, added to the task's failure reason.
+    """
     target = f"task {task_id}"
     if action == "delete":
         files = TaskFiles.of(ctx.settings, task_id) if task_id.isalnum() else None
@@ -224,6 +235,10 @@ async def perform(
         was = f"{before.stage}/{before.state}"
         if action == "cancel":
             cancel(task_id, session=session)
+        elif action == "release":
+            release(task_id, session=session, by=audit.actor)
+        elif action == "reject":
+            reject(task_id, session=session, by=audit.actor, note=note)
         else:
             retry(task_id, session=session, from_start=action == "restart")
         task = get_task(task_id, session=session)
@@ -233,11 +248,12 @@ async def perform(
             session=session,
             before=was,
             after=f"{task.stage}/{task.state}",
+            **({"reason": task.reason} if action == "reject" else {}),
         )
         return TaskAction(id=task.id, stage=task.stage, state=task.state)
 
     result = await run_db(ctx, change)
-    if action in ("retry", "restart"):
+    if action in RESUMING:
         await ctx.pipeline.resume(task_id)
     log.info("task %s: %s by console/API", task_id, action)
     return result
@@ -280,8 +296,25 @@ def _action_route(action: Action) -> None:
 
 
 for _action in ACTIONS:
-    if _action != "delete":  # DELETE /api/v1/tasks/{id} below, answered with 204
+    # DELETE /api/v1/tasks/{id} is below, answered with 204; reject takes a body.
+    if _action not in ("delete", "reject"):
         _action_route(_action)
+
+
+@api.post(
+    "/{task_id}/reject",
+    response_model=TaskAction,
+    name="api_reject",
+    summary="Reject a task held for quantitative review (it fails; nothing is sent)",
+)
+async def api_reject(
+    task_id: str,
+    ctx: ContextDep,
+    _user: ApiOperator,
+    audit: AuditDep,
+    body: TaskReject | None = None,
+) -> TaskAction | None:
+    return await perform(ctx, task_id, "reject", audit, note=body.reason if body else "")
 
 
 async def perform_bulk(
@@ -402,11 +435,11 @@ async def task_action(
     action: Action,
     ctx: ContextDep,
     _user: PageOperator,
-    _form: FormDep,
+    form: FormDep,
     audit: AuditDep,
 ) -> RedirectResponse:
     try:
-        await perform(ctx, task_id, action, audit)
+        await perform(ctx, task_id, action, audit, note=form.get("reason", "")[:200])
     except UnknownTask:
         flash(request, "No such task.", kind="error")
         return redirect("/tasks")
