@@ -438,6 +438,15 @@ class ConfigPublic(BaseModel):
     restrict_sources: bool
     retention_done_days: int
     retention_failed_days: int
+    require_patient_weight: bool = Field(
+        False, description="refuse a series without PatientWeight (issue 15)"
+    )
+    quant_max_activity_change_pct: float | None = Field(
+        None, description="hold a task whose total activity changes by more (%); null: off"
+    )
+    quant_max_suvmax_change_pct: float | None = Field(
+        None, description="hold a task whose SUVmax changes by more (%); null: off"
+    )
 
 
 class ListenerUpdate(Strict):
@@ -481,6 +490,17 @@ class SiteUpdate(Strict):
     client_id: ClientId
 
 
+# Issue 15: the quantitative check's alarm limits, percent change against the received series;
+# null turns a limit off.
+QuantLimit = Field(None, gt=0, le=1000)
+
+
+class QuantUpdate(Strict):
+    quant_max_activity_change_pct: float | None = QuantLimit
+    quant_max_suvmax_change_pct: float | None = QuantLimit
+    require_patient_weight: bool = False
+
+
 class ConfigUpdate(Strict):
     client_id: ClientId | None = None
     ae_title: str | None = None
@@ -494,6 +514,9 @@ class ConfigUpdate(Strict):
     restrict_sources: bool | None = None
     retention_done_days: int | None = Field(None, ge=1, le=3650)
     retention_failed_days: int | None = Field(None, ge=1, le=3650)
+    require_patient_weight: bool | None = None
+    quant_max_activity_change_pct: float | None = QuantLimit
+    quant_max_suvmax_change_pct: float | None = QuantLimit
 
     @field_validator("ae_title")
     @classmethod
