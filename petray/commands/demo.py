@@ -159,7 +159,8 @@ def _wait_for_task(settings: Settings, timeout_s: float, say: Say) -> str:
             if progress != last:
                 say(f"  task {task.id[:8]}: {progress}")
                 last = progress
-            if State(task.state) in FINAL_STATES:
+            # A task held for quantitative review (issue 15) waits for a person: not the demo's.
+            if State(task.state) in FINAL_STATES or task.state == State.HELD:
                 return task.id
         time.sleep(POLL_S)
     raise TimeoutError(f"the task did not finish within {timeout_s:.0f} s")
