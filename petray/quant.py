@@ -152,23 +152,26 @@ def _crop_padded(volume: np.ndarray, lo: np.ndarray, hi: np.ndarray, pad: np.nda
     return crop
 
 
-def sphere_peak(volume: np.ndarray, kernel: SphereKernel) -> tuple[float, tuple[int, int, int]]:
+def sphere_peak(
+    volume: np.ndarray, kernel: SphereKernel, *, hottest: int | None = None
+) -> tuple[float, tuple[int, int, int]]:
     """The highest sphere mean over all voxel centres and where it is (exact; see above)."""
     shape = np.array(volume.shape)
     half = np.array(kernel.half)
-    hottest = np.array(np.unravel_index(int(np.argmax(volume)), volume.shape))
+    flat_hottest = int(np.argmax(volume)) if hottest is None else hottest
+    hottest_at = np.array(np.unravel_index(flat_hottest, volume.shape))
     one = np.ones(3, dtype=int)
     best = float(
-        _sphere_means(_crop_padded(volume, hottest, hottest + one, half), kernel, (1, 1, 1))[
+        _sphere_means(_crop_padded(volume, hottest_at, hottest_at + one, half), kernel, (1, 1, 1))[
             0, 0, 0
         ]
     )
-    best_at = hottest
+    best_at = hottest_at
     # Only a sphere containing a voxel above ``best`` can beat it.
     hot = np.flatnonzero(volume > best)
     if hot.size:
         coords = np.stack(np.unravel_index(hot, volume.shape), axis=1)
-        values = volume.reshape(-1)[hot]
+        values = volume.flat[hot]
         grid = -(-shape // PEAK_TILE)
         tile_of = np.ravel_multi_index(tuple((coords // PEAK_TILE).T), tuple(grid))
         _, inverse = np.unique(tile_of, return_inverse=True)
@@ -208,13 +211,15 @@ def measure(
     _check_volume(volume, spacing_zyx)
     voxel_ml = float(np.prod(spacing_zyx)) * ML_PER_MM3
     kernel = kernel or sphere_kernel(spacing_zyx)
-    peak, peak_at = sphere_peak(volume, kernel)
+    # One pass finds the hottest voxel for both the maximum and the peak's first guess.
+    hottest = int(np.argmax(volume))
+    peak, peak_at = sphere_peak(volume, kernel, hottest=hottest)
     mask = volume > np.float32(body_threshold_bqml)
     count = int(np.count_nonzero(mask))
     body_sum = float(np.sum(volume, where=mask, dtype=np.float64)) if count else 0.0
     del mask
     return ActivityMetrics(
-        max_bqml=float(volume.max()),
+        max_bqml=float(volume.flat[hottest]),
         peak_bqml=peak,
         peak_zyx=peak_at,
         mean_body_bqml=body_sum / count if count else None,
