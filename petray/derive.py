@@ -42,6 +42,7 @@ from pydicom.uid import (
 from pydicom.valuerep import VR
 
 from petray.errors import PermanentError
+from petray.vendors import derived_private, derived_units
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,9 @@ OUTPUT_PATTERN = re.compile(r"^\d{5}\.dcm$")
 
 # Attributes of the source that no longer describe the output: pixel encoding, the old
 # identity of the instance and series, value ranges and LUTs in stored-value units, thumbnails,
-# and signatures that would not verify. Private tags and overlays (60xx) are dropped as well.
+# and signatures that would not verify. Private tags and overlays (60xx) are dropped as well,
+# except each vendor's allow-list of private elements (petray.vendors), recomputed for the new
+# pixel values.
 DROPPED_KEYWORDS = frozenset(
     {
         "PixelData",
@@ -295,7 +298,14 @@ def _template(index: int, path: Path) -> SliceTemplate:
     reference = _source_reference(source)
     source_series_uid = source.get("SeriesInstanceUID")
     rows, columns = source.get("Rows"), source.get("Columns")
+    kept_private = derived_private(source)
+    units = derived_units(source)
     _strip(source)
+    for kept in kept_private:
+        block = source.private_block(kept.element.group, kept.element.creator, create=True)
+        block.add_new(kept.element.offset, kept.element.vr, kept.value)
+    if units is not None:
+        source.Units = units  # the output's pixels are Bq/ml whatever the source stored
     # Values that are the same for every output of this slice, whatever the filter.
     source.InstanceNumber = index + 1
     if "ImageIndex" in source or source.SOPClassUID == PositronEmissionTomographyImageStorage:

@@ -195,3 +195,70 @@ def activity_factor(ds: Dataset) -> float:
     if factor is None or factor <= 0:
         raise ValidationFailed(row.missing)
     return factor
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedPrivate:
+    """A private element to write into a derived slice: its place, VR and new value."""
+
+    element: PrivateElement
+    value: Any
+
+
+DS_MAX_LENGTH = 16  # PS3.5 6.2
+
+
+def _ds_text(number: float) -> str:
+    for digits in range(12, 4, -1):
+        text = f"{number:.{digits}g}"
+        if len(text) <= DS_MAX_LENGTH:
+            return text
+    raise ValueError(f"{number} does not fit a DS value")
+
+
+def _written(kept: KeptPrivate, number: float) -> Any:
+    vr = kept.element.vr
+    if vr == "DS":
+        return _ds_text(number)
+    if vr in ("SL", "SS", "US", "UL"):
+        return int(number)
+    return float(number)
+
+
+def derived_private(source: Dataset) -> tuple[DerivedPrivate, ...]:
+    """The allow-listed private elements of ``source`` with their values for a derived slice.
+
+    A derived slice holds Bq/ml (stored value x its own RescaleSlope): a factor per rescaled
+    value of the source is divided by the activity factor the source was read with, so Philips'
+    SUV = stored x slope x (7053,1000) still holds, and (7053,1009) becomes 1. An element whose
+    value cannot be read (or recomputed) is left out rather than copied wrong.
+    """
+    kept = vendor_profile(source).kept_private
+    if not kept:
+        return ()
+    try:
+        applied: float | None = activity_factor(source)
+    except ValidationFailed:
+        applied = None
+    found: list[DerivedPrivate] = []
+    for row in kept:
+        number = row.element.number(source)
+        if number is None:
+            continue
+        if row.fixed is not None:
+            number = row.fixed
+        elif row.divide_by_applied_factor:
+            if applied is None:
+                continue
+            number /= applied
+        found.append(DerivedPrivate(row.element, _written(row, number)))
+    return tuple(found)
+
+
+def derived_units(source: Dataset) -> str | None:
+    """The Units of a derived slice when they differ from the source's: counts became Bq/ml."""
+    try:
+        row = activity_units(source)
+    except ValidationFailed:
+        return None
+    return BQML if row.factor is not None else None

@@ -33,6 +33,7 @@ from petray.derive import (
     write_series,
 )
 from petray.errors import PermanentError
+from petray.vendors import DEFAULT_PROFILE, VENDOR_PROFILES
 from petray.volume import load_series_volume
 from tests.peers import (
     DCENTVFY_BIN,
@@ -238,16 +239,43 @@ def test_quantisation_slope_never_clips(peak: float) -> None:
     assert float(text) * INT16_MAX <= actual_peak * (1 + 1e-7)
 
 
+def _private_elements(ds: Dataset) -> set[tuple[int, str, int]]:
+    """(group, creator, offset) of every private data element, creators resolved (PS3.5 7.8.1)."""
+    found: set[tuple[int, str, int]] = set()
+    for elem in ds:
+        tag = elem.tag
+        if tag.is_private and not tag.is_private_creator:
+            creator = str(ds[(tag.group << 16) | (tag.element >> 8)].value)
+            found.add((tag.group, creator, tag.element & 0xFF))
+    return found
+
+
+def _allowed(vendor: str) -> set[tuple[int, str, int]]:
+    return {
+        (k.element.group, k.element.creator, k.element.offset)
+        for k in VENDOR_PROFILES.get(vendor, DEFAULT_PROFILE).kept_private
+    }
+
+
 @needs_dicom3tools
 @pytest.mark.parametrize(
-    ("vendor", "syntax"),
-    [("siemens", "1.2.840.10008.1.2.1"), ("ge", "1.2.840.10008.1.2.4.70")],
+    ("vendor", "syntax", "units"),
+    [
+        ("siemens", "1.2.840.10008.1.2.1", "BQML"),
+        ("ge", "1.2.840.10008.1.2.4.70", "BQML"),
+        ("philips", "1.2.840.10008.1.2", "CNTS"),
+        ("philips", "1.2.840.10008.1.2.1", "BQML"),
+    ],
 )
-def test_synthetic_vendor_series_derive_cleanly(tmp_path: Path, vendor: str, syntax: str) -> None:
+def test_synthetic_vendor_series_derive_cleanly(
+    tmp_path: Path, vendor: str, syntax: str, units: str
+) -> None:
     from petray.synth import make_pet_series, write_series
 
     sources = write_series(
-        make_pet_series(slices=6, rows=32, cols=32, seed=2, vendor=vendor, transfer_syntax=syntax),
+        make_pet_series(
+            slices=6, rows=32, cols=32, seed=2, vendor=vendor, transfer_syntax=syntax, units=units
+        ),
         tmp_path / "src",
     )
     assert dciodvfy_errors(sources[0]) == []  # the generator's own promise: a valid source
@@ -258,13 +286,40 @@ def test_synthetic_vendor_series_derive_cleanly(tmp_path: Path, vendor: str, syn
     for path in outputs:
         assert dciodvfy_errors(path) == [], path.name
         ds = pydicom.dcmread(path)
-        assert not any(elem.tag.is_private for elem in ds)
+        kept = _private_elements(ds)
+        # Only the vendor's allow-list survives, and all of it that the source had.
+        assert kept <= _allowed(vendor)
+        assert kept == _allowed(vendor) & _private_elements(pydicom.dcmread(sources[0]))
+        assert ds.Units == "BQML"  # counts or not, the derived pixels are Bq/ml
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    if vendor == "philips":
+        _check_philips_suv(list(loaded.slice_paths), outputs, scale=0.9)
     assert dcentvfy_errors([*loaded.slice_paths, *outputs]) == []
     back = load_series_volume(outputs)
     np.testing.assert_array_equal(back.positions, loaded.positions)
     step = max(float(pydicom.dcmread(p).RescaleSlope) for p in outputs)
     np.testing.assert_allclose(back.data, filtered, atol=step / 2 * (1 + 1e-6))
+
+
+def _philips(ds: Dataset, offset: int) -> float | None:
+    try:
+        return float(ds.private_block(0x7053, "Philips PET Private Group")[offset].value)
+    except KeyError:
+        return None
+
+
+def _check_philips_suv(sources: list[Path], outputs: list[Path], *, scale: float) -> None:
+    """SUV = stored x RescaleSlope x (7053,1000) gives the same SUV (times the filter's
+    ``scale``) in the derived slice as in its source; (7053,1009) says 1 Bq/ml per value."""
+    for source_path, output_path in zip(sources, outputs, strict=True):
+        source, output = pydicom.dcmread(source_path), pydicom.dcmread(output_path)
+        suv_source = source.pixel_array * float(source.RescaleSlope) * _philips(source, 0x00)
+        suv_output = output.pixel_array * float(output.RescaleSlope) * _philips(output, 0x00)
+        step = float(output.RescaleSlope) * _philips(output, 0x00)  # type: ignore[operator]
+        np.testing.assert_allclose(suv_output, scale * suv_source, atol=step, rtol=1e-6)
+        assert suv_source.max() > 1.0  # an SUV image, not a trivially equal one
+        if _philips(source, 0x09) is not None:
+            assert _philips(output, 0x09) == 1.0
 
 
 # -- templates prepared once, series written from them ------------------------------------
