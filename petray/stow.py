@@ -102,6 +102,15 @@ def validate_basic(value: str) -> str:
     return basic
 
 
+def auth_label(token: str, basic: str) -> str:
+    """How a STOW-RS device authenticates, the secret masked (``basic alice:****``)."""
+    if token:
+        return "bearer ****"
+    if basic:
+        return f"basic {basic.partition(':')[0]}:****"
+    return "no credentials"
+
+
 @dataclass(frozen=True)
 class StowEndpoint:
     """A STOW-RS service and how to authenticate to it; ``str()`` never shows the secrets."""

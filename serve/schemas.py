@@ -23,6 +23,7 @@ from petray.errors import ConfigurationError
 from petray.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
 from petray.hostnames import validate_host
 from petray.settings import AE_TITLE_MAX_LENGTH
+from petray.stow import auth_label, validate_basic, validate_stow_url, validate_token
 from petray.users import (
     MIN_PASSWORD_LENGTH,
     NAME_MAX_LENGTH,
@@ -231,10 +232,14 @@ class BulkResult(BaseModel):
 
 
 class DeviceCreate(Strict):
+    """A DICOM device (AE title, host, port) or a DICOMweb destination (stow_url), not both."""
+
     name: str = Field(min_length=1, max_length=64)
-    ae_title: str
-    host: str = Field(min_length=1, max_length=255, description="host name or IP address")
-    port: int = Field(ge=1, le=65535)
+    ae_title: str | None = None
+    host: str | None = Field(
+        None, min_length=1, max_length=255, description="host name or IP address"
+    )
+    port: int | None = Field(None, ge=1, le=65535)
     is_source: bool = False
     is_destination: bool = False
     tls: bool = Field(False, description="send to this destination over DICOM TLS")
@@ -244,24 +249,62 @@ class DeviceCreate(Strict):
     match_ae_only: bool = Field(
         False, description="as a source, accept its AE title from any address (issue 9)"
     )
+    stow_url: str | None = Field(
+        None, description="a DICOMweb destination (issue 15): STOW-RS base URL, http(s)://"
+    )
+    stow_token: str = Field("", max_length=4096, description="STOW-RS bearer token (write-only)")
+    stow_basic: str = Field("", max_length=512, description="STOW-RS user:password (write-only)")
 
     @field_validator("ae_title")
     @classmethod
-    def _check_ae(cls, value: str) -> str:
-        return _ae_title(value)
+    def _check_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _ae_title(value)
 
     @field_validator("host")
     @classmethod
-    def _check_host(cls, value: str) -> str:
-        return validate_host(value)
+    def _check_host(cls, value: str | None) -> str | None:
+        return None if value is None else validate_host(value)
+
+    @field_validator("stow_url")
+    @classmethod
+    def _check_stow_url(cls, value: str | None) -> str | None:
+        return None if value is None else validate_stow_url(value)
+
+    @field_validator("stow_token")
+    @classmethod
+    def _check_token(cls, value: str) -> str:
+        return validate_token(value)
+
+    @field_validator("stow_basic")
+    @classmethod
+    def _check_basic(cls, value: str) -> str:
+        return validate_basic(value)
 
     @model_validator(mode="after")
     def _some_role(self) -> DeviceCreate:
+        if self.stow_url is not None:
+            _check_stow_device(self)
+            return self
+        if self.stow_token or self.stow_basic:
+            raise ValueError("stow_token and stow_basic are for a STOW-RS device (stow_url)")
+        missing = [n for n in ("ae_title", "host", "port") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"a DICOM device needs {', '.join(missing)} (or a STOW-RS URL)")
         if not (self.is_source or self.is_destination):
             raise ValueError("a device must be a source, a destination or both")
         if bool(self.tls_cert.strip()) != bool(self.tls_key.strip()):
             raise ValueError("a TLS client certificate needs its key, and a key its cert")
         return self
+
+
+def _check_stow_device(body: DeviceCreate) -> None:
+    given = [n for n in ("ae_title", "host", "port") if getattr(body, n) is not None]
+    if given:
+        raise ValueError(f"a STOW-RS device has no {', '.join(given)}: give stow_url alone")
+    if body.is_source:
+        raise ValueError("a STOW-RS device is a destination only: it cannot send to petray")
+    if body.stow_token and body.stow_basic:
+        raise ValueError("give a STOW-RS token or user:password, not both")
 
 
 class DeviceUpdate(Strict):
@@ -276,6 +319,11 @@ class DeviceUpdate(Strict):
     tls_cert: str | None = Field(None, max_length=4096)
     tls_key: str | None = Field(None, max_length=4096)
     match_ae_only: bool | None = None
+    # Issue 15. "" for stow_url turns a STOW-RS device back into a DICOM one (with ae_title,
+    # host and port); a token or user:password replaces the credentials, "" removes them.
+    stow_url: str | None = None
+    stow_token: str | None = Field(None, max_length=4096)
+    stow_basic: str | None = Field(None, max_length=512)
 
     @field_validator("ae_title")
     @classmethod
@@ -286,6 +334,21 @@ class DeviceUpdate(Strict):
     @classmethod
     def _check_host(cls, value: str | None) -> str | None:
         return None if value is None else validate_host(value)
+
+    @field_validator("stow_url")
+    @classmethod
+    def _check_stow_url(cls, value: str | None) -> str | None:
+        return value if not value else validate_stow_url(value)
+
+    @field_validator("stow_token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        return None if value is None else validate_token(value)
+
+    @field_validator("stow_basic")
+    @classmethod
+    def _check_basic(cls, value: str | None) -> str | None:
+        return None if value is None else validate_basic(value)
 
 
 class DevicePublic(BaseModel):
@@ -302,6 +365,18 @@ class DevicePublic(BaseModel):
     tls_cert: str
     tls_key: str
     match_ae_only: bool
+    stow_url: str = ""
+    # The kind of credentials with the secret masked; the token and password are never sent.
+    stow_auth: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mask_credentials(cls, data: Any) -> Any:
+        token, basic = getattr(data, "stow_token", None), getattr(data, "stow_basic", None)
+        if token is None or not getattr(data, "stow_url", ""):
+            return data
+        fields = {name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)}
+        return {**fields, "stow_auth": auth_label(token, basic or "")}
 
 
 class EchoResultPublic(BaseModel):

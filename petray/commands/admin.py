@@ -128,12 +128,9 @@ def run_device(args: argparse.Namespace) -> int:
 
 
 def stow_auth(device: Device) -> str:
-    """How a STOW-RS device authenticates, with the secret masked: ``basic alice:****``."""
-    if device.stow_token:
-        return "bearer ****"
-    if device.stow_basic:
-        return f"basic {device.stow_basic.partition(':')[0]}:****"
-    return "no credentials"
+    from petray.stow import auth_label
+
+    return auth_label(device.stow_token, device.stow_basic)
 
 
 def _secret(value: str | None, what: str) -> str | None:

@@ -35,7 +35,7 @@ pages = APIRouter(include_in_schema=False)
 PAGE_LIMIT = 200
 JSONL = "application/x-ndjson"
 # Never copied into an audit row, whatever schema they come in.
-SECRET_FIELDS = frozenset({"password", "token", "secret", "tls_key"})
+SECRET_FIELDS = frozenset({"password", "token", "secret", "tls_key", "stow_token", "stow_basic"})
 
 
 class AuditEventPublic(BaseModel):

@@ -121,6 +121,8 @@ class Resource(Generic[R]):
     form_data: Callable[[Mapping[str, str]], dict[str, object]] = dict
     conflict_field: str = "name"  # where a plain ConfigurationError is shown on the form
     page_context: Callable[[], dict[str, object]] = dict  # more template values, per request
+    # A row's values as its edit form shows them (e.g. secrets left blank).
+    edit_values: Callable[[R, dict[str, str]], dict[str, str]] = lambda row, values: values
     editable: bool = False
 
     def get(self, row_id: int, session: Session) -> R:
@@ -310,7 +312,7 @@ def page_router(res: Resource[R]) -> APIRouter:
         request: Request, row_id: int, ctx: ContextDep, session: SessionDep, user: PageViewer
     ) -> HTMLResponse:
         row = res.get(row_id, session)
-        values = form_values(row, list(res.update_schema.model_fields))
+        values = res.edit_values(row, form_values(row, list(res.update_schema.model_fields)))
         return res.page(request, ctx, session, user, values=values, editing=row)
 
     def save(
