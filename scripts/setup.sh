@@ -15,7 +15,8 @@ as_root() {
 debian_packages=(dcmtk orthanc)
 if [ "$mode" = "test" ]; then
   # prometheus: tests scrape a running gateway with deploy/prometheus.yml (issue 10).
-  debian_packages+=(dicom3tools chromium postgresql-client prometheus)
+  # orthanc-dicomweb: the STOW-RS destination of the DICOMweb tests (issue 15).
+  debian_packages+=(dicom3tools chromium postgresql-client prometheus orthanc-dicomweb)
 fi
 
 missing=()
