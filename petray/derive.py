@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, PrivateBlock
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
@@ -301,9 +301,12 @@ def _template(index: int, path: Path) -> SliceTemplate:
     kept_private = derived_private(source)
     units = derived_units(source)
     _strip(source)
+    blocks: dict[tuple[int, str], PrivateBlock] = {}
     for kept in kept_private:
-        block = source.private_block(kept.element.group, kept.element.creator, create=True)
-        block.add_new(kept.element.offset, kept.element.vr, kept.value)
+        key = (kept.element.group, kept.element.creator)
+        if key not in blocks:
+            blocks[key] = source.private_block(*key, create=True)
+        blocks[key].add_new(kept.element.offset, kept.element.vr, kept.value)
     if units is not None:
         source.Units = units  # the output's pixels are Bq/ml whatever the source stored
     # Values that are the same for every output of this slice, whatever the filter.

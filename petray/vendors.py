@@ -236,13 +236,22 @@ def derived_private(source: Dataset) -> tuple[DerivedPrivate, ...]:
     kept = vendor_profile(source).kept_private
     if not kept:
         return ()
+    # Each block looked up once: pydicom's private_block decodes the group's creators each time.
+    numbers = _private_numbers(source, [row.element for row in kept])
+    applied: float | None
     try:
-        applied: float | None = activity_factor(source)
+        units = activity_units(source)
     except ValidationFailed:
         applied = None
+    else:
+        if units.factor is None:
+            applied = 1.0
+        else:
+            found_factor = numbers.get(units.factor, units.factor.number(source))
+            applied = found_factor if found_factor is not None and found_factor > 0 else None
     found: list[DerivedPrivate] = []
     for row in kept:
-        number = row.element.number(source)
+        number = numbers[row.element]
         if number is None:
             continue
         if row.fixed is not None:
@@ -253,6 +262,28 @@ def derived_private(source: Dataset) -> tuple[DerivedPrivate, ...]:
             number /= applied
         found.append(DerivedPrivate(row.element, _written(row, number)))
     return tuple(found)
+
+
+def _private_numbers(
+    ds: Dataset, elements: list[PrivateElement]
+) -> dict[PrivateElement, float | None]:
+    blocks: dict[tuple[int, str], Any] = {}
+    numbers: dict[PrivateElement, float | None] = {}
+    for element in elements:
+        key = (element.group, element.creator)
+        if key not in blocks:
+            try:
+                blocks[key] = ds.private_block(element.group, element.creator)
+            except KeyError:
+                blocks[key] = None
+        value = None
+        if blocks[key] is not None:
+            try:
+                value = blocks[key][element.offset].value
+            except KeyError:
+                value = None
+        numbers[element] = _number(value, element.vr)
+    return numbers
 
 
 def derived_units(source: Dataset) -> str | None:
