@@ -197,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--units", choices=["BQML", "CNTS"], default="BQML", help="CNTS: Philips counts"
     )
-    synth.add_argument("--decay-correction", choices=["START", "ADMIN", "NONE"], default="START")
+    synth.add_argument(
+        "--decay-correction",
+        choices=["START", "ADMIN", "NONE"],
+        default="START",
+        help="what the pixels are decay corrected to (ADMIN: the injection, a GE option)",
+    )
     synth.add_argument("--no-patient-weight", action="store_true", help="leave PatientWeight out")
     synth.add_argument(
         "--no-number-of-slices", action="store_true", help="leave NumberOfSlices out"
