@@ -1,6 +1,8 @@
 """A Philips series stored in counts, sent with DCMTK storescu into a running gateway, reaches the
 service as Bq/ml (issue 15): the uploaded npy holds stored value x RescaleSlope x (7053,1009) of
-each slice, and the derived series delivered to storescp is Bq/ml as well."""
+each slice, and the derived series delivered to storescp is Bq/ml as well. The same task also goes
+to a DICOMweb destination (Orthanc with its DICOMweb plugin, added as a STOW-RS device) through
+the running gateway's StoreSCU actor, and is read back over QIDO-RS."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from actors.gateway import Gateway
 from petray.db.engine import unit_of_work
 from petray.domain import Stage, State
 from petray.filters import FilterSpec
+from petray.orthanc import DICOMWEB_PLUGIN, start_orthanc
+from petray.siteconfig import add_stow_device
 from petray.synth import (
     PHILIPS_ACTIVITY_FACTOR,
     PHILIPS_PET_CREATOR,
@@ -31,8 +35,13 @@ from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import running_reference
 from tests.gateway_site import prepare_site, site_settings
 from tests.peers import free_port, run_storescu, start_storescp
+from tests.test_stow_orthanc import qido
 
-pytestmark = [pytest.mark.ray, pytest.mark.peers]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.peers,
+    pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(), reason="orthanc-dicomweb is not installed"),
+]
 
 WAIT_S = 120
 SLICES, ROWS, COLS = 16, 32, 32
@@ -84,8 +93,11 @@ def test_philips_counts_reach_the_service_as_bq_per_ml(home: Path) -> None:
     with (
         running_reference(settings, port=reference_port),
         start_storescp(home / "dest") as dest,
+        start_orthanc(home / "orthanc", dicomweb=True) as vna,
     ):
         sessions = prepare_site(settings, destination=(dest.aet, dest.port), filters=(FILTER,))
+        with unit_of_work(sessions) as session:
+            add_stow_device(session=session, name="vna", url=vna.dicomweb_url)
         gateway = Gateway(settings).start()
         try:
             port = int(gateway.listener["port"])
@@ -112,3 +124,10 @@ def test_philips_counts_reach_the_service_as_bq_per_ml(home: Path) -> None:
         peak = max(float(pydicom.dcmread(p).RescaleSlope) for p in delivered) * 32767
         # Same order of magnitude as the Bq/ml input (a filter changes the peak, not the unit).
         assert 0.2 * expected.max() < peak < 2.0 * expected.max()
+        # The DICOMweb destination holds the same series, every instance once.
+        study, series = str(out.StudyInstanceUID), str(out.SeriesInstanceUID)
+        instances = qido(vna, f"/studies/{study}/series/{series}/instances")
+        sent_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                     for p in delivered}  # fmt: skip
+        assert sorted(str(ds.SOPInstanceUID) for ds in instances) == sorted(sent_uids)
+        assert vna.client.get("/statistics").json()["CountInstances"] == SLICES
