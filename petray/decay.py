@@ -20,7 +20,6 @@ otherwise cannot be quantified and is refused with that reason.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from petray.dicom.values import finite_float
 from petray.errors import ValidationFailed
 
 START = "START"
@@ -67,16 +67,10 @@ class DecayFactors:
         return {"min": self.minimum, "max": self.maximum, "slices": self.slices}
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def slice_decay(ds: Any) -> SliceDecay:
-    return SliceDecay(_number(ds.get("DecayFactor")), _number(ds.get("FrameReferenceTime")))
+    return SliceDecay(
+        finite_float(ds.get("DecayFactor")), finite_float(ds.get("FrameReferenceTime"))
+    )
 
 
 def read_slice_decays(paths: Iterable[Path]) -> list[SliceDecay]:

@@ -12,7 +12,6 @@ fails is sent as null, never truncated into something that still carries part of
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from pydicom import Dataset
 
 from petray.decay import DecayFactors
 from petray.deid import identifying_values
+from petray.dicom.values import finite_float
 from petray.vendors import PrivateElement, vendor_profile
 
 logger = logging.getLogger(__name__)
@@ -62,16 +62,8 @@ def _setting_text(value: Any) -> str | None:
     return text
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _positive_int(value: Any) -> int | None:
-    number = _number(value)
+    number = finite_float(value)
     return int(number) if number is not None and number > 0 else None
 
 

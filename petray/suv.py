@@ -15,7 +15,6 @@ time is the reference, as QIBA prescribes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +22,7 @@ from pydicom import Dataset
 
 from petray.dicom.private import as_float, private_value
 from petray.dicom.times import acquisition_start, injection_start, parse_dt, text
+from petray.dicom.values import positive_float
 
 GRAMS_PER_KG = 1000.0
 GE_PRIVATE = (0x0009, "GEMS_PETD_01")
@@ -43,14 +43,6 @@ class SuvScale:
     @classmethod
     def none(cls, reason: str, decay_correction: str = "") -> SuvScale:
         return cls(None, reason, decay_correction)
-
-
-def _positive(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
 
 
 def _scan_start(ds: Dataset, earliest_acquisition: datetime | None) -> datetime | None:
@@ -88,12 +80,12 @@ def suv_scale(
     correction = text(ds, "DecayCorrection").upper()
     if units == "GML":
         return SuvScale.none("pixels are already SUV (Units GML)", correction)
-    weight = _positive(ds.get("PatientWeight"))
+    weight = positive_float(ds.get("PatientWeight"))
     if weight is None:
         return SuvScale.none("no weight", correction)
     sequence = ds.get("RadiopharmaceuticalInformationSequence")
     item = sequence[0] if sequence else Dataset()
-    dose = _positive(item.get("RadionuclideTotalDose"))
+    dose = positive_float(item.get("RadionuclideTotalDose"))
     if dose is None:
         if units == "CNTS" and (philips := _philips_scale(ds)) is not None:
             return SuvScale(philips, "", correction)
@@ -110,7 +102,7 @@ def suv_scale(
     injected = injection_start(item, ds, scan)
     if injected is None:
         return SuvScale.none("no injection time", correction)
-    half_life = _positive(item.get("RadionuclideHalfLife")) or _positive(half_life_s)
+    half_life = positive_float(item.get("RadionuclideHalfLife")) or positive_float(half_life_s)
     if half_life is None:
         return SuvScale.none("no half-life", correction)
     elapsed = (scan - injected).total_seconds()

@@ -25,6 +25,7 @@ from petray.decay import (
     decay_correction_problem,
 )
 from petray.dicom.times import acquisition_start, injection_start, parse_date, text
+from petray.dicom.values import positive_float
 from petray.errors import ValidationFailed
 from petray.radiopharm import (
     SEED_RADIOPHARMACEUTICALS,
@@ -72,14 +73,6 @@ class ProcessingHeader:
     reconstruction: dict[str, Any] | None = None
 
 
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
 def _floats(value: Any, count: int) -> list[float] | None:
     if value is None:
         return None
@@ -104,7 +97,7 @@ def _age_years(ds: Dataset, reference: date | None) -> int | None:
 
 
 def _height_cm(ds: Dataset) -> float | None:
-    size = _positive(ds.get("PatientSize"))
+    size = positive_float(ds.get("PatientSize"))
     if size is None:
         return None
     return size * CM_PER_M if size <= MAX_HEIGHT_M else size
@@ -202,13 +195,16 @@ def build_processing_header(
     pixel_spacing = _floats(ds.get("PixelSpacing"), 2)
     if pixel_spacing is None or min(pixel_spacing) <= 0:
         problems.append("pixel spacing (PixelSpacing) missing or invalid")
-    slice_spacing = need(_positive(slice_spacing_mm), "slice spacing missing or not positive")
+    slice_spacing = need(positive_float(slice_spacing_mm), "slice spacing missing or not positive")
     thickness = need(
-        _positive(ds.get("SliceThickness")), "slice thickness (SliceThickness) missing"
+        positive_float(ds.get("SliceThickness")), "slice thickness (SliceThickness) missing"
     )
     if (orientation := _orientation_problem(ds)) is not None:
         problems.append(orientation)
-    need(_positive(ds.get("RescaleSlope")), "rescale slope (RescaleSlope) missing or not positive")
+    need(
+        positive_float(ds.get("RescaleSlope")),
+        "rescale slope (RescaleSlope) missing or not positive",
+    )
     if _floats([ds.get("RescaleIntercept")], 1) is None:
         problems.append("rescale intercept (RescaleIntercept) missing")
     try:
@@ -216,7 +212,7 @@ def build_processing_header(
         activity_factor(ds)
     except ValidationFailed as exc:
         problems.append(str(exc))
-    weight = _positive(ds.get("PatientWeight"))
+    weight = positive_float(ds.get("PatientWeight"))
     if weight is None and require_patient_weight:
         problems.append("patient weight (PatientWeight) missing")
     correction = text(ds, "DecayCorrection").upper()
@@ -251,7 +247,7 @@ def build_processing_header(
             "injection time (RadiopharmaceuticalStartDateTime/StartTime) missing or invalid",
         )
         dose_bq = need(
-            _positive(item.get("RadionuclideTotalDose")),
+            positive_float(item.get("RadionuclideTotalDose")),
             "injected dose (RadionuclideTotalDose) missing or not positive",
         )
         dose = None if dose_bq is None else dose_bq / BQ_PER_MBQ

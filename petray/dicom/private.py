@@ -7,12 +7,13 @@ activity concentration scale factor, whatever block a given export put it in.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 from pydicom import Dataset
+
+from petray.dicom.values import finite_float
 
 # Binary encodings of an implicit-VR (UN) private element without a dictionary entry.
 _BINARY = {8: "<d", 4: "<f"}
@@ -26,19 +27,15 @@ def private_value(ds: Dataset, group: int, creator: str, offset: int) -> Any | N
         return None
 
 
-def _finite(number: float) -> float | None:
-    return number if math.isfinite(number) else None
-
-
 def _from_bytes(raw: bytes) -> float | None:
     try:
-        return _finite(float(raw.decode("ascii").strip("\x00 ").split("\\")[0]))
-    except (UnicodeDecodeError, ValueError):
-        pass
-    if len(raw) in _BINARY:
+        number = finite_float(raw.decode("ascii").strip("\x00 ").split("\\")[0])
+    except UnicodeDecodeError:
+        number = None
+    if number is None and len(raw) in _BINARY:
         (number,) = struct.unpack(_BINARY[len(raw)], raw)
-        return _finite(float(number))
-    return None
+        number = finite_float(number)
+    return number
 
 
 def as_float(value: Any) -> float | None:
@@ -48,7 +45,4 @@ def as_float(value: Any) -> float | None:
         return _from_bytes(value)
     if isinstance(value, Sequence) and not isinstance(value, str):
         value = value[0] if len(value) else None
-    try:
-        return _finite(float(value))
-    except (TypeError, ValueError):
-        return None
+    return finite_float(value)
