@@ -20,16 +20,18 @@ from datetime import datetime
 
 from pydicom import Dataset
 
-from petray.dicom.private import as_float, private_value
 from petray.dicom.times import acquisition_start, injection_start, parse_dt, text
 from petray.dicom.values import positive_float
+from petray.vendors import (
+    GEMS_PETD,
+    PHILIPS_ACTIVITY_FACTOR,
+    PHILIPS_SUV_FACTOR,
+    PrivateElement,
+)
 
 GRAMS_PER_KG = 1000.0
-GE_PRIVATE = (0x0009, "GEMS_PETD_01")
-GE_SCAN_DATETIME = 0x0D  # (0009,100D): the scan start GE keeps when it rewrites SeriesTime
-PHILIPS_PRIVATE = (0x7053, "Philips PET Private Group")
-PHILIPS_SUV_FACTOR = 0x00  # (7053,1000): SUVbw per rescaled stored value
-PHILIPS_ACTIVITY_FACTOR = 0x09  # (7053,1009): Bq/ml per rescaled stored value
+# The scan start GE keeps when it rewrites SeriesTime on re-processing.
+GE_SCAN_DATETIME = PrivateElement(0x0009, GEMS_PETD, 0x0D, "scan_datetime", "DT")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def _scan_start(ds: Dataset, earliest_acquisition: datetime | None) -> datetime 
     series = acquisition_start(ds)
     if series is None or earliest_acquisition is None or series <= earliest_acquisition:
         return series
-    ge_scan = private_value(ds, *GE_PRIVATE, GE_SCAN_DATETIME)
+    ge_scan = GE_SCAN_DATETIME.value(ds)
     if isinstance(ge_scan, bytes):
         ge_scan = ge_scan.decode("ascii", "ignore")
     return parse_dt(str(ge_scan or "").strip("\x00 ")) or earliest_acquisition
@@ -57,8 +59,9 @@ def _scan_start(ds: Dataset, earliest_acquisition: datetime | None) -> datetime 
 
 def _philips_scale(ds: Dataset) -> float | None:
     # Philips's own SUV per rescaled count, over its Bq/ml per rescaled count: SUV per Bq/ml.
-    suv = as_float(private_value(ds, *PHILIPS_PRIVATE, PHILIPS_SUV_FACTOR))
-    activity = as_float(private_value(ds, *PHILIPS_PRIVATE, PHILIPS_ACTIVITY_FACTOR))
+    # (7053,1000) is SUVbw per rescaled stored value, (7053,1009) Bq/ml per rescaled stored value.
+    suv = PHILIPS_SUV_FACTOR.number(ds)
+    activity = PHILIPS_ACTIVITY_FACTOR.number(ds)
     if suv is None or activity is None or suv <= 0 or activity <= 0:
         return None
     return suv / activity

@@ -16,7 +16,6 @@ element number: the block a creator lands in differs between exports.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from petray.dicom.values import finite_float
 from petray.errors import ValidationFailed
 from petray.recon import vendor_rule
 
@@ -74,11 +74,7 @@ def _number(value: Any, vr: str) -> float | None:
             return None
     elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         value = value[0] if len(value) else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    return finite_float(value)
 
 
 PHILIPS_PET = "Philips PET Private Group"
