@@ -607,7 +607,8 @@ class StoreService:
         # out for 10-35 s). An empty item ends that wait now, as the timeout itself would.
         assoc = event.assoc
         if assoc.is_acceptor and assoc.requestor.primitive is None:
-            assoc.dul.to_user_queue.put(None)
+            # pynetdicom types the queue for PDUs only; None is what its own timeout puts.
+            cast(Any, assoc.dul.to_user_queue).put(None)
 
     def _on_requested(self, event: evt.Event) -> None:
         """Accept or reject the A-ASSOCIATE-RQ by called AE title and source devices.
