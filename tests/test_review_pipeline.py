@@ -88,7 +88,10 @@ def states(tasks: list[TaskSummary]) -> list[str]:
 @pytest.fixture
 def rig(tmp_path: Path, ray_cluster: None) -> Iterator[Rig]:
     reference_port = free_port()
-    settings = site_settings(tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}")
+    # Sweeps every second: the two-sweep waits below prove no sweep takes a held task up, cheaply.
+    settings = site_settings(
+        tmp_path / "home", remote_url=f"http://127.0.0.1:{reference_port}", sweep_interval_s=1.0
+    )
     with (
         running_reference(settings, port=reference_port),
         start_storescp(tmp_path / "pacs") as pacs,
