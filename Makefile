@@ -18,3 +18,4 @@ bench:
 	scripts/setup.sh test
 	.venv/bin/python -m bench.ingest
 	.venv/bin/python -m bench.pipeline
+	.venv/bin/python -m bench.stow
