@@ -142,3 +142,33 @@ def reject(task_id: str, *, session: Session, by: str, note: str = "") -> Task:
         reason += f" ({note.strip()})"
     fail(task, reason[:MAX_REASON_CHARS], session=session)
     return task
+
+
+def _figure(value: float | None, spec: str = ".3g", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def _changed(row: Mapping[str, Any], metric: str) -> str:
+    change = (row.get("change_pct") or {}).get(metric)
+    return "" if change is None else f" ({change:+.1f} %)"
+
+
+def summary_lines(record: Mapping[str, Any]) -> list[str]:
+    """The check as a few lines of text (``petray demo``): one per volume, then the verdict."""
+    suv = record.get("suv_factor") is not None
+    lines = []
+    for row in [{"label": "received", **record["received"]}, *record.get("series", [])]:
+        if suv:
+            shown = f"SUVmax {_figure(row['suv_max'])}{_changed(row, 'max_bqml')}, "
+            shown += f"SUVpeak {_figure(row['suv_peak'])}{_changed(row, 'peak_bqml')}, "
+            shown += f"SUVmean {_figure(row['suv_mean'])}{_changed(row, 'mean_body_bqml')}"
+        else:
+            shown = f"max {_figure(row['max_bqml'], '.0f', ' Bq/ml')}{_changed(row, 'max_bqml')}"
+        total = f"total {_figure(row['total_mbq'], '.1f', ' MBq')}{_changed(row, 'total_mbq')}"
+        lines.append(f"{row['label']}: {shown}, {total}")
+    check = record.get("check") or {}
+    verdict = check.get("status", PENDING)
+    if not suv:
+        verdict += f"; no SUV: {record.get('suv_reason') or 'no SUV'}"
+    lines.append(f"check: {verdict}" + "".join(f"; {b}" for b in check.get("breaches", [])))
+    return lines

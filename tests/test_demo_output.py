@@ -15,7 +15,7 @@ from tests.test_cli import PETRAY
 OWN_LINES = re.compile(
     r"^(petray demo in |reference processing service: |destination: |  gateway: |gateway up in "
     r"|sent \d+ PET slices|  task [0-9a-f]{8}: |per-stage timings:|  [a-z]+ +\d+\.\d\d s$"
-    r"|verified: )"
+    r"|quantitative check \(|  received: SUVmax |  #\d+ .*: SUVmax |  check: off$|verified: )"
 )
 
 
@@ -38,6 +38,8 @@ def test_demo_prints_progress_and_no_ray_noise(tmp_path: Path) -> None:
     assert any(line.startswith("  gateway: starting Ray") for line in lines)
     assert any(line.startswith("  gateway: starting the pipeline") for line in lines)
     assert lines[-1].startswith("verified: 2 series x 12 instances")
+    # The quantitative check of both derived series, with SUV (the synthetic header is complete).
+    assert sum(bool(re.match(r"  #\d+ .*: SUVmax .* total ", line)) for line in lines) == 2
     assert done.stderr == ""
     # Ray's and the gateway's own lines went to a file instead.
     captured = (home / "logs" / "demo-output.log").read_text()

@@ -18,6 +18,7 @@ from petray.review import (
     reject,
     release,
     site_thresholds,
+    summary_lines,
 )
 from petray.siteconfig import get_site_config
 from petray.tasks import get_task, retry, runnable_in, summarize, unfinished_tasks
@@ -135,3 +136,20 @@ def test_site_thresholds_default_off(sessions: sessionmaker[Session]) -> None:
         config.quant_max_activity_change_pct = 5.0
     with unit_of_work(sessions) as session:
         assert site_thresholds(session=session) == QuantThresholds(5.0, None)
+
+
+def test_summary_lines_show_each_volume_its_changes_and_the_verdict() -> None:
+    received = ActivityMetrics(10000.0, 9000.0, (5, 6, 7), 2000.0, 70000.0, 400.0)
+    derived = ActivityMetrics(9000.0, 8600.0, (5, 6, 7), 1950.0, 71000.0, 440.0)
+    record = received_record(received, suv_factor=0.0002, suv_reason="", body_threshold=1.0)
+    held = judge(record, [("#7 Denoised", 7, derived)], QuantThresholds(5, None))
+    assert summary_lines(held) == [
+        "received: SUVmax 2, SUVpeak 1.8, SUVmean 0.4, total 400.0 MBq",
+        "#7 Denoised: SUVmax 1.8 (-10.0 %), SUVpeak 1.72 (-4.4 %), SUVmean 0.39 (-2.5 %), "
+        "total 440.0 MBq (+10.0 %)",
+        "check: held; #7 Denoised: total activity changed by +10.0 % (limit 5 %)",
+    ]
+    no_weight = received_record(received, suv_factor=None, suv_reason="no weight", body_threshold=1)
+    lines = summary_lines(judge(no_weight, [("#7 Denoised", 7, derived)], QuantThresholds()))
+    assert lines[1] == "#7 Denoised: max 9000 Bq/ml (-10.0 %), total 440.0 MBq (+10.0 %)"
+    assert lines[-1] == "check: off; no SUV: no weight"

@@ -30,6 +30,7 @@ from petray.destination_peer import start_destination
 from petray.domain import FINAL_STATES, State
 from petray.filters import FilterSpec
 from petray.gateway_lock import acquire_gateway_lock
+from petray.review import QUANT, summary_lines
 from petray.scu import DicomNode, send_instances
 from petray.settings import Settings, load_settings
 from petray.siteconfig import add_destination_and_filters
@@ -221,9 +222,14 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
         state, reason = task.state, task.reason
         shape = tuple(task.details.get("shape", ()))
         timings = stage_timings(task_id, session=session)
+        quant = task.details.get(QUANT)
     say("per-stage timings:")
     for stage, seconds in timings:
         say(f"  {stage:<12} {seconds:7.2f} s")
+    if quant:
+        say("quantitative check (received vs each derived series):")
+        for line in summary_lines(quant):
+            say(f"  {line}")
     if state != State.DONE:
         say(f"FAILED: task ended {state}: {reason}")
         return 1
