@@ -165,11 +165,10 @@ class UnpackerActor(StageWorker):
                 }
         return Stage.SENDING
 
-    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> Stage | None:
         """A result beyond the site's quantitative limits stops here, held for review."""
         if target != Stage.SENDING or not must_hold(task):
-            super().on_advance(task, target, session=session)
-            return
+            return super().on_advance(task, target, session=session)
         hold(task, session=session)
         audit.record(
             "task.hold",
@@ -180,6 +179,7 @@ class UnpackerActor(StageWorker):
             detail={"reason": hold_reason(task)},
         )
         logger.warning("task %s held for quantitative review", task.id)
+        return None
 
     def _run_jobs(
         self,
