@@ -1,7 +1,8 @@
 """Power cuts of the whole gateway (issue 8): ``petray start`` SIGKILLed — its process group, and
 through its watchdog every Ray process of its run — in three stages of one task, restarted each
-time on the same home. The task ends delivered exactly once (DCMTK storescp ``+uf`` keeps every
-copy it receives). bench/chaos.py runs the full matrix with the same machinery.
+time on the same home. The task ends delivered, every acknowledged instance exactly once (DCMTK
+storescp ``+uf`` keeps every copy it receives). bench/chaos.py runs the full matrix with the same
+machinery.
 """
 
 from __future__ import annotations
@@ -52,4 +53,10 @@ def test_power_cuts_in_three_stages_lose_nothing_and_duplicate_nothing(tmp_path:
         expected = len(files) * len(FILTERS)
         uids = s.destination.sop_uids()
         assert len(set(uids)) == expected, "an instance was lost"
-        assert len(uids) == expected, "an instance was delivered twice"
+        # storescp sleeps after answering; the next instance, sent at once, waits complete in its
+        # socket, and storescp stores it on waking although its answer can no longer reach the
+        # dead gateway. C-STORE cannot tell that instance from one never stored, so it goes
+        # again: at most that one (storescp serves one association at a time). A resume that
+        # sent acknowledged instances again would repeat at least the two acknowledged before
+        # the cut.
+        assert len(uids) - expected <= 1, "an acknowledged instance was delivered twice"
