@@ -206,8 +206,7 @@ class StageWorker:
                 # Cancelled while we worked, or moved on (a result callback that overtook
                 # the Uploader's own commit).
                 return Outcome()
-            # on_advance may move the task further than asked (the Uploader, to downloading).
-            target = self.on_advance(task, target, session=session) or target
+            self.on_advance(task, target, session=session)
         self._processed += 1
         self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "ok"})
         self._m_duration.observe(time.monotonic() - started)
@@ -231,12 +230,10 @@ class StageWorker:
         logger.warning("task %s %s: %s (retry in %.1f s)", task_id, self.stage, error, delay)
         return Outcome(retry_in=delay)
 
-    def on_advance(self, task: Any, target: Stage, *, session: Any) -> Stage | None:
-        """Commit the move to ``target`` (subclasses may record more in the same transaction);
-        a subclass that moves the task elsewhere returns that stage, to be dispatched instead."""
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
+        """Commit the move to ``target`` (subclasses may record more in the same transaction)."""
         state = State.DONE if target == Stage.DONE else State.ACTIVE
         move_to(task, target, session=session, state=state)
-        return None
 
     def _finish_failed(self, task_id: str, reason: str) -> None:
         logger.warning("task %s failed in %s: %s", task_id, self.stage, reason)

@@ -165,10 +165,11 @@ class UnpackerActor(StageWorker):
                 }
         return Stage.SENDING
 
-    def on_advance(self, task: Any, target: Stage, *, session: Any) -> Stage | None:
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """A result beyond the site's quantitative limits stops here, held for review."""
         if target != Stage.SENDING or not must_hold(task):
-            return super().on_advance(task, target, session=session)
+            super().on_advance(task, target, session=session)
+            return
         hold(task, session=session)
         audit.record(
             "task.hold",
@@ -179,7 +180,6 @@ class UnpackerActor(StageWorker):
             detail={"reason": hold_reason(task)},
         )
         logger.warning("task %s held for quantitative review", task.id)
-        return None
 
     def _run_jobs(
         self,

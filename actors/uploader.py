@@ -15,7 +15,7 @@ from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
 from petray.remote import RemoteClient
-from petray.shared_folder import result_present, upload
+from petray.shared_folder import upload
 from petray.siteconfig import effective_client_id, effective_remote_url
 from petray.tasks import fail, get_task, move_to
 
@@ -60,20 +60,11 @@ class UploaderActor(StageWorker):
             client.start_processing(task_id=task_id, client_id=client_id, metadata=metadata)
         return Stage.PROCESSING
 
-    def on_advance(self, task: Any, target: Stage, *, session: Any) -> Stage | None:
-        if result_present(self.settings.resolved_shared_dir, task.id):
-            # A fast service wrote its result and called back while this commit was on its way.
-            # On SQLite the callback's move to downloading can land between this transaction's
-            # read and its write, and "waiting for the result" would then wait for a callback
-            # already spent; the result is there, so this is the callback's move too, and the
-            # Downloader is told (a second message for the same task is dropped as stale).
-            move_to(task, Stage.DOWNLOADING, session=session)
-            return Stage.DOWNLOADING
+    def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         task.deadline = datetime.now(UTC) + timedelta(seconds=self.settings.processing_deadline_s)
         move_to(
             task, target, session=session, state=State.WAITING, message="waiting for the result"
         )
-        return None
 
     def _watch_deadline(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
