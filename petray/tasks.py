@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from petray.db.models import (
@@ -46,6 +46,10 @@ ACTOR_STAGES = frozenset(
 REASONED_STATES = frozenset({State.WAITING, State.FAILED, State.CANCELLED, State.HELD})
 
 
+# Touches no column (``updated`` keeps its value): it exists to take SQLite's write lock.
+_SQLITE_WRITE_LOCK = text(f"UPDATE {Task.__tablename__} SET id = id WHERE id = :id")
+
+
 def new_task_id() -> str:
     return uuid.uuid4().hex
 
@@ -69,6 +73,17 @@ def create_task(
 
 
 def get_task(task_id: str, *, session: Session, lock: bool = False) -> Task:
+    """The task; ``lock`` holds it against other writers until the caller's commit.
+
+    PostgreSQL takes the row lock with SELECT ... FOR UPDATE. SQLite ignores FOR UPDATE and
+    reads outside any transaction, so a change committed between this read and the caller's
+    write would be overwritten (a fast service's callback lost under the Uploader's "waiting
+    for the result"). There a no-op UPDATE of the row comes first: it opens the transaction
+    and takes the database's write lock, so the read sees every earlier commit and no other
+    writer commits before ours.
+    """
+    if lock and session.get_bind().dialect.name == "sqlite":
+        session.execute(_SQLITE_WRITE_LOCK, {"id": task_id})
     stmt = select(Task).where(Task.id == task_id)
     if lock:
         stmt = stmt.with_for_update()

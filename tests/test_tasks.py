@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
@@ -247,6 +248,42 @@ def test_result_callback_that_overtakes_the_uploader_commit_is_accepted(
         task_id = make_task(session, Stage.UPLOADING, State.ACTIVE).id
     with unit_of_work(sessions) as session:
         assert accept_result_callback(task_id, session=session) is True
+    with sessions() as session:
+        task = get_task(task_id, session=session)
+        assert (task.stage, task.state) == ("downloading", "active")
+
+
+def test_result_callback_during_the_uploader_commit_is_not_overwritten(
+    sessions: sessionmaker[Session],
+) -> None:
+    # The Uploader has read its task (uploading) and is about to record "waiting for the
+    # result" when the service's callback arrives. The callback must wait for that commit and
+    # then move the task on; were it to commit in between, the Uploader's write would erase
+    # it and the task would wait for a callback that has already come.
+    with unit_of_work(sessions) as session:
+        task_id = make_task(session, Stage.UPLOADING, State.ACTIVE).id
+    uploader_read = threading.Event()
+    callback_done = threading.Event()
+    accepted: list[bool] = []
+
+    def callback() -> None:
+        uploader_read.wait(10)
+        with unit_of_work(sessions) as session:
+            accepted.append(accept_result_callback(task_id, session=session))
+        callback_done.set()
+
+    thread = threading.Thread(target=callback)
+    thread.start()
+    with unit_of_work(sessions) as session:
+        task = get_task(task_id, session=session, lock=True)
+        assert task.stage == Stage.UPLOADING
+        uploader_read.set()
+        # Long enough for an unblocked callback to commit; a held lock keeps it waiting.
+        overtaken = callback_done.wait(1.0)
+        move_to(task, Stage.PROCESSING, session=session, state=State.WAITING, message="waiting")
+    thread.join(30)
+    assert not overtaken, "the callback committed while the Uploader held the task"
+    assert accepted == [True]
     with sessions() as session:
         task = get_task(task_id, session=session)
         assert (task.stage, task.state) == ("downloading", "active")
