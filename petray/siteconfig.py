@@ -14,6 +14,7 @@ from petray.errors import ConfigurationError
 from petray.filters import FilterSpec
 from petray.hostnames import validate_host
 from petray.settings import AE_TITLE_MAX_LENGTH, Settings
+from petray.stow_device import validate_basic, validate_stow_url, validate_token
 
 SITE_CONFIG_ID = 1
 
@@ -68,6 +69,21 @@ def validate_ae_title(value: str) -> str:
     return value
 
 
+def _new_device_name(name: str, *, session: Session) -> str:
+    # The name is stored stripped, so the duplicate check must compare the stripped name too.
+    name = name.strip()
+    if not name:
+        raise ConfigurationError("device name must not be empty")
+    if session.scalar(select(Device).where(Device.name == name)) is not None:
+        raise ConfigurationError(f"a device named {name!r} already exists")
+    return name
+
+
+def _check_client_certificate(device: Device) -> None:
+    if bool(device.tls_cert) != bool(device.tls_key):
+        raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
+
+
 def add_device(
     *,
     session: Session,
@@ -83,10 +99,7 @@ def add_device(
     tls_key: str = "",
     match_ae_only: bool = False,
 ) -> Device:
-    # The name is stored stripped, so the duplicate check must compare the stripped name too.
-    name = name.strip()
-    if not name:
-        raise ConfigurationError("device name must not be empty")
+    name = _new_device_name(name, session=session)
     if not 1 <= port <= 65535:
         raise ConfigurationError(f"port {port} out of range 1-65535")
     try:
@@ -95,8 +108,6 @@ def add_device(
         raise ConfigurationError(f"host {exc}") from None
     if not (is_source or is_destination):
         raise ConfigurationError("a device must be a source, a destination or both")
-    if session.scalar(select(Device).where(Device.name == name)) is not None:
-        raise ConfigurationError(f"a device named {name!r} already exists")
     device = Device(
         name=name,
         ae_title=validate_ae_title(ae_title),
@@ -111,8 +122,7 @@ def add_device(
         tls_key=tls_key.strip(),
         match_ae_only=match_ae_only,
     )
-    if bool(device.tls_cert) != bool(device.tls_key):
-        raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
+    _check_client_certificate(device)
     session.add(device)
     session.flush()
     return device
@@ -126,8 +136,6 @@ STOW_PORT = 0
 
 def set_stow(device: Device, *, url: str, token: str = "", basic: str = "") -> None:
     """Make ``device`` a STOW-RS destination at ``url`` (validated); ConfigurationError if not."""
-    from petray.stow import validate_basic, validate_stow_url, validate_token
-
     try:
         url, token, basic = validate_stow_url(url), validate_token(token), validate_basic(basic)
     except ValueError as exc:
@@ -155,13 +163,8 @@ def add_stow_device(
     tls_key: str = "",
 ) -> Device:
     """A DICOMweb destination (issue 15): results are stored with STOW-RS at ``url``."""
-    name = name.strip()
-    if not name:
-        raise ConfigurationError("device name must not be empty")
-    if session.scalar(select(Device).where(Device.name == name)) is not None:
-        raise ConfigurationError(f"a device named {name!r} already exists")
     device = Device(
-        name=name,
+        name=_new_device_name(name, session=session),
         is_source=False,
         is_destination=True,
         tls_ca=tls_ca.strip(),
@@ -169,8 +172,7 @@ def add_stow_device(
         tls_key=tls_key.strip(),
         match_ae_only=False,
     )
-    if bool(device.tls_cert) != bool(device.tls_key):
-        raise ConfigurationError("a TLS client certificate needs its key, and a key its cert")
+    _check_client_certificate(device)
     set_stow(device, url=url, token=token, basic=basic)
     session.add(device)
     session.flush()

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 from pydicom.dataset import Dataset
@@ -41,8 +40,6 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 # Seconds to connect; the whole-request timeout is the caller's (a batch can be tens of MB).
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TIMEOUT_S = 120.0
-# A service URL is stored in the device's host column (see petray.siteconfig), a VARCHAR(255).
-MAX_URL_LENGTH = 255
 MEDIA_TYPE = "application/dicom"
 ACCEPT = "application/dicom+json"
 # PS3.18 10.5.3: retrying cannot help with these; 408, 429 and 5xx may heal by themselves.
@@ -53,62 +50,6 @@ RESOURCE_LIMITATION = 0x0213
 OUT_OF_RESOURCES = range(0xA700, 0xA800)
 # Failed instances named in one refusal message; the rest are counted.
 REASONS_SHOWN = 3
-
-
-def validate_stow_url(value: str) -> str:
-    """The STOW-RS service URL (base of ``/studies``), without a trailing slash; else ValueError."""
-    url = value.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("STOW-RS URL must be an http:// or https:// URL with a host")
-    if parts.username is not None or parts.password is not None:
-        # A password in a URL ends up in logs and listings: credentials have their own fields.
-        raise ValueError("STOW-RS URL must not carry user:password (use --token or --basic)")
-    if parts.query or parts.fragment or any(ch.isspace() for ch in url):
-        raise ValueError("STOW-RS URL must not have a query, a fragment or spaces")
-    if parts.path.endswith("/studies"):
-        raise ValueError("give the DICOMweb service's base URL: petray appends /studies itself")
-    if len(url) > MAX_URL_LENGTH:
-        raise ValueError(f"STOW-RS URL is longer than {MAX_URL_LENGTH} characters")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ValueError("STOW-RS URL has an invalid port") from None
-    return url
-
-
-def _printable(value: str) -> bool:
-    # Control characters (CR/LF above all) in a header value would inject headers.
-    return value.isascii() and all(0x20 < ord(ch) < 0x7F for ch in value)
-
-
-def validate_token(value: str) -> str:
-    token = value.strip()
-    if token and not _printable(token):
-        raise ValueError("token must be printable ASCII without spaces")
-    return token
-
-
-def validate_basic(value: str) -> str:
-    """``user:password`` for HTTP Basic, or "" for none; ValueError otherwise."""
-    basic = value.strip()
-    if not basic:
-        return ""
-    user, colon, password = basic.partition(":")
-    if not colon or not user or not password:
-        raise ValueError("HTTP Basic credentials must be given as user:password")
-    if not _printable(user) or not all(0x20 <= ord(ch) < 0x7F for ch in password):
-        raise ValueError("HTTP Basic user and password must be printable ASCII")
-    return basic
-
-
-def auth_label(token: str, basic: str) -> str:
-    """How a STOW-RS device authenticates, the secret masked (``basic alice:****``)."""
-    if token:
-        return "bearer ****"
-    if basic:
-        return f"basic {basic.partition(':')[0]}:****"
-    return "no credentials"
 
 
 @dataclass(frozen=True)

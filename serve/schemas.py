@@ -23,7 +23,7 @@ from petray.errors import ConfigurationError
 from petray.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
 from petray.hostnames import validate_host
 from petray.settings import AE_TITLE_MAX_LENGTH
-from petray.stow import auth_label, validate_basic, validate_stow_url, validate_token
+from petray.stow_device import auth_label, validate_basic, validate_stow_url, validate_token
 from petray.users import (
     MIN_PASSWORD_LENGTH,
     NAME_MAX_LENGTH,

@@ -378,3 +378,10 @@ def write_pet_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def qido(peer: OrthancPeer, path: str) -> list[Dataset]:
+    """A QIDO-RS query to Orthanc's DICOMweb plugin (``path`` after /dicom-web)."""
+    response = peer.client.get(f"/dicom-web{path}", headers={"Accept": "application/dicom+json"})
+    response.raise_for_status()
+    return [Dataset.from_json(item) for item in response.json()]

@@ -41,10 +41,8 @@ from petray.stow import (
     plan,
     reason_meaning,
     store_instances,
-    validate_basic,
-    validate_stow_url,
-    validate_token,
 )
+from petray.stow_device import validate_basic, validate_stow_url, validate_token
 from petray.synth import make_pet_series, write_series
 from petray.tls import TlsFiles, server_context
 from tests.tls_certs import Pki, make_pki

@@ -38,7 +38,7 @@ from petray.siteconfig import add_stow_device
 from petray.stow import StowEndpoint, store_instances
 from petray.synth import make_pet_series, write_series
 from petray.volume import load_series_volume
-from tests.peers import free_port
+from tests.peers import free_port, qido
 from tests.test_app_helpers import make_task
 
 pytestmark = [
@@ -48,7 +48,6 @@ pytestmark = [
 
 SLICES = 12
 UID_ROOT = "1.2.826.0.1.3680043.10.1299"
-DICOM_JSON = {"Accept": "application/dicom+json"}
 
 
 class _Metric:
@@ -106,12 +105,6 @@ def sending_task(sessions: sessionmaker[Session], files: list[Path], series_uid:
 
 def sop_uids(files: list[Path]) -> list[str]:
     return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
-
-
-def qido(peer: OrthancPeer, path: str) -> list[Dataset]:
-    response = peer.client.get(f"/dicom-web{path}", headers=DICOM_JSON)
-    response.raise_for_status()
-    return [Dataset.from_json(item) for item in response.json()]
 
 
 def wado_series(peer: OrthancPeer, study: str, series: str) -> list[Dataset]:

@@ -34,8 +34,7 @@ from petray.task_files import TaskFiles
 from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import running_reference
 from tests.gateway_site import prepare_site, site_settings
-from tests.peers import free_port, run_storescu, start_storescp
-from tests.test_stow_orthanc import qido
+from tests.peers import free_port, qido, run_storescu, start_storescp
 
 pytestmark = [
     pytest.mark.ray,

@@ -22,6 +22,7 @@ from petray.siteconfig import (
     list_devices,
     remove_device,
 )
+from petray.stow_device import auth_label
 from petray.tasks import list_tasks
 
 __all__ = ["admin_session", "cli_audit", "run_device", "run_filter", "run_tasks"]
@@ -128,8 +129,6 @@ def run_device(args: argparse.Namespace) -> int:
 
 
 def stow_auth(device: Device) -> str:
-    from petray.stow import auth_label
-
     return auth_label(device.stow_token, device.stow_basic)
 
 

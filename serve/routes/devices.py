@@ -19,7 +19,7 @@ from petray.siteconfig import (
     list_devices,
     set_stow,
 )
-from petray.stow import auth_label
+from petray.stow_device import auth_label
 from petray.tls import device_tls
 from petray.users import Role
 from serve.deps import ApiOperator, AppContext, ContextDep, FormDep, PageOperator, run_db
