@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +113,10 @@ def apply_post_filter(
         blended = np.array(denoised, dtype=np.float32, copy=True)
     if not spec.smooths:
         return blended
+    # Imported here: only FilterWorkers filter, and scipy.ndimage costs every other process
+    # (actors, CLI, console) a quarter of a second at start for nothing.
+    from scipy import ndimage
+
     return ndimage.gaussian_filter(blended, sigma=sigma, mode=GAUSSIAN_MODE, output=np.float32)
 
 

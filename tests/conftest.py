@@ -1,6 +1,7 @@
 """Shared fixtures: settings in a temporary home, migrated databases (SQLite and PostgreSQL).
 
-Ray and peer fixtures live in tests/ray_cluster.py and tests/peers.py (loaded as plugins).
+Ray, peer and CLI fixtures live in tests/ray_cluster.py, tests/peers.py and tests/petray_cli.py
+(loaded as plugins).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from petray.db.engine import make_engine, make_sessionmaker, migrate
 from petray.settings import Settings, load_settings
 
-pytest_plugins = ["tests.peers", "tests.ray_cluster"]
+pytest_plugins = ["tests.peers", "tests.petray_cli", "tests.ray_cluster"]
 
 # Ray 2.60 turns token auth on by default and reports usage: neither belongs in tests.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

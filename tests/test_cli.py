@@ -1,22 +1,13 @@
-"""The real ``petray`` command in a subprocess, with a temporary PETRAY_HOME (embedded SQLite)."""
+"""The ``petray`` command with a temporary PETRAY_HOME (embedded SQLite): its parsing, checks and
+answers in-process; the installed entry point itself in a subprocess (the last tests)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
-from sqlalchemy.orm import Session
 
-from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.db.models import Patient, Series, Study
-from petray.domain import Stage
-from petray.tasks import create_task, fail, move_to
+from tests.petray_cli import USAGE_ERROR, Cli, add_tasks
 
 TASK_KEYS = {
     "id",
@@ -33,56 +24,6 @@ TASK_KEYS = {
     "next_attempt_at",
     "notes",
 }
-USAGE_ERROR = 2  # argparse and PetrayError both exit 2 with a message on stderr
-_ENTRY_POINT = Path(sys.executable).with_name("petray")
-PETRAY = [str(_ENTRY_POINT)] if _ENTRY_POINT.exists() else [sys.executable, "-m", "petray.cli"]
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        return json.loads(self.out)
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        # Nothing from the developer's own PETRAY_* environment may leak into the run.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PETRAY_")}
-        self.env["PETRAY_HOME"] = str(home)
-
-    def __call__(self, *args: str, **env: str) -> Run:
-        done = subprocess.run(
-            [*PETRAY, *args],
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return Run(done.returncode, done.stdout, done.stderr)
-
-    def ok(self, *args: str, **env: str) -> Run:
-        run = self(*args, **env)
-        assert run.code == 0, f"petray {' '.join(args)} exited {run.code}: {run.err}"
-        return run
-
-    def refused(self, *args: str, message: str) -> Run:
-        run = self(*args)
-        assert run.code == USAGE_ERROR, f"exit {run.code}: {run.out} {run.err}"
-        assert message in run.err
-        # A clear message, not a traceback.
-        assert "Traceback" not in run.err
-        return run
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "home")
 
 
 def test_device_add_list_remove(cli: Cli) -> None:
@@ -234,37 +175,6 @@ def test_filter_add_list_remove(cli: Cli) -> None:
     cli.refused("filter", "remove", "1", message="no filter with id 1")
 
 
-def add_tasks(database: Path) -> list[str]:
-    """Two tasks written straight into the database the CLI created."""
-    engine = make_engine(f"sqlite:///{database}")
-    try:
-        with unit_of_work(make_sessionmaker(engine)) as session:
-            return [_task(session, 1, failed=False), _task(session, 2, failed=True)]
-    finally:
-        engine.dispose()
-
-
-def _task(session: Session, n: int, *, failed: bool) -> str:
-    patient = Patient(patient_id=f"P{n}")
-    study = Study(study_instance_uid=f"1.2.826.0.9.{n}", patient=patient)
-    series = Series(series_instance_uid=f"1.2.826.0.9.{n}.1", study=study, modality="PT")
-    session.add_all([patient, study, series])
-    session.flush()
-    task = create_task(
-        session=session,
-        series_pk=series.id,
-        calling_ae="SCANNER",
-        peer_host="127.0.0.1",
-        expected=47,
-    )
-    task.images = 47 if failed else 12
-    move_to(task, Stage.VALIDATING if failed else Stage.PACKING, session=session)
-    if failed:
-        fail(task, "no DICOM destination is configured", session=session)
-    session.flush()
-    return task.id
-
-
 def test_tasks_json_lists_tasks_with_every_field(cli: Cli) -> None:
     cli.ok("migrate")  # listings never migrate (issue 11)
     assert cli.ok("tasks", "--json").json() == []
@@ -313,3 +223,12 @@ def test_user_add_reads_the_password_from_the_environment(cli: Cli) -> None:
     assert "at least" in short.err
     users = cli.ok("user", "list").out.splitlines()
     assert [line.split("\t")[:2] for line in users] == [["alice", "admin"]]
+
+
+def test_the_installed_command_runs_as_its_own_process(tmp_path: Path) -> None:
+    # Everything above runs petray.cli.main in-process; this is the entry point a user types.
+    cli = Cli(tmp_path / "home", subprocess=True)
+    device = ["--ae-title", "PACS", "--host", "127.0.0.1", "--destination"]
+    cli.ok("device", "add", "pacs", *device, "--port", "4242")
+    assert cli.ok("device", "list").out.split()[:2] == ["pacs", "PACS"]
+    cli.refused("device", "add", "x", *device, "--port", "99999", message="out of range")

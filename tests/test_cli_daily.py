@@ -1,5 +1,5 @@
-"""The ``petray`` command for daily use (issue 11), run as a user runs it: a subprocess with
-its own PETRAY_HOME and the embedded SQLite database."""
+"""The ``petray`` command for daily use (issue 11) on its own PETRAY_HOME and the embedded
+SQLite database (``petray.cli.main`` in-process: see tests/petray_cli.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect, select
 
 import petray
@@ -19,18 +18,7 @@ from petray.db.models import AuditEvent
 from petray.domain import Stage
 from petray.tasks import complete, get_task, move_to
 from tests.peers import free_port, start_storescp
-from tests.test_cli import USAGE_ERROR, Cli, add_tasks
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "home")
-
-
-@pytest.fixture
-def migrated(cli: Cli) -> Cli:
-    assert "upgraded" in cli.ok("migrate").out
-    return cli
+from tests.petray_cli import USAGE_ERROR, Cli, add_tasks
 
 
 def _db(cli: Cli) -> Path:

@@ -1,9 +1,7 @@
 """``petray tasks release|reject``, ``petray wait`` on a held task, the check's settings and
-``petray tasks --json`` (issue 15), run as a user runs them: subprocesses on their own home."""
+``petray tasks --json`` (issue 15) on their own home."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,17 +12,10 @@ from petray.domain import Stage
 from petray.quant import ActivityMetrics, QuantThresholds
 from petray.review import QUANT, hold, judge, received_record
 from petray.tasks import get_task
-from tests.test_cli import Cli, add_tasks
+from tests.petray_cli import Cli, add_tasks
 
 RECEIVED = ActivityMetrics(10000.0, 9000.0, (5, 6, 7), 2000.0, 70000.0, 400.0)
 DERIVED = ActivityMetrics(9000.0, 8600.0, (5, 6, 7), 1950.0, 71000.0, 440.0)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    cli = Cli(tmp_path / "home")
-    assert "upgraded" in cli.ok("migrate").out
-    return cli
 
 
 def hold_tasks(cli: Cli) -> list[str]:
@@ -44,7 +35,8 @@ def hold_tasks(cli: Cli) -> list[str]:
     return ids
 
 
-def test_release_reject_wait_and_json(cli: Cli) -> None:
+def test_release_reject_wait_and_json(migrated: Cli) -> None:
+    cli = migrated
     first, second = hold_tasks(cli)
     waited = cli("wait", first)
     assert waited.code == 5 and "sending held: held for quantitative review" in waited.out
@@ -73,7 +65,8 @@ def test_release_reject_wait_and_json(cli: Cli) -> None:
         engine.dispose()
 
 
-def test_check_settings_from_the_shell(cli: Cli) -> None:
+def test_check_settings_from_the_shell(migrated: Cli) -> None:
+    cli = migrated
     shown = cli.ok("config", "show", "--json").json()
     assert shown["quant_max_activity_change_pct"] is None
     assert shown["require_patient_weight"] is False

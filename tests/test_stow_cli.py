@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.test_cli import PETRAY, Cli
+from tests.petray_cli import PETRAY, Cli
 
 URL = "https://vna.example.org:8443/dicom-web"
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "home")
 
 
 def test_a_stow_destination_is_added_and_listed_without_its_secret(cli: Cli) -> None:
