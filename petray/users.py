@@ -7,6 +7,7 @@ them: there is nothing to brute-force, and a lookup by hash stays one indexed qu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -71,9 +72,15 @@ LOCKOUT_BASE = timedelta(seconds=30)
 LOCKOUT_MAX = timedelta(minutes=15)
 
 _hasher = PasswordHasher()
-# Verifying against a real hash when the user does not exist keeps the response time the same,
-# so the login form does not reveal which user names exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verifying against a real hash when the user does not exist keeps the response time the
+    same, so the login form does not reveal which user names exist. Made on first use: a hash
+    costs a third of a second, which every process importing this module would pay at start.
+    """
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class Role(StrEnum):
@@ -254,7 +261,7 @@ def authenticate(
     now = now or datetime.now(UTC)
     user = get_user_by_name(name.strip(), session=session)
     if user is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         return LoginResult(LoginOutcome.INVALID)
     if enforce_lockout and user.locked_until is not None and user.locked_until > now:
         wait = user.locked_until - now

@@ -12,17 +12,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from petray import users
 from petray.db.engine import make_engine, make_sessionmaker, migrate
 from petray.settings import Settings, load_settings
+from tests.databases import migrated_sqlite
 
 pytest_plugins = ["tests.peers", "tests.petray_cli", "tests.ray_cluster"]
 
 # Ray 2.60 turns token auth on by default and reports usage: neither belongs in tests.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# argon2id at its RFC 9106 cost takes ~0.3 s a hash on this machine, and the console tests hash
+# and verify thousands of times. Tests hash with the cheapest parameters instead: what is tested
+# is the flow (hash, verify, rehash, lockout), not argon2's cost, and a hash carries its own
+# parameters, so a gateway started by a test verifies them cheaply too. test_users checks the
+# production parameters themselves.
+PRODUCTION_HASHER = users._hasher
+users._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PETRAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -66,28 +77,42 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-def _reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+@pytest.fixture(scope="session")
+def postgres_template(postgres_url: str) -> Iterator[str]:
+    """A migrated PostgreSQL database, the template each test's database is created from."""
+    name = postgres_url.rsplit("/", 1)[1] + "_template"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    migrate(engine)
+    engine.dispose()  # a template must have no connections when it is copied
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each database test runs on the embedded SQLite and on PostgreSQL."""
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database; each database test runs on the embedded SQLite and on PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'petray.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    _reset_postgres(url)
-    return url
+        yield migrated_sqlite(tmp_path / "petray.db")
+        return
+    template: str = request.getfixturevalue("postgres_template")
+    name = f"petray_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     value = make_engine(db_url)
-    migrate(value)
     yield value
     value.dispose()
 
@@ -100,7 +125,6 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 @pytest.fixture
 def sqlite_sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """SQLite only, for tests about something other than the database."""
-    value = make_engine(f"sqlite:///{tmp_path / 'petray.db'}")
-    migrate(value)
+    value = make_engine(migrated_sqlite(tmp_path / "petray.db"))
     yield make_sessionmaker(value)
     value.dispose()

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import Patient, Series, Study, Task, TaskEvent
 from petray.domain import Stage, State
 from petray.ports import ActorStatus
@@ -20,6 +20,7 @@ from petray.settings import Settings
 from petray.tasks import new_task_id
 from petray.users import create_user
 from serve.app import create_app
+from tests.databases import migrated_sqlite
 
 CALLBACK_TOKEN = "test-callback-token-0123456789"
 # Issue 9: a password may not contain its user name.
@@ -166,8 +167,7 @@ def build_harness(
     home = tmp_path / "home"
     home.mkdir()
     settings = make_settings(home, **overrides)
-    engine = make_engine(f"sqlite:///{tmp_path / 'petray.db'}")
-    migrate(engine)
+    engine = make_engine(migrated_sqlite(tmp_path / "petray.db"))
     sessions = make_sessionmaker(engine)
     seed_users(sessions)
     pipeline = pipeline or FakePipeline()

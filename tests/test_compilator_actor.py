@@ -17,11 +17,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.db.engine import make_engine, make_sessionmaker, migrate
+from petray.db.engine import make_engine, make_sessionmaker
 from petray.db.models import Instance, Task, TaskEvent
 from petray.domain import Stage
 from petray.ingest import InstanceStore
 from petray.settings import Settings, load_settings
+from tests.databases import migrated_sqlite
 from tests.test_assemblies import store_series
 
 pytestmark = [pytest.mark.ray]
@@ -66,8 +67,7 @@ def rig(tmp_path: Path, ray_cluster: None) -> Iterator[Rig]:
 
     settings = load_settings(home=tmp_path / "home", fsync=False)
     settings.ensure_dirs()
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
+    engine = make_engine(migrated_sqlite(settings.home / "petray.db"))
     sessions = make_sessionmaker(engine)
     store = InstanceStore(settings.instances_dir, sessions, min_free_bytes=0, fsync=False)
     running = Rig(settings=settings, sessions=sessions, store=store, actors=[])

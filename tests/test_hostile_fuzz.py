@@ -45,12 +45,13 @@ from petray.archive import (
     read_result_archive,
     verify_zip,
 )
-from petray.db.engine import make_engine, make_sessionmaker, migrate
+from petray.db.engine import make_engine, make_sessionmaker
 from petray.dicom.header import extract_instance_header
 from petray.dicom.status import StoreStatus
 from petray.errors import ArchiveRejected, InvalidInstance
 from petray.ingest import InstanceStore
 from petray.scp import IngestLimits, StoreService, UnreadableInstance, read_header
+from tests.databases import migrated_sqlite
 from tests.test_hostile_dicom import deflate, encode, pet
 
 EXAMPLES = 150
@@ -157,8 +158,7 @@ class StoreEvent:
 def service() -> Iterator[StoreService]:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        engine = make_engine(f"sqlite:///{root / 'petray.db'}")
-        migrate(engine)
+        engine = make_engine(migrated_sqlite(root / "petray.db"))
         sessions: sessionmaker[Session] = make_sessionmaker(engine)
         (root / "instances").mkdir()
         store = InstanceStore(root / "instances", sessions, min_free_bytes=0, fsync=False)

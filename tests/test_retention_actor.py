@@ -12,11 +12,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
 from petray.settings import Settings, load_settings
 from petray.task_files import TaskFiles, measure
+from tests.databases import migrated_sqlite
 from tests.test_app_helpers import add_task
 from tests.test_task_files import populate
 
@@ -34,8 +35,7 @@ def rig(tmp_path: Path, ray_cluster: None) -> Iterator[tuple[Settings, sessionma
         fsync=False,
     )
     settings.ensure_dirs()
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
+    engine = make_engine(migrated_sqlite(tmp_path / "petray.db"))
     yield settings, make_sessionmaker(engine)
     engine.dispose()
 

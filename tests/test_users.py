@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from petray.cli import main
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.errors import ConfigurationError
 from petray.users import (
     FREE_FAILURES,
@@ -32,12 +32,13 @@ from petray.users import (
     user_for_token,
     verify_password,
 )
+from tests.conftest import PRODUCTION_HASHER
+from tests.databases import migrated_sqlite
 
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'u.db'}")
-    migrate(engine)
+    engine = make_engine(migrated_sqlite(tmp_path / "u.db"))
     with unit_of_work(make_sessionmaker(engine)) as s:
         yield s
     engine.dispose()
@@ -49,6 +50,13 @@ def test_password_hash_is_argon2id_and_verifies() -> None:
     assert verify_password(hashed, "correct horse battery")
     assert not verify_password(hashed, "wrong")
     assert not verify_password("not-a-hash", "x")
+
+
+def test_the_gateway_hashes_with_rfc_9106_parameters() -> None:
+    # The tests swap in a cheap hasher (tests/conftest.py); this is the one petray runs with.
+    hashed = PRODUCTION_HASHER.hash("correct horse battery")
+    assert hashed.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert PRODUCTION_HASHER.verify(hashed, "correct horse battery")
 
 
 def test_create_user_rules(session: Session) -> None:
