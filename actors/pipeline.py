@@ -75,19 +75,27 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
 
 def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
-    # As many FilterWorkers as the alive nodes offer filter_worker slots, placed on them; none
-    # yet is no reason not to start (the Unpacker waits for capacity with a clear reason).
-    for worker in sync_pool().workers:
-        handles[worker.name] = worker.handle
+    # The DICOM port opens first (issue 13: a gateway listens within seconds of its start).
+    # It needs only the Compilator, whose rebuild is awaited so that the SCP never listens
+    # before it, and the SCP; on two cores, starting the other ten worker processes at the
+    # same time would delay it by as long again.
+    handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
+    handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
+    ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
+    listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
+
+    # Then the stages. A series completed meanwhile is committed in validating before the
+    # Validator exists: the Dispatcher finds no actor, and the Validator takes the task up as
+    # it starts, as every stage actor does with its own stage's tasks (and on restarts).
     for name, actor_class in STAGE_ACTOR_CLASSES:
         handles[name] = _named(actor_class, name).remote(settings)
     # The Unpacker keeps the filter worker pool following the cluster's capacity.
     handles[names.UNPACKER] = _named(UnpackerActor, names.UNPACKER).remote(settings)
-    handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
+    # As many FilterWorkers as the alive nodes offer filter_worker slots, placed on them; none
+    # yet is no reason not to start (the Unpacker waits for capacity with a clear reason).
+    for worker in sync_pool().workers:
+        handles[worker.name] = worker.handle
     ray.get([h.__ray_ready__.remote() for h in handles.values()], timeout=START_TIMEOUT_S)
-    # Every actor takes up its own stage's tasks as it starts (and whenever it restarts);
-    # the Compilator's rebuild is awaited so that the SCP never listens before it.
-    ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
     engine = make_engine(settings.resolved_database_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as session:
@@ -96,9 +104,6 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
         engine.dispose()
     if pending:
         logger.info("resuming %d unfinished tasks", len(pending))
-
-    handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
-    listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
     handles[names.METRICS] = _named(MetricsActor, names.METRICS).remote(settings)
     handles[names.METRICS].start.remote()
     handles[names.RETENTION] = _named(RetentionActor, names.RETENTION).remote(settings)
