@@ -203,12 +203,20 @@ def test_store_scu_killed_mid_send_resumes_without_duplicates(
     rig = rig_factory(storescp_args=("--sleep-after", "1"))
     rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=3))
     rig.wait_for(
-        lambda ts: bool(ts[0].destinations) and 1 <= ts[0].destinations[0]["sent"] < 6,
+        lambda ts: bool(ts[0].destinations) and 2 <= ts[0].destinations[0]["sent"] < 6,
         "sending to be under way",
     )
     rig.kill(names.STORE_SCU)
-    tasks = rig.finished()
-    _assert_delivered_once(rig, tasks[0], 6)
+    [task] = rig.finished()
+    assert (task.stage, task.state) == ("done", "done"), task.reason
+    uids = rig.delivered_sop_uids(6)
+    assert len(set(uids)) == 6, "an instance was lost"
+    # As in test_chaos_gateway: the instance sent after the last acknowledgement waits complete
+    # in storescp's socket while it sleeps, and is stored on waking although its answer can no
+    # longer reach the killed actor; C-STORE cannot tell it from one never stored, so it goes
+    # again. At most that one: a resume repeating acknowledged instances would repeat at least
+    # the two acknowledged before the kill.
+    assert len(uids) - 6 <= 1, "an acknowledged instance was delivered twice"
 
 
 def test_store_scp_killed_listens_again_by_itself(rig_factory: Callable[..., Rig]) -> None:
