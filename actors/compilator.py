@@ -28,7 +28,7 @@ import ray
 from ray.util import metrics
 from sqlalchemy.orm import Session
 
-from actors.runtime import Background, Dispatcher, init_actor_process
+from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.assemblies import (
     assign,
     compiling,
@@ -131,7 +131,7 @@ class CompilatorActor:
             "aborted": self._aborted,
             "backlog": len(self._compilation),
             "pending": len(self._pending),
-            "restarted": ray.get_runtime_context().was_current_actor_reconstructed,
+            "restarted": current_actor_restarts() > 0,
         }
 
     async def _sweep_forever(self) -> None:

@@ -73,3 +73,15 @@ def actor_state(handle: Any) -> tuple[str, int]:
 
     info = state.actors(actor_id=handle._actor_id.hex())
     return str(info.get("State", "UNKNOWN")), int(info.get("NumRestarts", 0))
+
+
+def current_actor_restarts() -> int:
+    """How many times the calling actor has been restarted, from the GCS.
+
+    Ray's ``was_current_actor_reconstructed`` answers the same but goes through a deprecated
+    property that prints a RayDeprecationWarning into the gateway's log at every actor start.
+    """
+    from ray._private import state
+
+    info = state.actors(actor_id=ray.get_runtime_context().get_actor_id())
+    return int(info.get("NumRestarts", 0)) if info else 0

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import ray
 from ray.util import metrics
 
-from actors.runtime import Background, Dispatcher, init_actor_process
+from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State, next_stage
@@ -59,7 +59,7 @@ class StageWorker:
         self._slots: asyncio.Semaphore | None = None
         self._processed = 0
         self._failed = 0
-        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._restarted = current_actor_restarts() > 0
         self._rescanning = False
         # Async actors run their constructor inside the actor's event loop.
         self._loop = asyncio.get_running_loop()
