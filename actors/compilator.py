@@ -93,8 +93,10 @@ class CompilatorActor:
         self._m_outcome = metrics.Counter(
             "petray_compilations", "Series assemblies by outcome", ("outcome",)
         )
-        # Queued behind this constructor, so a restarted actor rebuilds before anything else.
-        ray.get_runtime_context().current_actor.start.remote()
+        # Scheduled on the actor's loop before any message can be (see StageWorker): a restarted
+        # actor rebuilds before anything else, and never through a call to its own handle,
+        # which can fail while the GCS still has the actor RESTARTING.
+        self._background.spawn(self.start())
 
     async def start(self) -> int:
         """Rebuild the open assemblies from the database (once); returns how many are open."""

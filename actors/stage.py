@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import ray
 from ray.util import metrics
 
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
@@ -76,8 +75,11 @@ class StageWorker:
         )
         self._m_duration.set_default_tags(tags)
         self._m_retries.set_default_tags(tags)
-        # Queued behind this constructor: runs first thing in this incarnation of the actor.
-        ray.get_runtime_context().current_actor.resume.remote()
+        # Runs on this actor's own loop as soon as the constructor returns, first thing in this
+        # incarnation. Not a call through the actor's handle: while a restarted actor constructs,
+        # the GCS still has it RESTARTING, and such a call can fail at once ("The actor is
+        # restarting") — the restarted actor would then never take up its tasks.
+        self.background.spawn(self.resume())
 
     def resumes(self) -> tuple[Stage, ...]:
         """The stages whose runnable tasks this actor takes up when it (re)starts."""

@@ -33,6 +33,8 @@ FORWARD_WINDOW_S = 0.005
 # A restarted SCP may find its port held for a moment by the process it replaces.
 LISTEN_ATTEMPTS = 20
 LISTEN_RETRY_S = 0.5
+# Attempts of the listen call an SCP actor makes to itself as it (re)starts.
+SELF_CALL_RETRIES = 5
 
 
 def _restore_priority() -> None:
@@ -99,8 +101,12 @@ class StoreScpActor:
         )
         self._forwarder.start()
         # A restarted actor listens again by itself (issue 8); at gateway start the pipeline's
-        # own start call finds it listening already.
-        ray.get_runtime_context().current_actor.listen.remote()
+        # own start call finds it listening already. While a restarted actor constructs, the
+        # GCS still has it RESTARTING and a call to itself can fail at once ("The actor is
+        # restarting"): retried, Ray sends it again once the actor is alive.
+        ray.get_runtime_context().current_actor.listen.options(
+            max_task_retries=SELF_CALL_RETRIES
+        ).remote()
 
     def listen(self) -> None:
         """Open the listener, retrying while the port is still held (a dying predecessor)."""
