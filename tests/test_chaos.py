@@ -3,7 +3,8 @@ a lying NumberOfSlices, a lost callback, retries that end. Each case runs as a u
 real storescu sends, the reference service processes, DCMTK storescp (``+uf``: every copy kept)
 receives — and ends with every acknowledged instance delivered exactly once or failed with a
 reason. Actors are killed with ``ray.kill(no_restart=False)``: Ray restarts them and they must
-take up their work by themselves, without a new ``build_pipeline``.
+take up their work by themselves, without a new ``build_pipeline`` — the cases on default
+settings share one pipeline, so its actors are killed again and again, case after case.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import ray
 from actors import names
 from actors.pipeline import Pipeline, build_pipeline
 from actors.runtime import actor_state
+from petray.activity import remove_files
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.filters import FilterSpec
 from petray.settings import Settings
 from petray.synth import make_pet_series, write_series
-from petray.tasks import TaskSummary, delete_task, list_tasks
+from petray.task_files import TaskFiles
+from petray.tasks import TaskSummary, cancel, delete_task, list_tasks, unfinished_tasks
+from serve.reference.config import Switches
 from serve.reference.main import RunningServer, running_reference
 from tests.gateway_site import prepare_site, site_settings
 from tests.peers import StoreSCP, free_port, run_storescu, start_storescp
@@ -86,6 +90,25 @@ class Rig:
         result = run_storescu(files, host="127.0.0.1", port=self.port, called_ae="PETRAY")
         assert result.returncode == 0, result.stderr
 
+    def start_case(self, tmp_path: Path) -> None:
+        """A clean slate on a shared rig: the service's defaults, no task, nothing received."""
+        self.tmp_path = tmp_path
+        self.control(**Switches().model_dump(mode="json"))
+        with unit_of_work(self.sessions) as session:
+            for task_id, _stage in unfinished_tasks(session=session):
+                cancel(task_id, session=session)
+        with unit_of_work(self.sessions) as session:
+            files = [
+                path
+                for task in list_tasks(session=session)
+                for path in delete_task(
+                    task.id, session=session, files=TaskFiles.of(self.settings, task.id)
+                )
+            ]
+        remove_files(files)
+        for path in self.destination.received():
+            path.unlink()
+
     def kill(self, name: str) -> None:
         """Kill one actor as a crash would; Ray restarts it (max_restarts=-1).
 
@@ -110,33 +133,75 @@ class Rig:
         return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
 
 
+def _build_rig(
+    stack: ExitStack, workdir: Path, *, storescp_args: tuple[str, ...] = (), **overrides: Any
+) -> Rig:
+    reference_port = free_port()
+    values: dict[str, Any] = {
+        "remote_url": f"http://127.0.0.1:{reference_port}",
+        "filter_workers": 2,
+        "sweep_interval_s": 1.0,
+        **overrides,
+    }
+    settings = site_settings(workdir / "home", **values)
+    reference = stack.enter_context(running_reference(settings, port=reference_port))
+    destination = stack.enter_context(
+        start_storescp(workdir / "dest", extra_args=["+uf", *storescp_args])
+    )
+    prepare_site(
+        settings,
+        destination=(destination.aet, destination.port),
+        filters=(FILTER,),
+        inactivity_wait_s=1.0,
+    )
+    pipeline = build_pipeline(settings)
+    stack.callback(pipeline.stop)
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    return Rig(settings, reference, destination, pipeline, sessions, workdir)
+
+
+class SharedRig:
+    """The rig of every case on default settings, shared: a pipeline costs a dozen worker
+    processes to build. The actors killed in one case must be whole again by the next, as in
+    a gateway that runs for months: Ray restarts them, and taking up their work each time is
+    what the cases check. Its actors' names are the pipeline's, so it closes before a case
+    builds a rig of its own."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.stack = ExitStack()
+        self.rig: Rig | None = None
+
+    def get(self) -> Rig:
+        if self.rig is None:
+            self.rig = _build_rig(self.stack, self.workdir)
+        return self.rig
+
+    def close(self) -> None:
+        self.stack.close()
+        self.rig = None
+
+
+@pytest.fixture(scope="module")
+def shared_rig(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Iterator[SharedRig]:
+    shared = SharedRig(tmp_path_factory.mktemp("chaos"))
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
 @pytest.fixture
-def rig_factory(tmp_path: Path, ray_cluster: None) -> Iterator[Callable[..., Rig]]:
+def rig_factory(tmp_path: Path, shared_rig: SharedRig) -> Iterator[Callable[..., Rig]]:
     with ExitStack() as stack:
 
         def make(*, storescp_args: tuple[str, ...] = (), **overrides: Any) -> Rig:
-            reference_port = free_port()
-            values: dict[str, Any] = {
-                "remote_url": f"http://127.0.0.1:{reference_port}",
-                "filter_workers": 2,
-                "sweep_interval_s": 1.0,
-                **overrides,
-            }
-            settings = site_settings(tmp_path / "home", **values)
-            reference = stack.enter_context(running_reference(settings, port=reference_port))
-            destination = stack.enter_context(
-                start_storescp(tmp_path / "dest", extra_args=["+uf", *storescp_args])
-            )
-            prepare_site(
-                settings,
-                destination=(destination.aet, destination.port),
-                filters=(FILTER,),
-                inactivity_wait_s=1.0,
-            )
-            pipeline = build_pipeline(settings)
-            stack.callback(pipeline.stop)
-            sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-            return Rig(settings, reference, destination, pipeline, sessions, tmp_path)
+            if storescp_args or overrides:
+                shared_rig.close()
+                return _build_rig(stack, tmp_path, storescp_args=storescp_args, **overrides)
+            rig = shared_rig.get()
+            rig.start_case(tmp_path)
+            return rig
 
         yield make
 
@@ -162,23 +227,23 @@ def test_compilator_killed_mid_series_keeps_one_task(rig_factory: Callable[..., 
 
 
 @pytest.mark.parametrize(
-    ("actor", "stage", "slices"),
+    ("actor", "stage", "slices", "seed"),
     [
-        (names.VALIDATOR, "validating", 8),
-        (names.PACKER, "packing", 160),
-        (names.UPLOADER, "uploading", 8),
-        (names.UNPACKER, "unpacking", 160),
+        (names.VALIDATOR, "validating", 8, 21),
+        (names.PACKER, "packing", 160, 22),
+        (names.UPLOADER, "uploading", 8, 23),
+        (names.UNPACKER, "unpacking", 160, 24),
         # A filter worker lost mid-filter: only its filter reruns, on the other worker.
-        (names.FILTER_WORKER_PREFIX, "unpacking", 160),
+        (names.FILTER_WORKER_PREFIX, "unpacking", 160, 25),
     ],
 )
 def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
-    rig_factory: Callable[..., Rig], actor: str, stage: str, slices: int
+    rig_factory: Callable[..., Rig], actor: str, stage: str, slices: int, seed: int
 ) -> None:
     rig = rig_factory()
     if stage == "validating":
         rig.control(delay=3.0)  # check_model answers late: the Validator holds the task
-    files = rig.files("a", slices=slices, rows=96, cols=96, seed=2)
+    files = rig.files("a", slices=slices, rows=96, cols=96, seed=seed)
     if stage == "uploading":
         # Hold only the POST /processing: let validation through first.
         rig.send(files)
@@ -194,29 +259,6 @@ def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
     tasks = rig.finished()
     assert len(tasks) == 1
     _assert_delivered_once(rig, tasks[0], slices)
-
-
-def test_store_scu_killed_mid_send_resumes_without_duplicates(
-    rig_factory: Callable[..., Rig],
-) -> None:
-    # storescp sleeps after each store: the kill lands between acknowledged instances.
-    rig = rig_factory(storescp_args=("--sleep-after", "1"))
-    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=3))
-    rig.wait_for(
-        lambda ts: bool(ts[0].destinations) and 2 <= ts[0].destinations[0]["sent"] < 6,
-        "sending to be under way",
-    )
-    rig.kill(names.STORE_SCU)
-    [task] = rig.finished()
-    assert (task.stage, task.state) == ("done", "done"), task.reason
-    uids = rig.delivered_sop_uids(6)
-    assert len(set(uids)) == 6, "an instance was lost"
-    # As in test_chaos_gateway: the instance sent after the last acknowledgement waits complete
-    # in storescp's socket while it sleeps, and is stored on waking although its answer can no
-    # longer reach the killed actor; C-STORE cannot tell it from one never stored, so it goes
-    # again. At most that one: a resume repeating acknowledged instances would repeat at least
-    # the two acknowledged before the kill.
-    assert len(uids) - 6 <= 1, "an acknowledged instance was delivered twice"
 
 
 def test_store_scp_killed_listens_again_by_itself(rig_factory: Callable[..., Rig]) -> None:
@@ -273,6 +315,29 @@ def test_more_slices_than_number_of_slices_says_make_one_volume(
     assert tasks[0].images == 24
     assert "NumberOfSlices" in tasks[0].notes
     _assert_delivered_once(rig, tasks[0], 24)
+
+
+def test_store_scu_killed_mid_send_resumes_without_duplicates(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    # storescp sleeps after each store: the kill lands between acknowledged instances.
+    rig = rig_factory(storescp_args=("--sleep-after", "1"))
+    rig.send(rig.files("a", slices=6, rows=32, cols=32, seed=3))
+    rig.wait_for(
+        lambda ts: bool(ts[0].destinations) and 2 <= ts[0].destinations[0]["sent"] < 6,
+        "sending to be under way",
+    )
+    rig.kill(names.STORE_SCU)
+    [task] = rig.finished()
+    assert (task.stage, task.state) == ("done", "done"), task.reason
+    uids = rig.delivered_sop_uids(6)
+    assert len(set(uids)) == 6, "an instance was lost"
+    # As in test_chaos_gateway: the instance sent after the last acknowledgement waits complete
+    # in storescp's socket while it sleeps, and is stored on waking although its answer can no
+    # longer reach the killed actor; C-STORE cannot tell it from one never stored, so it goes
+    # again. At most that one: a resume repeating acknowledged instances would repeat at least
+    # the two acknowledged before the kill.
+    assert len(uids) - 6 <= 1, "an acknowledged instance was delivered twice"
 
 
 def test_a_destination_refusing_for_good_fails_at_once_with_the_reason(
