@@ -19,3 +19,4 @@ bench:
 	.venv/bin/python -m bench.ingest
 	.venv/bin/python -m bench.pipeline
 	.venv/bin/python -m bench.stow
+	.venv/bin/python -m bench.start
