@@ -131,12 +131,12 @@ class Gateway:
                 # keep one handler, so that every line is printed once.
                 configure_logging(logging.getLogger().level, "json")
         self._progress("starting the pipeline…")
-        # The DICOM port listens when this returns; the other actors start while Serve does.
-        self._pipeline = build_pipeline(self.settings, wait=False)
-        self._progress("DICOM port open; starting HTTP…")
+        # The DICOM port opens part-way (actors/pipeline.py); Serve starts once every actor is
+        # up, so that the console's first health answer finds them idle and answering.
+        self._pipeline = build_pipeline(self.settings)
+        self._progress("pipeline ready; starting HTTP…")
         # The console links to the dashboard on the port chosen above.
         start_http(self.settings.model_copy(update={"dashboard_port": self.dashboard_port}))
-        self._pipeline.wait_ready()
         return self
 
     def _init_local_ray(self, options: dict[str, Any]) -> None:

@@ -43,10 +43,6 @@ class Pipeline:
     listener: dict[str, Any]
     resumed: int
 
-    def wait_ready(self) -> None:
-        """Until every actor has been constructed (``build_pipeline(..., wait=False)``)."""
-        ray.get([h.__ray_ready__.remote() for h in self.handles.values()], timeout=START_TIMEOUT_S)
-
     def stop(self) -> None:
         scp = self.handles.get(names.STORE_SCP)
         if scp is not None:
@@ -63,20 +59,16 @@ def _named(actor_class: Any, name: str, **options: Any) -> Any:
     )
 
 
-def build_pipeline(settings: Settings, *, wait: bool = True) -> Pipeline:
+def build_pipeline(settings: Settings) -> Pipeline:
     """Start every actor, rebuild state from the database, resume unfinished tasks, listen.
 
-    Returns once the DICOM port listens and, with ``wait``, every other actor has started too;
-    without, the caller can start something else meanwhile and call ``Pipeline.wait_ready``.
-    A failure part-way kills the actors already created, so a second attempt can reuse their
-    names instead of finding them taken.
+    The DICOM port opens part-way; this returns once every actor has started. A failure
+    part-way kills the actors already created, so a second attempt can reuse their names
+    instead of finding them taken.
     """
     handles: dict[str, Any] = {}
     try:
-        pipeline = _build(settings, handles)
-        if wait:
-            pipeline.wait_ready()
-        return pipeline
+        return _build(settings, handles)
     except BaseException:
         for handle in handles.values():
             ray.kill(handle, no_restart=True)
@@ -104,6 +96,7 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
     # yet is no reason not to start (the Unpacker waits for capacity with a clear reason).
     for worker in sync_pool().workers:
         handles[worker.name] = worker.handle
+    ray.get([h.__ray_ready__.remote() for h in handles.values()], timeout=START_TIMEOUT_S)
     engine = make_engine(settings.resolved_database_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as session:

@@ -203,7 +203,10 @@ def test_custom_metrics_are_scrapeable_in_prometheus_format(rig: Rig, tmp_path: 
 def test_no_result_before_the_deadline_fails_the_task_and_retry_uploads_again(
     rig: Rig, tmp_path: Path
 ) -> None:
-    rig.control(drop_callback=True)
+    # No callback and no result in the shared folder either: the Downloader's periodic sweep
+    # (every 30 s, its phase unknown on the module's shared gateway) must find nothing. The
+    # service's worker sleeps through this case, so it stays the module's last.
+    rig.control(drop_callback=True, slow=WAIT_S)
     rig.send(tmp_path, slices=8, rows=32, cols=32, seed=8)
     task = rig.wait_for(lambda t: t.state == "failed", "the processing deadline")
     assert task.stage == "processing"

@@ -113,7 +113,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 
 def test_start_says_what_it_does_and_where_it_listens(gateway: RunningGateway) -> None:
     output = gateway.output()
-    steps = ["starting Ray…", "starting the pipeline…", "DICOM port open"]
+    steps = ["starting Ray…", "starting the pipeline…", "pipeline ready"]
     positions = [output.find(step) for step in steps]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), output
     assert f"listening on DICOM TLS PETRAY@127.0.0.1:{gateway.tls_port}" in output
