@@ -29,7 +29,12 @@ from ray.util import metrics
 from sqlalchemy.orm import Session
 
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
-from petray.assemblies import (
+from petray.db.engine import unit_of_work
+from petray.db.models import Task
+from petray.dicom.ingest import ReceivedInstance
+from petray.domain import Stage, State
+from petray.settings import Settings
+from petray.stages.assemblies import (
     assign,
     compiling,
     load_config,
@@ -39,12 +44,13 @@ from petray.assemblies import (
     still_unassigned,
     unassigned,
 )
-from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, SeriesKey, Verdict
-from petray.db.engine import unit_of_work
-from petray.db.models import Task
-from petray.domain import Stage, State
-from petray.ingest import ReceivedInstance
-from petray.settings import Settings
+from petray.stages.compilator import (
+    Compilation,
+    CompilatorConfig,
+    SeriesAssembly,
+    SeriesKey,
+    Verdict,
+)
 from petray.tasks import add_note, fail, move_to
 
 logger = logging.getLogger(__name__)

@@ -14,11 +14,16 @@ import logging
 import ray
 
 from actors.stage import StageWorker
-from petray.archive import verify_zip
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
-from petray.shared_folder import copy_atomically, remove_task_files, result_path, result_present
+from petray.service.archive import verify_zip
+from petray.service.shared_folder import (
+    copy_atomically,
+    remove_task_files,
+    result_path,
+    result_present,
+)
 from petray.task_files import TaskFiles
 from petray.tasks import accept_result_callback, awaiting_result
 

@@ -18,9 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from petray.derive import EncodedSeries, SeriesJob, SliceTemplate, encode_series, write_series
-from petray.filters import FilterSpec, apply_post_filter
-from petray.quant import ActivityMetrics, measure
+from petray.imaging.derive import (
+    EncodedSeries,
+    SeriesJob,
+    SliceTemplate,
+    encode_series,
+    write_series,
+)
+from petray.imaging.filters import FilterSpec, apply_post_filter
+from petray.imaging.quant import ActivityMetrics, measure
 
 
 @dataclass(frozen=True)

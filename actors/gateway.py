@@ -12,13 +12,12 @@ from typing import Any
 import ray
 from ray import serve
 
+from actors.http import start_http
 from actors.names import FILTER_RESOURCE, NAMESPACE
 from actors.pipeline import Pipeline, build_pipeline
 from actors.ray_loopback import loopback_only
-from petray.commands.gateway import prepare_storage
 from petray.gateway_lock import GatewayLock, acquire_gateway_lock
 from petray.logformat import configure_logging
-from petray.preflight import DASHBOARD_DEFAULT_PORT, free_port, port_free
 from petray.ray_leftovers import (
     RUN_MARKER,
     new_record,
@@ -27,8 +26,9 @@ from petray.ray_leftovers import (
     write_record,
 )
 from petray.settings import Settings
+from petray.site.preflight import DASHBOARD_DEFAULT_PORT, free_port, port_free
+from petray.site.storage import prepare_storage
 from petray.watchdog import Watchdog
-from serve.deployment import start_http
 
 logger = logging.getLogger(__name__)
 # Where a local Ray keeps its logs (a session directory per run, "session_latest" the newest).

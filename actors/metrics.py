@@ -17,8 +17,8 @@ from ray.util import metrics
 from actors.names import NAMESPACE, STORE_SCP
 from actors.runtime import init_actor_process
 from petray.db.engine import unit_of_work
-from petray.gauges import GaugeSnapshot, take_snapshot
 from petray.settings import Settings
+from petray.site.gauges import GaugeSnapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -8,17 +8,17 @@ import ray
 from pydicom import dcmread
 
 from actors.stage import StageWorker
-from petray.archive import peak_magnitude, write_upload_archive
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
-from petray.packing import upload_metadata
-from petray.quant import body_threshold, measure
-from petray.review import QUANT, received_record
-from petray.siteconfig import effective_client_id
-from petray.suv import suv_scale
+from petray.imaging.quant import body_threshold, measure
+from petray.imaging.suv import suv_scale
+from petray.imaging.volume import load_series_volume
+from petray.service.archive import peak_magnitude, write_upload_archive
+from petray.service.packing import upload_metadata
+from petray.site.siteconfig import effective_client_id
+from petray.stages.review import QUANT, received_record
 from petray.task_files import TaskFiles
 from petray.tasks import get_task, instance_paths
-from petray.volume import load_series_volume
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

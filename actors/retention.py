@@ -1,6 +1,6 @@
 """RetentionActor: applies the retention policy every ``retention_interval_s`` (issue 10).
 
-The rules and the purge itself are ``petray.retention``; this actor only keeps the timer. Like
+The rules and the purge itself are ``petray.site.retention``; this actor only keeps the timer. Like
 every actor it heals itself: its constructor schedules the loop, so a restart resumes it, and a
 purge cut short by a crash is completed at the next run (claims are committed per task).
 """
@@ -16,10 +16,10 @@ from typing import Any
 import ray
 
 from actors.runtime import init_actor_process
-from petray import retention
 from petray.db.engine import unit_of_work
-from petray.retention import RetentionPolicy
 from petray.settings import Settings
+from petray.site import retention
+from petray.site.retention import RetentionPolicy
 from petray.task_files import TaskFiles
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from typing import Any
 import ray
 
 from actors.names import NAMESPACE, STAGE_ACTORS
-from petray.audit import configure_syslog
 from petray.db.engine import make_engine, make_sessionmaker
 from petray.domain import Stage
 from petray.logfile import install_log_file
 from petray.logformat import configure_logging
 from petray.settings import Settings
+from petray.site.audit import configure_syslog
 
 logger = logging.getLogger(__name__)
 

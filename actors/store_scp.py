@@ -18,11 +18,11 @@ from ray.util import metrics
 from actors.names import COMPILATOR, NAMESPACE
 from actors.runtime import init_actor_process
 from petray.db.engine import unit_of_work
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.scp import IngestLimits, StoreService
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import IngestLimits, StoreService
+from petray.dicom.tls import server_context
 from petray.settings import Settings
-from petray.siteconfig import Listener, effective_listener
-from petray.tls import server_context
+from petray.site.siteconfig import Listener, effective_listener
 
 logger = logging.getLogger(__name__)
 

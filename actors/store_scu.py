@@ -11,23 +11,23 @@ import ray
 from ray.util import metrics
 
 from actors.stage import StageWorker
-from petray.audit import record_association
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
-from petray.delivery import (
+from petray.domain import Stage
+from petray.errors import DeliveryRefused, TransientError
+from petray.site.audit import record_association
+from petray.site.siteconfig import effective_listener
+from petray.stages.delivery import (
     PendingDestination,
     pending_destinations,
     record_sent,
     send_to,
     set_destination_state,
+    with_device_tls,
     with_stow_credentials,
 )
-from petray.domain import Stage
-from petray.errors import DeliveryRefused, TransientError
-from petray.outputs import output_files
-from petray.siteconfig import effective_listener
+from petray.stages.outputs import output_files
 from petray.tasks import get_task
-from petray.tls import with_device_tls
 
 logger = logging.getLogger(__name__)
 

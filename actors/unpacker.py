@@ -24,16 +24,22 @@ from actors.filter_pool import PoolWorker, sync_pool
 from actors.filter_worker import FilteredSeries
 from actors.placement import gateway_node_id
 from actors.stage import StageWorker
-from petray import audit
-from petray.archive import read_result_archive
 from petray.db.engine import unit_of_work
-from petray.derive import EncodedSeries, SeriesJob, prepare_templates, write_encoded
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
-from petray.outputs import BuiltSeries, clear_outputs, filters_for, record_outputs, series_job
-from petray.quant import ActivityMetrics
-from petray.review import QUANT, hold, hold_reason, judge, must_hold, site_thresholds
+from petray.imaging.derive import EncodedSeries, SeriesJob, prepare_templates, write_encoded
+from petray.imaging.quant import ActivityMetrics
+from petray.service.archive import read_result_archive
 from petray.settings import Settings
+from petray.site import audit
+from petray.stages.outputs import (
+    BuiltSeries,
+    clear_outputs,
+    filters_for,
+    record_outputs,
+    series_job,
+)
+from petray.stages.review import QUANT, hold, hold_reason, judge, must_hold, site_thresholds
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
 

@@ -14,9 +14,9 @@ from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
-from petray.remote import RemoteClient
-from petray.shared_folder import upload
-from petray.siteconfig import effective_client_id, effective_remote_url
+from petray.service.remote import RemoteClient
+from petray.service.shared_folder import upload
+from petray.site.siteconfig import effective_client_id, effective_remote_url
 from petray.tasks import fail, get_task, move_to
 
 logger = logging.getLogger(__name__)

@@ -8,17 +8,21 @@ import ray
 from pydicom import dcmread
 
 from actors.stage import StageWorker
-from petray.assemblies import slice_spacing_mm
 from petray.db.engine import unit_of_work
-from petray.decay import read_slice_decays
-from petray.deid import choose_date_shift_days
-from petray.destinations import assign_destinations
 from petray.domain import Stage
-from petray.radiopharm import load_table
-from petray.remote import RemoteClient
-from petray.siteconfig import effective_client_id, effective_remote_url, get_site_config
+from petray.imaging.decay import read_slice_decays
+from petray.imaging.deid import choose_date_shift_days
+from petray.service.remote import RemoteClient
+from petray.site.radiopharm import load_table
+from petray.site.siteconfig import effective_client_id, effective_remote_url, get_site_config
+from petray.stages.assemblies import slice_spacing_mm
+from petray.stages.destinations import assign_destinations
+from petray.stages.validation import (
+    build_processing_header,
+    check_model_payload,
+    processing_metadata,
+)
 from petray.tasks import get_task, instance_paths
-from petray.validation import build_processing_header, check_model_payload, processing_metadata
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

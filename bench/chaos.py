@@ -32,14 +32,14 @@ from typing import Any
 import httpx
 import pydicom
 
-from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.filters import FilterSpec
-from petray.orthanc import free_port
+from petray.demo.orthanc import free_port, port_open
+from petray.demo.synth import make_pet_series, write_series
+from petray.imaging.filters import FilterSpec
 from petray.ray_leftovers import find_run_processes, read_record, record_path
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_destination_and_filters, get_site_config
-from petray.synth import make_pet_series, write_series
+from petray.site.siteconfig import add_destination_and_filters, get_site_config
+from petray.site.storage import prepare_storage
 from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import RunningServer, running_reference
 
@@ -93,20 +93,12 @@ def storescp(workdir: Path, *extra: str) -> Iterator[Destination]:
         [*args, *extra, str(port)], stdout=log, stderr=subprocess.STDOUT, env=peer_env()
     )
     try:
-        _wait(lambda: _port_open(port), 20, "storescp to listen")
+        _wait(lambda: port_open(port), 20, "storescp to listen")
         yield Destination("STORESCP", port, directory, process)
     finally:
         process.terminate()
         process.wait(timeout=10)
         log.close()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/console_pages.py [--tasks 1000] [--repeat 20]
 
-Runs the app in-process (TestClient, SQLite in a temporary directory, a fake pipeline), so the
-figures are the app's own cost: queries plus template rendering, no network or Ray.
+Runs the app in-process (TestClient, SQLite in a temporary directory, no pipeline behind it), so
+the figures are the app's own cost: queries plus template rendering, no network or Ray.
 """
 
 from __future__ import annotations
@@ -17,11 +17,57 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import re
+from collections.abc import Iterator
+
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.db.engine import unit_of_work
+from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.demo.tasks import add_task
 from petray.domain import Stage, State
-from tests.test_app_helpers import add_task, build_harness
+from petray.ports import ActorStatus
+from petray.settings import Settings
+from petray.site.users import create_user
+from serve.app import create_app
+
+USER, PASSWORD = "operator", "bench-lantern-52"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class NoPipeline:
+    """The console without a gateway behind it: every actor is reported down."""
+
+    async def result_ready(self, task_id: str) -> None:
+        pass
+
+    async def resume(self, task_id: str) -> None:
+        pass
+
+    async def status(self) -> list[ActorStatus]:
+        return []
+
+    async def reload_dicom_listener(self) -> None:
+        pass
+
+
+def console(home: Path) -> Iterator[tuple[TestClient, sessionmaker[Session]]]:
+    """The app on a fresh SQLite database in ``home``, logged in as an operator."""
+    engine = make_engine(f"sqlite:///{home / 'petray.db'}")
+    migrate(engine)
+    sessions = make_sessionmaker(engine)
+    with unit_of_work(sessions) as session:
+        create_user(session=session, name=USER, password=PASSWORD, role="operator")
+    settings = Settings(home=home, remote_url="http://127.0.0.1:9", remote_timeout_s=1.0)
+    app = create_app(settings, session_factory=sessions, pipeline=NoPipeline())
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        token = CSRF_RE.search(client.get("/login").text)
+        assert token, "the login page has no CSRF token"
+        form = {"username": USER, "password": PASSWORD, "csrf_token": token.group(1), "next": "/"}
+        assert client.post("/login", data=form, follow_redirects=False).status_code == 303
+        yield client, sessions
+    engine.dispose()
+
 
 STATES = [State.DONE, State.DONE, State.DONE, State.FAILED, State.ACTIVE, State.WAITING]
 
@@ -61,11 +107,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for harness in build_harness(Path(tmp)):
+        for client, sessions in console(Path(tmp)):
             started = time.perf_counter()
-            last = fill(harness.sessions, args.tasks)
+            last = fill(sessions, args.tasks)
             print(f"filled {args.tasks} tasks in {time.perf_counter() - started:.1f} s")
-            client = harness.login("operator")
             for label, path in [
                 ("dashboard", "/"),
                 ("tasks list (50/page)", "/tasks"),

@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.derive [--series big|small] [--filters 3] [--profile]
 
 Uses the series cached by ``bench.ingest`` (645 x 440x440 by default), loads it once with
-``petray.volume.load_series_volume``, then times ``petray.derive.prepare_templates`` (once) and
-``petray.derive.write_series`` for ``--filters`` scaled copies of the volume, one after the other
+``petray.imaging.volume.load_series_volume``, then times
+``petray.imaging.derive.prepare_templates`` (once) and
+``petray.imaging.derive.write_series`` for ``--filters`` scaled copies of the volume, one after the
+other
 in this process (the filters
 themselves are not timed: that is scipy's work, not the writer's). Output goes to a temporary
 directory under /tmp that is removed afterwards. ``--profile`` runs cProfile over the writes and
@@ -24,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.ingest import SERIES, cached_series
-from petray.derive import SeriesJob, prepare_templates, write_series
-from petray.volume import load_series_volume
+from petray.imaging.derive import SeriesJob, prepare_templates, write_series
+from petray.imaging.volume import load_series_volume
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1299"
 PROFILE_TOP = 25

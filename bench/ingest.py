@@ -6,15 +6,17 @@ For each series (cached under /tmp/petray-bench), one storescu process (TCP_NODE
 association, every file) sends to each receiver in turn; the time is storescu's wall time from
 start to exit, the same clock for every receiver:
 
-* petray   petray.scp.StoreService with the real InstanceStore and SQLite (WAL) under a temporary
+* petray   petray.dicom.scp.StoreService with the real InstanceStore and SQLite (WAL) under a
+temporary
            PETRAY_HOME, fsync on as in production; and once more with fsync off;
-* orthanc  Debian's Orthanc started on loopback with a private storage (petray.orthanc);
+* orthanc  Debian's Orthanc started on loopback with a private storage (petray.demo.orthanc);
 * storescp DCMTK storescp -od <tmp> (+xa -pm -dhl, no verbose logging).
 
 It also measures the delay from the last slice received to the task leaving ``compiling``, two
 ways, both without Ray (the actor path with Ray messaging is measured elsewhere):
 
-* pure:   petray.compilator.Compilation + CompilatorConfig fed by each on_instance message in the
+* pure:   petray.stages.compilator.Compilation + CompilatorConfig fed by each on_instance message
+in the
           association thread; delay = READY decided - last message handed over;
 * mirror: a consumer thread fed through a queue doing what actors/compilator.py does per instance
           (route/open_task/add/assign committed, load_config, decide) and, when ready, the
@@ -54,17 +56,17 @@ import pydicom.config
 from sqlalchemy import func, select
 
 from actors.compilator import BATCH_WINDOW_S
-from petray.assemblies import assign, load_config, open_task
-from petray.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.db.models import Instance, TaskEvent
+from petray.demo.orthanc import LOOPBACK, free_port, peer_env, start_orthanc
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import StoreService
 from petray.domain import Stage
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.orthanc import LOOPBACK, free_port, peer_env, start_orthanc
-from petray.scp import StoreService
 from petray.settings import load_settings
-from petray.siteconfig import Listener
-from petray.synth import make_pet_series, write_series
+from petray.site.siteconfig import Listener
+from petray.stages.assemblies import assign, load_config, open_task
+from petray.stages.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
 from petray.tasks import get_task, move_to
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ RAY_START_TIMEOUT_S = 120.0
 READY_TIMEOUT_S = 30.0
 # The two series: a whole-body 645x440x440 and a smaller 300x192x192.
 SERIES = {"big": (645, 440), "small": (300, 192)}
-# The site defaults (petray.siteconfig.get_site_config); NumberOfSlices is present in both series.
+# The site defaults (petray.site.siteconfig.get_site_config); NumberOfSlices is present in both
+# series.
 COMPILATOR = CompilatorConfig(
     min_images=10, slice_gap_tolerance=1.5, inactivity_wait_s=5.0, abort_timeout_s=600.0
 )

@@ -43,15 +43,15 @@ import numpy as np
 from sqlalchemy import select
 
 from bench.ingest import CACHE_DIR, SERIES, Cached, cached_series, send
-from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import TaskEvent
+from petray.demo.orthanc import free_port, start_orthanc
+from petray.demo.synth import make_pet_series, write_series
 from petray.domain import FINAL_STATES, State
-from petray.filters import FilterSpec
-from petray.orthanc import free_port, start_orthanc
+from petray.imaging.filters import FilterSpec
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_destination_and_filters, get_site_config
-from petray.synth import make_pet_series, write_series
+from petray.site.siteconfig import add_destination_and_filters, get_site_config
+from petray.site.storage import prepare_storage
 from petray.tasks import TaskSummary, list_tasks
 
 logger = logging.getLogger(__name__)

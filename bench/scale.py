@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bench.ingest import SERIES, cached_series
-from petray.derive import (
+from petray.imaging.derive import (
     EncodedSeries,
     SeriesJob,
     SliceTemplate,
@@ -49,8 +49,8 @@ from petray.derive import (
     write_encoded,
     write_series,
 )
-from petray.filters import FilterSpec, apply_post_filter
-from petray.volume import load_series_volume
+from petray.imaging.filters import FilterSpec, apply_post_filter
+from petray.imaging.volume import load_series_volume
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1299"
 GBIT = 1e9 / 8  # bytes per second of a 1 Gb/s link

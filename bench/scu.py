@@ -1,8 +1,8 @@
-"""Delivery benchmark (issue 4): petray.scu.send_instances vs DCMTK storescu, same files.
+"""Delivery benchmark (issue 4): petray.dicom.scu.send_instances vs DCMTK storescu, same files.
 
     python -m bench.scu [--receivers orthanc,storescp] [--runs 2] [--associations 3] [--profile]
 
-The files are a 645 x 440x440 derived series written by petray.derive.write_derived_series
+The files are a 645 x 440x440 derived series written by petray.imaging.derive.write_derived_series
 (Explicit VR Little Endian with file meta, as the StoreSCU actor sends them), generated once
 under /tmp/petray-bench. Each sender sends every file to a fresh receiver:
 
@@ -12,7 +12,7 @@ under /tmp/petray-bench. Each sender sends every file to a fresh receiver:
                  the StoreSCU actor does;
 * petray-N+db    send_instances with N associations (only when the API has ``associations``).
 
-Receivers: Orthanc (petray.orthanc.start_orthanc, private storage) and DCMTK storescp
+Receivers: Orthanc (petray.demo.orthanc.start_orthanc, private storage) and DCMTK storescp
 (``--fork`` so that parallel associations are served in parallel, as a PACS does).
 It also times record_sent alone (one short transaction per instance) on SQLite.
 """
@@ -41,11 +41,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.ingest import CACHE_DIR, cached_series
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.db.models import Patient, Series, Study, Task, TaskDestination
-from petray.delivery import record_sent
-from petray.derive import write_derived_series
+from petray.demo.orthanc import LOOPBACK, free_port, peer_env, port_open, start_orthanc
+from petray.dicom.scu import DicomNode, send_instances
 from petray.domain import Stage, State
-from petray.orthanc import LOOPBACK, free_port, peer_env, start_orthanc
-from petray.scu import DicomNode, send_instances
+from petray.imaging.derive import write_derived_series
+from petray.stages.delivery import record_sent
 
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
@@ -166,7 +166,7 @@ def storescp_receiver() -> Iterator[tuple[DicomNode, Callable[[], int]]]:
         process = subprocess.Popen(args, env=peer_env(), stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
-            while not _port_open(port):
+            while not port_open(port):
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("storescp did not start")
                 time.sleep(0.05)
@@ -183,13 +183,6 @@ def orthanc_receiver() -> Iterator[tuple[DicomNode, Callable[[], int]]]:
         start_orthanc(Path(tmp)) as peer,
     ):
         yield DicomNode(peer.aet, LOOPBACK, peer.dicom_port), lambda: len(peer.instances())
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 RECEIVERS = {"orthanc": orthanc_receiver, "storescp": storescp_receiver}

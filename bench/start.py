@@ -24,7 +24,7 @@ from pathlib import Path
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from petray.orthanc import LOOPBACK, free_port, start_orthanc
+from petray.demo.orthanc import LOOPBACK, free_port, start_orthanc
 
 TIMEOUT_S = 180.0
 

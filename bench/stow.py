@@ -7,9 +7,10 @@ StoreSCU actor sends them. Each sender sends every file to a fresh Orthanc 1.10 
 plugin (``orthanc-dicomweb``) and private storage:
 
 * storescu       DCMTK storescu, one association (the reference C-STORE sender);
-* petray-dimse   petray.scu.send_instances, one association;
+* petray-dimse   petray.dicom.scu.send_instances, one association;
 * petray-dimse-3 the same over three associations (what the StoreSCU actor uses);
-* petray-stow    petray.stow.store_instances, multipart/related batches (50 instances / 32 MB).
+* petray-stow    petray.dicom.stow.store_instances, multipart/related batches (50 instances / 32
+MB).
 
 Medians of ``--runs``; the load average is printed beside them.
 """
@@ -29,10 +30,10 @@ import numpy as np
 import pydicom
 
 from bench.ingest import CACHE_DIR, cached_series
-from petray.derive import write_derived_series
-from petray.orthanc import DICOMWEB_PLUGIN, LOOPBACK, OrthancPeer, peer_env, start_orthanc
-from petray.scu import DicomNode, send_instances
-from petray.stow import StowEndpoint, store_instances
+from petray.demo.orthanc import DICOMWEB_PLUGIN, LOOPBACK, OrthancPeer, peer_env, start_orthanc
+from petray.dicom.scu import DicomNode, send_instances
+from petray.dicom.stow import StowEndpoint, store_instances
+from petray.imaging.derive import write_derived_series
 
 STORESCU = "/usr/bin/storescu"
 UID_ROOT = "1.2.826.0.1.3680043.10.1234"

@@ -32,13 +32,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from petray.synth import run_synth_command
+    from petray.demo.synth import run_synth_command
 
     return run_synth_command(args)
 
 
 def _cmd_reference_server(args: argparse.Namespace) -> int:
-    from serve.reference.main import run_reference_server
+    from petray.bootstrap import run_reference_server
 
     return run_reference_server(args)
 
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The audit trail's copy of each change a command makes (it is in the database, and in
         # syslog when configured) is not the command's answer.
         for handler in logging.getLogger().handlers:
-            handler.addFilter(lambda record: record.name != "petray.audit.trail")
+            handler.addFilter(lambda record: record.name != "petray.site.audit.trail")
     # Libraries that narrate every request or PDU at INFO.
     for name in ("httpx", "pynetdicom", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from petray.db.models import Instance, OutputSeries
+from petray.service.shared_folder import PROCESSED, TO_PROCESS, archive_name
 from petray.settings import Settings
-from petray.shared_folder import PROCESSED, TO_PROCESS, archive_name
 
 log = logging.getLogger(__name__)
 

@@ -268,7 +268,7 @@ def delete_task(task_id: str, *, session: Session, files: TaskFiles | None = Non
 
     With ``files`` (the task's ``TaskFiles``) the list holds all of them (instances, outputs,
     work and shared-folder archives, previews); without, only those that rows name. The caller
-    removes them (``petray.activity.remove_files``) only after the deletion is committed, so a
+    removes them (``petray.site.activity.remove_files``) only after the deletion is committed, so a
     rollback never leaves rows pointing at missing files.
     """
     task = session.get(Task, task_id)
@@ -300,7 +300,7 @@ class TaskSummary:
     next_attempt_at: str | None = None
     operator_retries: int = 0
     notes: str = ""
-    # The quantitative check (issue 15, petray.review): metrics, changes and its verdict.
+    # The quantitative check (issue 15, petray.stages.review): metrics, changes and its verdict.
     quant: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:

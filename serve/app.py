@@ -24,11 +24,11 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import petray
-from petray import display
-from petray.audit import configure_syslog
 from petray.errors import InvalidTransition, UnknownTask
 from petray.ports import PipelineControl
 from petray.settings import Settings
+from petray.site import display
+from petray.site.audit import configure_syslog
 from serve.deps import (
     SAFE_METHODS,
     AppContext,

@@ -18,10 +18,10 @@ from starlette.concurrency import run_in_threadpool
 
 from petray.db.engine import unit_of_work
 from petray.db.models import User
-from petray.login_throttle import LoginThrottle
 from petray.ports import PipelineControl
 from petray.settings import Settings
-from petray.users import Role, has_role, user_for_token
+from petray.site.login_throttle import LoginThrottle
+from petray.site.users import Role, has_role, user_for_token
 from serve.security import (
     CSRF_FORM_FIELD,
     CSRF_HEADER,

@@ -10,8 +10,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from petray.errors import ConfigurationError
-from petray.production import DEVELOPMENT_SECRETS, MIN_SECRET_LENGTH
 from petray.settings import Settings
+from petray.site.production import DEVELOPMENT_SECRETS, MIN_SECRET_LENGTH
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Shared fixtures: settings in a temporary home, migrated databases (SQLite and PostgreSQL).
 
-Ray, peer and CLI fixtures live in tests/ray_cluster.py, tests/peers.py and tests/petray_cli.py
-(loaded as plugins).
+Ray, peer and CLI fixtures live in tests/support/ray_cluster.py, tests/support/peers.py and
+tests/support/petray_cli.py (loaded as plugins).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from argon2 import PasswordHasher
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray import users
 from petray.db.engine import make_engine, make_sessionmaker, migrate
 from petray.settings import Settings, load_settings
-from tests.databases import migrated_sqlite
+from petray.site import users
+from tests.support.databases import migrated_sqlite
 
-pytest_plugins = ["tests.peers", "tests.petray_cli", "tests.ray_cluster"]
+pytest_plugins = ["tests.support.peers", "tests.support.petray_cli", "tests.support.ray_cluster"]
 
 # Ray 2.60 turns token auth on by default and reports usage: neither belongs in tests.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
+from petray.demo.tasks import PATIENT_NAME
 from petray.domain import Stage, State
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import PATIENT_NAME, AppHarness, build_harness, make_task
+from petray.site.users import create_api_token, get_user_by_name
+from tests.support.app import AppHarness, build_harness, make_task
 
 ZERO = "0" * 32
 # (method, path, minimum role, body): every REST endpoint except health (public).

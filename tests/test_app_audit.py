@@ -13,15 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from petray import audit
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, Device, PostFilter
+from petray.demo.tasks import PATIENT_NAME
 from petray.domain import Stage, State
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import (
+from petray.site import audit
+from petray.site.users import create_api_token, get_user_by_name
+from tests.support.app import (
     CALLBACK_TOKEN,
     PASSWORDS,
-    PATIENT_NAME,
     AppHarness,
     build_harness,
     harness,

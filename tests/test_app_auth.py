@@ -8,9 +8,9 @@ import pytest
 
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.errors import ConfigurationError
-from petray.users import FREE_FAILURES, get_user_by_name
+from petray.site.users import FREE_FAILURES, get_user_by_name
 from serve.app import create_app
-from tests.test_app_helpers import (
+from tests.support.app import (
     PASSWORDS,
     AppHarness,
     FakePipeline,

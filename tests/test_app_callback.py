@@ -5,7 +5,7 @@ from __future__ import annotations
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
-from tests.test_app_helpers import CALLBACK_TOKEN, AppHarness, harness, make_task
+from tests.support.app import CALLBACK_TOKEN, AppHarness, harness, make_task
 
 __all__ = ["harness"]
 AUTH = {"Authorization": f"Bearer {CALLBACK_TOKEN}"}

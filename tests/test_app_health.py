@@ -19,25 +19,18 @@ from fastapi.testclient import TestClient
 
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import Device
-from petray.delivery import set_destination_state
-from petray.destinations import assign_destinations
+from petray.demo.tasks import PATIENT_NAME, add_task
 from petray.domain import Stage, State
 from petray.ports import ActorStatus
 from petray.settings import Settings
+from petray.stages.delivery import set_destination_state
+from petray.stages.destinations import assign_destinations
 from petray.tasks import get_task
 from serve.app import create_app
 from serve.reference.app import create_reference_app
 from serve.reference.config import ReferenceConfig
 from serve.reference.main import RunningServer, start_in_thread
-from tests.test_app_helpers import (
-    PATIENT_NAME,
-    AppHarness,
-    FakePipeline,
-    add_task,
-    build_harness,
-    harness,
-    make_settings,
-)
+from tests.support.app import AppHarness, FakePipeline, build_harness, harness, make_settings
 
 __all__ = ["harness"]  # the fixture, used by name
 

@@ -12,12 +12,13 @@ from sqlalchemy import select
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, Device, Instance, OutputSeries, Task
+from petray.demo.synth import make_pet_series, write_series
+from petray.demo.tasks import PATIENT_NAME
 from petray.domain import Stage, State
 from petray.ports import ActorStatus
 from petray.retry import Backoff, RetryPolicy
-from petray.synth import make_pet_series, write_series
 from petray.tasks import add_note, record_transient_failure
-from tests.test_app_helpers import PATIENT_NAME, AppHarness, csrf_of, harness, make_task
+from tests.support.app import AppHarness, csrf_of, harness, make_task
 
 __all__ = ["harness"]
 PAGES = [

@@ -11,11 +11,11 @@ from sqlalchemy import select
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, SiteConfig
 from petray.domain import Stage, State
-from petray.quant import ActivityMetrics, QuantThresholds
-from petray.review import QUANT, hold, judge, received_record
+from petray.imaging.quant import ActivityMetrics, QuantThresholds
+from petray.site.users import create_api_token, get_user_by_name
+from petray.stages.review import QUANT, hold, judge, received_record
 from petray.tasks import get_task
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import AppHarness, build_harness, csrf_of, make_task
+from tests.support.app import AppHarness, build_harness, csrf_of, make_task
 
 RECEIVED = ActivityMetrics(10000.0, 9000.0, (5, 6, 7), 2000.0, 70000.0, 400.0)
 DERIVED = ActivityMetrics(5000.0, 4600.0, (5, 6, 7), 1950.0, 71000.0, 431.0)

@@ -9,8 +9,13 @@ from fastapi.testclient import TestClient
 
 from petray.db.engine import unit_of_work
 from petray.db.models import ApiToken, User
-from petray.users import MIN_PASSWORD_LENGTH, create_api_token, get_user_by_name, verify_password
-from tests.test_app_helpers import PASSWORDS, AppHarness, csrf_of, harness, login
+from petray.site.users import (
+    MIN_PASSWORD_LENGTH,
+    create_api_token,
+    get_user_by_name,
+    verify_password,
+)
+from tests.support.app import PASSWORDS, AppHarness, csrf_of, harness, login
 
 __all__ = ["harness"]
 NEW_PASSWORD = "a-brand-new-password"

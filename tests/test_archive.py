@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from petray.archive import (
+from petray.errors import ArchiveRejected
+from petray.service.archive import (
     DENOISED_NAME,
     METADATA_NAME,
     NOISE_NAME,
@@ -19,7 +20,6 @@ from petray.archive import (
     verify_zip,
     write_upload_archive,
 )
-from petray.errors import ArchiveRejected
 
 SHAPE = (6, 10, 12)
 LIMIT = 10 * 1024 * 1024

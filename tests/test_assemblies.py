@@ -12,7 +12,14 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.assemblies import (
+from petray.db.engine import unit_of_work
+from petray.db.models import Instance, Task
+from petray.demo.synth import make_pet_series
+from petray.dicom.header import extract_instance_header
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.domain import Stage, State
+from petray.site.siteconfig import get_site_config
+from petray.stages.assemblies import (
     assign,
     compiling,
     load_config,
@@ -23,14 +30,7 @@ from petray.assemblies import (
     still_unassigned,
     unassigned,
 )
-from petray.compilator import CompilatorConfig, SeriesAssembly
-from petray.db.engine import unit_of_work
-from petray.db.models import Instance, Task
-from petray.dicom.header import extract_instance_header
-from petray.domain import Stage, State
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.siteconfig import get_site_config
-from petray.synth import make_pet_series
+from petray.stages.compilator import CompilatorConfig, SeriesAssembly
 from petray.tasks import delete_task, get_task, move_to
 
 

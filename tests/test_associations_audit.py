@@ -13,12 +13,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.store_scu import StoreScuActor
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, AuditEvent, TaskDestination
-from petray.delivery import PendingDestination
+from petray.dicom.scp import IngestLimits
+from petray.dicom.scu import DicomNode
 from petray.domain import Stage, State
-from petray.scp import IngestLimits
-from petray.scu import DicomNode
-from tests.peers import LOOPBACK, StoreSCP, free_port, run_echoscu, run_storescu, write_pet_series
-from tests.test_app_helpers import make_task
+from petray.stages.delivery import PendingDestination
+from tests.support.app import make_task
+from tests.support.peers import (
+    LOOPBACK,
+    StoreSCP,
+    free_port,
+    run_echoscu,
+    run_storescu,
+    write_pet_series,
+)
 from tests.test_hostile_dicom import (
     AE_TITLE,
     Scp,

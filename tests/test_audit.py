@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray import audit
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, AuditEvent
+from petray.site import audit
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 

@@ -18,10 +18,11 @@ import uvicorn
 
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
+from petray.demo.tasks import PATIENT_NAME
 from petray.domain import Stage, State
 from petray.ports import ActorStatus
-from tests.peers import start_storescp
-from tests.test_app_helpers import PASSWORDS, PATIENT_NAME, AppHarness, build_harness, make_task
+from tests.support.app import PASSWORDS, AppHarness, build_harness, make_task
+from tests.support.peers import start_storescp
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

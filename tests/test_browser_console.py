@@ -25,9 +25,9 @@ from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, Radiopharmaceutical, Task
 from petray.domain import Stage, State
 from petray.logfile import install_log_file
+from petray.site.users import create_api_token, get_user_by_name
 from petray.tasks import get_task, move_to
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import PASSWORDS, build_harness, make_task
+from tests.support.app import PASSWORDS, build_harness, make_task
 from tests.test_browser import CHROMIUM, Served, _login, browser, page
 
 pytestmark = [

@@ -13,12 +13,12 @@ import pytest
 
 from actors.gateway import Gateway
 from petray.db.engine import unit_of_work
+from petray.demo.synth import make_pet_series, write_series
 from petray.settings import Settings
-from petray.synth import make_pet_series, write_series
-from petray.users import Role, create_user
+from petray.site.users import Role, create_user
 from serve.reference.main import running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import free_port, run_storescu, start_storescp
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import free_port, run_storescu, start_storescp
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [

@@ -24,17 +24,17 @@ import ray
 from actors import names
 from actors.pipeline import Pipeline, build_pipeline
 from actors.runtime import actor_state
-from petray.activity import remove_files
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.filters import FilterSpec
+from petray.demo.synth import make_pet_series, write_series
+from petray.imaging.filters import FilterSpec
 from petray.settings import Settings
-from petray.synth import make_pet_series, write_series
+from petray.site.activity import remove_files
 from petray.task_files import TaskFiles
 from petray.tasks import TaskSummary, cancel, delete_task, list_tasks, unfinished_tasks
 from serve.reference.config import Switches
 from serve.reference.main import RunningServer, running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import StoreSCP, free_port, run_storescu, start_storescp
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import StoreSCP, free_port, run_storescu, start_storescp
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 

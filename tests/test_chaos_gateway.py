@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import FILTERS, site
+from petray.demo.synth import make_pet_series, write_series
 from petray.ray_leftovers import find_run_processes, read_record, record_path
-from petray.synth import make_pet_series, write_series
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from tests.petray_cli import USAGE_ERROR, Cli, add_tasks
+from tests.support.petray_cli import USAGE_ERROR, Cli, add_tasks
 
 TASK_KEYS = {
     "id",

@@ -1,5 +1,5 @@
 """The ``petray`` command for daily use (issue 11) on its own PETRAY_HOME and the embedded
-SQLite database (``petray.cli.main`` in-process: see tests/petray_cli.py)."""
+SQLite database (``petray.cli.main`` in-process: see tests/support/petray_cli.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from petray.db.engine import MIGRATIONS_DIR, make_engine, make_sessionmaker, uni
 from petray.db.models import AuditEvent
 from petray.domain import Stage
 from petray.tasks import complete, get_task, move_to
-from tests.peers import free_port, start_storescp
-from tests.petray_cli import USAGE_ERROR, Cli, add_tasks
+from tests.support.peers import free_port, start_storescp
+from tests.support.petray_cli import USAGE_ERROR, Cli, add_tasks
 
 
 def _db(cli: Cli) -> Path:

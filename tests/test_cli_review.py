@@ -9,10 +9,10 @@ from sqlalchemy import select
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import AuditEvent
 from petray.domain import Stage
-from petray.quant import ActivityMetrics, QuantThresholds
-from petray.review import QUANT, hold, judge, received_record
+from petray.imaging.quant import ActivityMetrics, QuantThresholds
+from petray.stages.review import QUANT, hold, judge, received_record
 from petray.tasks import get_task
-from tests.petray_cli import Cli, add_tasks
+from tests.support.petray_cli import Cli, add_tasks
 
 RECEIVED = ActivityMetrics(10000.0, 9000.0, (5, 6, 7), 2000.0, 70000.0, 400.0)
 DERIVED = ActivityMetrics(9000.0, 8600.0, (5, 6, 7), 1950.0, 71000.0, 440.0)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.settings import Settings
-from petray.siteconfig import effective_client_id, get_site_config
+from petray.site.siteconfig import effective_client_id, get_site_config
 
 
 def test_the_console_value_wins_over_the_setting(

@@ -1,6 +1,6 @@
 """The gateway on a real multi-node Ray cluster (issue 12): head + 2 worker nodes.
 
-The scenario runs in its own process (tests/cluster_scenario.py): this session already holds
+The scenario runs in its own process (tests/support/cluster_scenario.py): this session already holds
 the shared local Ray and a process can ``ray.init`` only once. One run (about a minute and a
 half on 2 cores) checks placement, a task delivered with correct values, a filter node lost
 mid-filter (only its filter reruns), and no filter node left until a new one joins.
@@ -36,7 +36,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run(
-        [sys.executable, "-m", "tests.cluster_scenario", str(workdir)],
+        [sys.executable, "-m", "tests.support.cluster_scenario", str(workdir)],
         cwd=REPO,
         env=env,
         capture_output=True,

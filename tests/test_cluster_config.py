@@ -114,8 +114,8 @@ def test_the_wheel_carries_the_actors_and_the_web_console(tmp_path: Path) -> Non
         "actors/filter_worker.py",
         "actors/filter_pool.py",
         "actors/placement.py",
-        "petray/derive.py",
-        "serve/deployment.py",
+        "petray/imaging/derive.py",
+        "actors/http.py",
         "petray/db/migrations/env.py",
     ):
         assert required in names

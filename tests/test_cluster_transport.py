@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petray.derive import (
+from petray.errors import PermanentError
+from petray.imaging.derive import (
     EncodedSeries,
     SeriesJob,
     encode_series,
@@ -21,8 +22,7 @@ from petray.derive import (
     write_encoded,
     write_series,
 )
-from petray.errors import PermanentError
-from tests.peers import write_pet_series
+from tests.support.peers import write_pet_series
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1299"
 SLICES, ROWS, COLS = 4, 12, 10

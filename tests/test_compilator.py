@@ -7,16 +7,16 @@ from collections.abc import Iterable
 
 import pytest
 
-from petray.compilator import (
+from petray.demo.synth import make_pet_series
+from petray.dicom.header import extract_instance_header
+from petray.dicom.ingest import ReceivedInstance
+from petray.stages.compilator import (
     Compilation,
     CompilatorConfig,
     Decision,
     SeriesAssembly,
     Verdict,
 )
-from petray.dicom.header import extract_instance_header
-from petray.ingest import ReceivedInstance
-from petray.synth import make_pet_series
 
 CONFIG = CompilatorConfig(
     min_images=10, slice_gap_tolerance=1.5, inactivity_wait_s=5.0, abort_timeout_s=600.0

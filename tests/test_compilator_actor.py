@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import make_engine, make_sessionmaker
 from petray.db.models import Instance, Task, TaskEvent
+from petray.dicom.ingest import InstanceStore
 from petray.domain import Stage
-from petray.ingest import InstanceStore
 from petray.settings import Settings, load_settings
-from tests.databases import migrated_sqlite
+from tests.support.databases import migrated_sqlite
 from tests.test_assemblies import store_series
 
 pytestmark = [pytest.mark.ray]

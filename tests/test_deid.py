@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom import Dataset
 
-from petray.deid import (
+from petray.imaging.deid import (
     IDENTIFYING_KEYWORDS,
     MAX_SHIFT_DAYS,
     MIN_SHIFT_DAYS,
@@ -86,7 +86,7 @@ def test_empty_dataset_has_nothing_to_scan_for() -> None:
 
 
 def test_synthetic_series_values() -> None:
-    synth = pytest.importorskip("petray.synth")
+    synth = pytest.importorskip("petray.demo.synth")
     ds = synth.make_pet_series(slices=1, rows=8, cols=8, patient_name="Roe^Richard")[0]
     values = identifying_values(ds)
     assert {

@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import Patient, SentInstance, Series, Study, Task, TaskDestination
-from petray.delivery import pending_destinations, record_sent, set_destination_state
-from petray.destinations import assign_destinations
+from petray.dicom.scu import DicomNode
 from petray.domain import Stage, State
 from petray.errors import ValidationFailed
-from petray.scu import DicomNode
-from petray.siteconfig import add_device, get_site_config
+from petray.site.siteconfig import add_device, get_site_config
+from petray.stages.delivery import pending_destinations, record_sent, set_destination_state
+from petray.stages.destinations import assign_destinations
 
 _serial = count(1)
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.petray_cli import PETRAY
+from tests.support.petray_cli import PETRAY
 
 # Everything the demo itself prints; any other line is noise that leaked.
 OWN_LINES = re.compile(

@@ -22,7 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from petray.derive import (
+from petray.errors import PermanentError
+from petray.imaging.derive import (
     DROPPED_KEYWORDS,
     INT16_MAX,
     SeriesJob,
@@ -32,10 +33,9 @@ from petray.derive import (
     write_derived_series,
     write_series,
 )
-from petray.errors import PermanentError
-from petray.vendors import DEFAULT_PROFILE, VENDOR_PROFILES
-from petray.volume import load_series_volume
-from tests.peers import (
+from petray.imaging.vendors import DEFAULT_PROFILE, VENDOR_PROFILES
+from petray.imaging.volume import load_series_volume
+from tests.support.peers import (
     DCENTVFY_BIN,
     DCIODVFY_BIN,
     dcentvfy_errors,
@@ -270,7 +270,7 @@ def _allowed(vendor: str) -> set[tuple[int, str, int]]:
 def test_synthetic_vendor_series_derive_cleanly(
     tmp_path: Path, vendor: str, syntax: str, units: str
 ) -> None:
-    from petray.synth import make_pet_series, write_series
+    from petray.demo.synth import make_pet_series, write_series
 
     sources = write_series(
         make_pet_series(
@@ -382,8 +382,8 @@ def _reference_bytes(source_path: Path, plane: np.ndarray, index: int, job: Seri
     "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1]
 )
 def test_spliced_files_equal_plain_pydicom_output(tmp_path: Path, syntax: str) -> None:
-    from petray.synth import make_pet_series
-    from petray.synth import write_series as write_source
+    from petray.demo.synth import make_pet_series
+    from petray.demo.synth import write_series as write_source
 
     spec = make_pet_series(slices=4, rows=16, cols=16, seed=3, transfer_syntax=syntax)
     paths = write_source(spec, tmp_path / "src")

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from petray.display import dicom_date, explain, local_time, person_name, site_zone
+from petray.site.display import dicom_date, explain, local_time, person_name, site_zone
 
 
 @pytest.mark.parametrize(

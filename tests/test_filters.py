@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from petray.filters import (
+from petray.imaging.filters import (
     LO_MAX_LENGTH,
     FilterSpec,
     apply_post_filter,

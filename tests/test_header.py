@@ -11,10 +11,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, EnhancedPETImageStorage
 
+from petray.demo.synth import make_pet_series
 from petray.dicom.header import MANDATORY_KEYWORDS, extract_instance_header, is_pet
 from petray.dicom.uids import UID_MAX_LENGTH, is_valid_uid, validate_uid
 from petray.errors import InvalidInstance
-from petray.synth import make_pet_series
 
 
 def pet_instance(**overrides: object) -> Dataset:

@@ -1,4 +1,4 @@
-"""The health rules (petray/health.py, issue 8 item 9) without Ray or HTTP, and the facts read
+"""The health rules (petray/site/health.py, issue 8 item 9) without Ray or HTTP, and the facts read
 from the database: each configured destination's last delivery outcome."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import Device, Task, TaskDestination, TaskEvent
+from petray.demo.tasks import add_task
 from petray.domain import Stage, State
-from petray.health import (
+from petray.ports import ActorStatus
+from petray.site.health import (
     CheckKind,
     DeliveryState,
     DestinationFact,
@@ -25,8 +27,6 @@ from petray.health import (
     assess,
     destination_facts,
 )
-from petray.ports import ActorStatus
-from tests.test_app_helpers import add_task
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 

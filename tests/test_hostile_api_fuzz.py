@@ -18,8 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from petray.db.engine import unit_of_work
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import AppHarness, build_harness
+from petray.site.users import create_api_token, get_user_by_name
+from tests.support.app import AppHarness, build_harness
 
 EXAMPLES = 12
 STRANGER_EXAMPLES = 3

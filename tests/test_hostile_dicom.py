@@ -38,18 +38,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, Instance
-from petray.dicom.status import StoreStatus
-from petray.ingest import InstanceStore
-from petray.scp import (
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.ingest import InstanceStore
+from petray.dicom.scp import (
     PREAMBLE_AND_PREFIX,
     IngestLimits,
     StoreService,
     encode_file_meta,
     source_refusal,
 )
-from petray.siteconfig import Listener, add_device, get_site_config
-from petray.synth import make_pet_series, write_series
-from tests.peers import LOOPBACK, free_port, run_echoscu, run_storescu
+from petray.dicom.status import StoreStatus
+from petray.site.siteconfig import Listener, add_device, get_site_config
+from tests.support.peers import LOOPBACK, free_port, run_echoscu, run_storescu
 
 pytestmark = pytest.mark.peers
 

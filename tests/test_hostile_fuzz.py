@@ -3,7 +3,7 @@
 Inputs are a valid PET instance or result archive with random damage (bytes flipped, cut,
 inserted, lengths rewritten) or random bytes. The properties:
 
-- the header parser (``petray.scp.read_header``, ``petray.dicom.header``) raises nothing but
+- the header parser (``petray.dicom.scp.read_header``, ``petray.dicom.header``) raises nothing but
   UnreadableInstance or InvalidInstance;
 - the Store SCP's C-STORE handler answers every such instance with a named refusal (0xA900 or
   0xC000, with a reason) or stores it; never a processing failure (0x0110, what an unexpected
@@ -38,20 +38,20 @@ from pydicom.uid import (
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.archive import (
+from petray.db.engine import make_engine, make_sessionmaker
+from petray.dicom.header import extract_instance_header
+from petray.dicom.ingest import InstanceStore
+from petray.dicom.scp import IngestLimits, StoreService, UnreadableInstance, read_header
+from petray.dicom.status import StoreStatus
+from petray.errors import ArchiveRejected, InvalidInstance
+from petray.service.archive import (
     DENOISED_NAME,
     METADATA_NAME,
     NOISE_NAME,
     read_result_archive,
     verify_zip,
 )
-from petray.db.engine import make_engine, make_sessionmaker
-from petray.dicom.header import extract_instance_header
-from petray.dicom.status import StoreStatus
-from petray.errors import ArchiveRejected, InvalidInstance
-from petray.ingest import InstanceStore
-from petray.scp import IngestLimits, StoreService, UnreadableInstance, read_header
-from tests.databases import migrated_sqlite
+from tests.support.databases import migrated_sqlite
 from tests.test_hostile_dicom import deflate, encode, pet
 
 EXAMPLES = 150

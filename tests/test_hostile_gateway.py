@@ -16,14 +16,14 @@ import pytest
 
 from actors.gateway import Gateway
 from petray.db.engine import unit_of_work
+from petray.demo.synth import make_pet_series, write_series
 from petray.dicom.status import StoreStatus
 from petray.domain import Stage, State
-from petray.filters import FilterSpec
-from petray.synth import make_pet_series, write_series
+from petray.imaging.filters import FilterSpec
 from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import LOOPBACK, free_port, run_storescu, start_storescp
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import LOOPBACK, free_port, run_storescu, start_storescp
 from tests.test_hostile_dicom import pet, raw_file, send_files, with_pixel_length
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]

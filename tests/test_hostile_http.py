@@ -22,9 +22,8 @@ import uvicorn
 from petray.cli import main
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.domain import Stage, State
-from petray.users import create_api_token, get_user_by_name, list_users
-from tests.peers import LOOPBACK, free_port
-from tests.test_app_helpers import (
+from petray.site.users import create_api_token, get_user_by_name, list_users
+from tests.support.app import (
     CALLBACK_TOKEN,
     PASSWORDS,
     AppHarness,
@@ -32,6 +31,7 @@ from tests.test_app_helpers import (
     csrf_of,
     make_task,
 )
+from tests.support.peers import LOOPBACK, free_port
 
 MIB = 2**20
 HUGE = 64 * MIB

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 
 from petray.db.engine import unit_of_work
-from petray.login_throttle import ADDRESS_FREE_FAILURES, MEMORY, LoginThrottle
-from petray.users import FREE_FAILURES, get_user_by_name, lockout_delay
-from tests.test_app_helpers import PASSWORDS, AppHarness, harness, login
+from petray.site.login_throttle import ADDRESS_FREE_FAILURES, MEMORY, LoginThrottle
+from petray.site.users import FREE_FAILURES, get_user_by_name, lockout_delay
+from tests.support.app import PASSWORDS, AppHarness, harness, login
 
 __all__ = ["harness"]  # the fixture
 

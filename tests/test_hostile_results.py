@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petray.archive import (
+from petray.errors import ArchiveRejected
+from petray.service.archive import (
     DENOISED_NAME,
     METADATA_NAME,
     NOISE_NAME,
     peak_magnitude,
     read_result_archive,
 )
-from petray.errors import ArchiveRejected
 
 SHAPE = (8, 10, 12)
 TASK_ID = "0123456789abcdef0123456789abcdef"

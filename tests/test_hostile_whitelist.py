@@ -13,16 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from petray.cli import main
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import Device
-from petray.scp import IngestLimits, SourceDevice, source_refusal
-from petray.siteconfig import (
+from petray.dicom.scp import IngestLimits, SourceDevice, source_refusal
+from petray.site.siteconfig import (
     NO_SOURCE_DEVICE,
     add_device,
     everyone_refused,
     get_site_config,
     list_devices,
 )
-from tests.peers import LOOPBACK
-from tests.test_app_helpers import AppHarness, csrf_of, harness
+from tests.support.app import AppHarness, csrf_of, harness
+from tests.support.peers import LOOPBACK
 from tests.test_hostile_dicom import (
     Scp,
     echo_from,

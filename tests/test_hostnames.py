@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from petray.hostnames import is_valid_host, validate_host
+from petray.dicom.hostnames import is_valid_host, validate_host
 
 
 @pytest.mark.parametrize(

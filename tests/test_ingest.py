@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.models import Instance, Patient, Series, Study
+from petray.demo.synth import make_pet_series
 from petray.dicom.header import InstanceHeader, extract_instance_header
+from petray.dicom.ingest import DiskFull, InstanceStore, ReceivedInstance, upsert_hierarchy
 from petray.errors import InvalidInstance
-from petray.ingest import DiskFull, InstanceStore, ReceivedInstance, upsert_hierarchy
-from petray.synth import make_pet_series
 
 THREADS = 8
 
@@ -145,16 +145,16 @@ def test_series_pk_is_cached_after_the_first_instance(
     series: list[tuple[bytes, InstanceHeader]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import petray.ingest
+    import petray.dicom.ingest
 
     calls: list[str] = []
-    real = petray.ingest.upsert_hierarchy
+    real = petray.dicom.ingest.upsert_hierarchy
 
     def counting(header: InstanceHeader, *, session: Session) -> int:
         calls.append(header.series_instance_uid)
         return real(header, session=session)
 
-    monkeypatch.setattr(petray.ingest, "upsert_hierarchy", counting)
+    monkeypatch.setattr(petray.dicom.ingest, "upsert_hierarchy", counting)
     store = _store(tmp_path / "instances", sessions)
     received = [store.store(d, h, calling_ae="A", peer_host="h") for d, h in series]
     assert len(calls) == 1
@@ -203,12 +203,12 @@ def test_database_failure_removes_the_file(
     series: list[tuple[bytes, InstanceHeader]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import petray.ingest
+    import petray.dicom.ingest
 
     def broken(header: InstanceHeader, *, session: Session) -> int:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(petray.ingest, "upsert_hierarchy", broken)
+    monkeypatch.setattr(petray.dicom.ingest, "upsert_hierarchy", broken)
     root = tmp_path / "instances"
     store = _store(root, sessions)
     with pytest.raises(RuntimeError):

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from petray.ray_leftovers import find_run_processes, read_record, record_path
-from tests.peers import free_port
+from tests.support.peers import free_port
 
 pytestmark = [pytest.mark.ray]
 START_TIMEOUT_S = 180

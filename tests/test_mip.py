@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petray import mip
-from petray.synth import make_pet_series, write_series
+from petray.demo.synth import make_pet_series, write_series
+from petray.imaging import mip
 
 
 def test_png_has_the_expected_size_and_shows_the_hot_spot() -> None:

@@ -22,8 +22,9 @@ from petray.db.models import (
 )
 from petray.dicom.uids import UID_MAX_LENGTH, validate_uid
 from petray.domain import Stage, State
-from petray.filters import FilterSpec
-from petray.outputs import (
+from petray.imaging.filters import FilterSpec
+from petray.settings import Settings
+from petray.stages.outputs import (
     DEFAULT_DESCRIPTION,
     IS_MAX,
     BuiltSeries,
@@ -36,7 +37,6 @@ from petray.outputs import (
     record_outputs,
     series_job,
 )
-from petray.settings import Settings
 
 MODEL = "Biograph Vision 600"
 _serial = count(1)

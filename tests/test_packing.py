@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset, dcmread
 
-from petray.archive import write_upload_archive
-from petray.decay import read_slice_decays
-from petray.deid import choose_date_shift_days, identifying_values
-from petray.packing import upload_metadata
-from petray.radiopharm import SEED_RADIOPHARMACEUTICALS
-from petray.reconstruction import RECONSTRUCTION_FIELDS
-from petray.synth import make_pet_series, write_series
-from petray.validation import build_processing_header, processing_metadata
-from petray.volume import load_series_volume
+from petray.demo.synth import make_pet_series, write_series
+from petray.imaging.decay import read_slice_decays
+from petray.imaging.deid import choose_date_shift_days, identifying_values
+from petray.imaging.reconstruction import RECONSTRUCTION_FIELDS
+from petray.imaging.volume import load_series_volume
+from petray.service.archive import write_upload_archive
+from petray.service.packing import upload_metadata
+from petray.site.radiopharm import SEED_RADIOPHARMACEUTICALS
+from petray.stages.validation import build_processing_header, processing_metadata
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
-from tests.peers import (
+from tests.support.peers import (
     LOOPBACK,
     OrthancPeer,
     StoreSCP,

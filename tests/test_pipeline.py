@@ -18,17 +18,17 @@ from pydicom import Dataset
 
 from actors.gateway import Gateway
 from actors.pipeline import build_pipeline
-from petray.archive import read_result_archive
 from petray.db.engine import unit_of_work
-from petray.demo_check import group_by_series, verify_outputs
+from petray.demo.demo_check import group_by_series, verify_outputs
+from petray.demo.synth import make_pet_series, write_series
 from petray.domain import Stage, State
-from petray.filters import FilterSpec
+from petray.imaging.filters import FilterSpec
+from petray.service.archive import read_result_archive
 from petray.settings import Settings
-from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import RunningServer, running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import (
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import (
     dcentvfy_errors,
     dciodvfy_errors,
     free_port,

@@ -17,14 +17,14 @@ from pydicom import dcmread
 from actors.pipeline import Pipeline, build_pipeline
 from actors.runtime import Dispatcher
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.demo.synth import make_pet_series, write_series
 from petray.domain import Stage
 from petray.settings import Settings
-from petray.synth import make_pet_series, write_series
 from petray.tasks import TaskSummary, cancel, list_tasks, retry, unfinished_tasks
 from serve.reference.config import Switches
 from serve.reference.main import RunningServer, running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import free_port, run_storescu
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import free_port, run_storescu
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 WAIT_S = 60

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from petray.preflight import Verdict, check_addresses, check_environment, check_ports
 from petray.settings import Settings
+from petray.site.preflight import Verdict, check_addresses, check_environment, check_ports
 from serve.reference.main import running_reference
-from tests.peers import LOOPBACK, free_port, start_storescp
-from tests.test_app_helpers import build_harness, csrf_of
+from tests.support.app import build_harness, csrf_of
+from tests.support.peers import LOOPBACK, free_port, start_storescp
 
 REPO = Path(__file__).resolve().parents[1]
 _ENTRY_POINT = Path(sys.executable).with_name("petray")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from petray.production import production_problems
 from petray.ray_leftovers import read_record, record_path
 from petray.settings import Settings
-from tests.test_app_helpers import build_harness
+from petray.site.production import production_problems
+from tests.support.app import build_harness
 
 GOOD = {
     "secret_key": "s" * 8 + "0123456789abcdef0123456789abcdef",

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from petray.synth import make_pet_series, write_series
-from tests.peers import free_port, run_storescu
-from tests.tls_certs import Pki, make_pki
+from petray.demo.synth import make_pet_series, write_series
+from tests.support.peers import free_port, run_storescu
+from tests.support.tls_certs import Pki, make_pki
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 START_TIMEOUT_S = 180

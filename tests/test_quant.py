@@ -1,4 +1,5 @@
-"""petray.quant (issue 15): metrics on analytic volumes, relative changes, the alarm rules."""
+"""petray.imaging.quant (issue 15): metrics on analytic volumes, relative changes, the alarm
+rules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from petray.quant import (
+from petray.imaging.quant import (
     PEAK_RADIUS_MM,
     ActivityMetrics,
     QuantThresholds,

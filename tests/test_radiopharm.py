@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from petray.db.models import Base, Radiopharmaceutical
-from petray.radiopharm import (
+from petray.site.radiopharm import (
     RADIONUCLIDES,
     SEED_RADIOPHARMACEUTICALS,
     RadiopharmaceuticalSpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom import Dataset
 
-from petray.recon import (
+from petray.imaging.recon import (
     FALLBACK_RULE,
     GEMS_PETD,
     VENDOR_RULES,
@@ -121,7 +121,7 @@ def test_rules_are_data() -> None:
 
 
 def test_synthetic_series_of_each_vendor() -> None:
-    synth = pytest.importorskip("petray.synth")
+    synth = pytest.importorskip("petray.demo.synth")
     for vendor, flavour in synth.VENDORS.items():
         ds = synth.make_pet_series(slices=1, rows=8, cols=8, vendor=vendor)[0]
         assert parse_iterations_subsets(ds) == (flavour.iterations, flavour.subsets), vendor

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from petray.errors import ConfigurationError, PermanentError, RemoteRefused, TransientError
-from petray.remote import RemoteClient
+from petray.service.remote import RemoteClient
 from serve.reference.app import create_reference_app
 from serve.reference.main import RunningServer, start_in_thread
 from tests.test_reference_service import (

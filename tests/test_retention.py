@@ -8,16 +8,17 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray import retention
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, Instance, Task
+from petray.demo.tasks import add_task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition
-from petray.retention import RetentionPolicy
 from petray.settings import Settings
+from petray.site import retention
+from petray.site.retention import RetentionPolicy
 from petray.task_files import TaskFiles, measure
 from petray.tasks import retry
-from tests.test_app_helpers import AppHarness, add_task, harness, make_task, page_csrf
+from tests.support.app import AppHarness, harness, make_task, page_csrf
 from tests.test_task_files import populate
 
 __all__ = ["harness"]
@@ -192,7 +193,7 @@ def test_sizes_are_printed_for_people() -> None:
 def test_policy_reads_the_site_configuration(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    from petray.siteconfig import get_site_config
+    from petray.site.siteconfig import get_site_config
 
     with unit_of_work(sessions) as session:
         config = get_site_config(session=session)

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import Task
+from petray.demo.tasks import add_task
 from petray.domain import Stage, State
 from petray.settings import Settings, load_settings
 from petray.task_files import TaskFiles, measure
-from tests.databases import migrated_sqlite
-from tests.test_app_helpers import add_task
+from tests.support.databases import migrated_sqlite
 from tests.test_task_files import populate
 
 pytestmark = [pytest.mark.ray]

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from petray.db.engine import unit_of_work
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition
-from petray.quant import ActivityMetrics, QuantThresholds
-from petray.review import (
+from petray.imaging.quant import ActivityMetrics, QuantThresholds
+from petray.site.siteconfig import get_site_config
+from petray.stages.review import (
     QUANT,
     hold,
     judge,
@@ -20,7 +21,6 @@ from petray.review import (
     site_thresholds,
     summary_lines,
 )
-from petray.siteconfig import get_site_config
 from petray.tasks import get_task, retry, runnable_in, summarize, unfinished_tasks
 from tests.test_tasks import make_task
 

@@ -22,14 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.gateway import Gateway
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent
-from petray.filters import FilterSpec
+from petray.demo.synth import make_pet_series, write_series
+from petray.imaging.filters import FilterSpec
 from petray.settings import Settings
-from petray.synth import make_pet_series, write_series
+from petray.site.users import Role, create_api_token, create_user
 from petray.tasks import TaskSummary, list_tasks
-from petray.users import Role, create_api_token, create_user
 from serve.reference.main import running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import StoreSCP, free_port, run_storescu, start_storescp
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import StoreSCP, free_port, run_storescu, start_storescp
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [

@@ -1,4 +1,5 @@
-"""The Store SCP (petray.scp.StoreService, no Ray) against real senders: DCMTK, Orthanc, pynetdicom.
+"""The Store SCP (petray.dicom.scp.StoreService, no Ray) against real senders: DCMTK, Orthanc,
+pynetdicom.
 
 Each test starts its own listener on a free loopback port and shuts it down afterwards. The
 on_instance callback looks the instance up in the database when the message arrives, which is
@@ -38,14 +39,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, Instance
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import ACCEPTED_TRANSFER_SYNTAXES, StoreService
 from petray.dicom.status import StoreStatus
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.scp import ACCEPTED_TRANSFER_SYNTAXES, StoreService
-from petray.siteconfig import Listener, add_device, get_site_config
-from petray.synth import make_pet_series, write_series
-from tests.peers import LOOPBACK, OrthancPeer, free_port, run_echoscu, run_storescu
+from petray.site.siteconfig import Listener, add_device, get_site_config
+from tests.support.peers import LOOPBACK, OrthancPeer, free_port, run_echoscu, run_storescu
 
-pytest_plugins = ["tests.peers"]
+pytest_plugins = ["tests.support.peers"]
 pytestmark = pytest.mark.peers
 
 AE_TITLE = "PETRAY"

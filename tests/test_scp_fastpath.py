@@ -1,6 +1,6 @@
 """The Store SCP's hot path (issue 2 benchmark): what it skips must not change what it stores.
 
-petray.scp encodes the file meta itself, parses the dataset without a file around it, serves
+petray.dicom.scp encodes the file meta itself, parses the dataset without a file around it, serves
 C-STORE in pynetdicom's DUL thread and starts the file's fsync before the header is checked.
 These tests pin each shortcut to the slow, obvious result, and fail when the pynetdicom internals
 the dispatch relies on change.
@@ -44,12 +44,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import petray.ingest
+import petray.dicom.ingest
 from petray.db.models import Instance
+from petray.demo.synth import make_pet_series
 from petray.dicom.header import extract_instance_header
-from petray.dicom.status import StoreStatus
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.scp import (
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import (
     DUL_IDLE_SLEEP_S,
     PREAMBLE_AND_PREFIX,
     StoreService,
@@ -58,9 +58,9 @@ from petray.scp import (
     install_immediate_dispatch,
     read_header,
 )
-from petray.siteconfig import Listener
-from petray.synth import make_pet_series
-from tests.peers import LOOPBACK, free_port
+from petray.dicom.status import StoreStatus
+from petray.site.siteconfig import Listener
+from tests.support.peers import LOOPBACK, free_port
 
 AE_TITLE = "PETRAY"
 
@@ -168,7 +168,9 @@ def test_header_fast_values_equal_pydicoms(
 
 def test_immediate_dispatch_installs_on_this_pynetdicom() -> None:
     assoc = Association(AE(ae_title=AE_TITLE), mode="acceptor")
-    assert install_immediate_dispatch(assoc), "pynetdicom internals changed: see petray/scp.py"
+    assert install_immediate_dispatch(assoc), (
+        "pynetdicom internals changed: see petray/dicom/scp.py"
+    )
     assert assoc.dul._run_loop_delay == DUL_IDLE_SLEEP_S
     served: list[tuple[object, int]] = []
     assoc._serve_request = lambda msg, context_id: served.append((msg, context_id))  # type: ignore[method-assign]
@@ -283,7 +285,7 @@ def test_non_pet_instance_is_never_written(
             created.append(str(path))
         return real_open(path, flags, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(petray.ingest.os, "open", recording_open)
+    monkeypatch.setattr(petray.dicom.ingest.os, "open", recording_open)
     ct = pet[0]
     ct.SOPClassUID = CTImageStorage
     ct.Modality = "CT"
@@ -304,7 +306,7 @@ def test_failed_fsync_commits_no_row_and_leaves_no_file(
     def failing_fsync(fd: int) -> None:
         raise OSError(5, "I/O error")
 
-    monkeypatch.setattr(petray.ingest.os, "fsync", failing_fsync)
+    monkeypatch.setattr(petray.dicom.ingest.os, "fsync", failing_fsync)
     with durable_scp(tmp_path / "instances", sqlite_sessions) as running:
         statuses = _send(running.port, pet[:1])
     assert statuses == [int(StoreStatus.PROCESSING_FAILURE)]

@@ -1,4 +1,5 @@
-"""petray.scu against real peers: DCMTK storescp, Orthanc, and pynetdicom SCPs for statuses."""
+"""petray.dicom.scu against real peers: DCMTK storescp, Orthanc, and pynetdicom SCPs for
+statuses."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.status import Status
 
-from petray.errors import DeliveryRefused, PermanentError, TransientError
-from petray.scu import (
+from petray.dicom.scu import (
     MIN_INSTANCES_PER_ASSOCIATION,
     DicomNode,
     OutgoingInstance,
@@ -35,7 +35,8 @@ from petray.scu import (
     presentation_contexts,
     send_instances,
 )
-from tests.peers import (
+from petray.errors import DeliveryRefused, PermanentError, TransientError
+from tests.support.peers import (
     LOOPBACK,
     OrthancPeer,
     StoreSCP,

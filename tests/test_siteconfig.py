@@ -12,7 +12,7 @@ from petray.db.engine import unit_of_work
 from petray.db.models import Device, SiteConfig
 from petray.errors import ConfigurationError
 from petray.settings import Settings
-from petray.siteconfig import (
+from petray.site.siteconfig import (
     Listener,
     add_device,
     calling_ae_whitelist,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from petray.ray_leftovers import GatewayRecord, find_run_processes, read_record, record_path
-from tests.peers import free_port, run_echoscu
+from tests.support.peers import free_port, run_echoscu
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 START_TIMEOUT_S = 120

@@ -24,10 +24,9 @@ import pydicom
 import pytest
 
 from petray.db.models import Device
-from petray.delivery import PendingDestination, with_stow_credentials
-from petray.errors import ConfigurationError, DeliveryRefused, TransientError
-from petray.scu import DicomNode
-from petray.stow import (
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.scu import DicomNode
+from petray.dicom.stow import (
     StowEndpoint,
     StowInstance,
     batches,
@@ -42,10 +41,11 @@ from petray.stow import (
     reason_meaning,
     store_instances,
 )
-from petray.stow_device import validate_basic, validate_stow_url, validate_token
-from petray.synth import make_pet_series, write_series
-from petray.tls import TlsFiles, server_context
-from tests.tls_certs import Pki, make_pki
+from petray.dicom.stow_device import validate_basic, validate_stow_url, validate_token
+from petray.dicom.tls import TlsFiles, server_context
+from petray.errors import ConfigurationError, DeliveryRefused, TransientError
+from petray.stages.delivery import PendingDestination, with_stow_credentials
+from tests.support.tls_certs import Pki, make_pki
 
 PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
@@ -348,13 +348,13 @@ def test_an_unavailable_destination_is_transient_and_nothing_is_recorded(
 
 
 def test_nothing_listening_is_transient(series: list[Path]) -> None:
-    from petray.orthanc import free_port
+    from petray.demo.orthanc import free_port
 
     with pytest.raises(TransientError, match="cannot connect"):
         store_instances(StowEndpoint(f"http://127.0.0.1:{free_port()}/dw"), series, timeout_s=2)
 
 
-# -- TLS (certificates from tests/tls_certs.py, as the DICOM TLS tests make them) -----------
+# -- TLS (certificates from tests/support/tls_certs.py, as the DICOM TLS tests make them) ---
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +370,7 @@ def _device_endpoint(url: str, **tls: str) -> StowEndpoint:
     """The endpoint as the StoreSCU stage resolves it from the device row (its CA, its cert)."""
     device = Device(name="vna", stow_url=url, stow_token="", stow_basic="", **tls)
     pending = PendingDestination(1, "vna", DicomNode("", url, 0), frozenset(), StowEndpoint(url))
-    with patch("petray.delivery.list_devices", return_value=[device]):
+    with patch("petray.stages.delivery.list_devices", return_value=[device]):
         [resolved] = with_stow_credentials([pending], session=None)  # type: ignore[arg-type]
     assert resolved.stow is not None
     return resolved.stow

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, Device
-from petray.users import create_api_token, get_user_by_name
-from tests.test_app_helpers import AppHarness, build_harness, csrf_of
+from petray.site.users import create_api_token, get_user_by_name
+from tests.support.app import AppHarness, build_harness, csrf_of
 
 URL = "https://vna.example.org/dicom-web"
 TOKEN = "tok-s3cret-value"

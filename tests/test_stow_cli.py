@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.petray_cli import PETRAY, Cli
+from tests.support.petray_cli import PETRAY, Cli
 
 URL = "https://vna.example.org:8443/dicom-web"
 

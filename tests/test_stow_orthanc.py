@@ -2,7 +2,8 @@
 
 Each test drives the StoreSCU stage as the pipeline does (``StageWorker._run`` -> ``handle``,
 without Ray: the actor's class over the real database) for a task whose derived series were
-written by petray.derive, to a destination device added like ``petray device add --stow-url``.
+written by petray.imaging.derive, to a destination device added like ``petray device add
+--stow-url``.
 What arrived is read back over DICOMweb itself: QIDO-RS for the series and instances, WADO-RS
 for the files.
 """
@@ -26,20 +27,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from actors.store_scu import StoreScuActor
 from petray.db.engine import unit_of_work
 from petray.db.models import AuditEvent, SentInstance, Task, TaskDestination
-from petray.derive import write_derived_series
-from petray.destinations import assign_destinations
+from petray.demo.orthanc import DICOMWEB_PLUGIN, OrthancPeer, start_orthanc
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.stow import StowEndpoint, store_instances
 from petray.domain import Stage, State
-from petray.filters import FilterSpec
-from petray.orthanc import DICOMWEB_PLUGIN, OrthancPeer, start_orthanc
-from petray.outputs import BuiltSeries, record_outputs
+from petray.imaging.derive import write_derived_series
+from petray.imaging.filters import FilterSpec
+from petray.imaging.volume import load_series_volume
 from petray.retry import retry_policy_for
 from petray.settings import Settings
-from petray.siteconfig import add_stow_device
-from petray.stow import StowEndpoint, store_instances
-from petray.synth import make_pet_series, write_series
-from petray.volume import load_series_volume
-from tests.peers import free_port, qido
-from tests.test_app_helpers import make_task
+from petray.site.siteconfig import add_stow_device
+from petray.stages.destinations import assign_destinations
+from petray.stages.outputs import BuiltSeries, record_outputs
+from tests.support.app import make_task
+from tests.support.peers import free_port, qido
 
 pytestmark = [
     pytest.mark.peers,

@@ -8,7 +8,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
-from petray.suv import suv_scale
+from petray.imaging.suv import suv_scale
 
 F18_HALF_LIFE_S = 6586.2
 

@@ -23,8 +23,7 @@ from pydicom.uid import (
 )
 
 from petray.cli import build_parser
-from petray.errors import ConfigurationError
-from petray.synth import (
+from petray.demo.synth import (
     GE_IR_NUM_ITERATIONS,
     GE_IR_NUM_SUBSETS,
     GE_PETD_CREATOR,
@@ -37,6 +36,7 @@ from petray.synth import (
     run_synth_command,
     write_series,
 )
+from petray.errors import ConfigurationError
 
 DCIODVFY = "/usr/bin/dciodvfy"
 DCMCONV = "/usr/bin/dcmconv"

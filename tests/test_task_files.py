@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from petray.activity import remove_files
 from petray.db.engine import unit_of_work
 from petray.db.models import Instance, OutputSeries, Task
+from petray.demo.tasks import add_task
 from petray.domain import Stage, State
 from petray.settings import Settings
+from petray.site.activity import remove_files
 from petray.task_files import FileCount, TaskFiles, measure, remove
 from petray.tasks import delete_task
-from tests.test_app_helpers import AppHarness, add_task, harness, make_task
+from tests.support.app import AppHarness, harness, make_task
 
 __all__ = ["harness"]
 

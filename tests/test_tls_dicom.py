@@ -1,7 +1,7 @@
 """DICOM over TLS (issue 10) against DCMTK in both directions, with certificates made here.
 
-In: petray's Store SCP (petray.scp.StoreService with a server context) receives from DCMTK
-``storescu +tls``, with and without client certificates required. Out: petray.scu sends and
+In: petray's Store SCP (petray.dicom.scp.StoreService with a server context) receives from DCMTK
+``storescu +tls``, with and without client certificates required. Out: petray.dicom.scu sends and
 echoes to DCMTK ``storescp +tls``, verifying it with the site CA and presenting a client
 certificate when it demands one.
 """
@@ -22,17 +22,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import Device, Instance
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import StoreService
+from petray.dicom.scu import DicomNode, echo, send_instances
+from petray.dicom.tls import TlsFiles, client_context, server_context, tls_handshake
 from petray.errors import ConfigurationError, DeliveryRefused, TransientError
-from petray.ingest import InstanceStore, ReceivedInstance
-from petray.scp import StoreService
-from petray.scu import DicomNode, echo, send_instances
-from petray.siteconfig import Listener, add_device
-from petray.synth import make_pet_series, write_series
-from petray.tls import TlsFiles, client_context, server_context, tls_handshake, with_device_tls
-from tests.peers import LOOPBACK, free_port, run_storescu, start_storescp
-from tests.tls_certs import Pki, make_pki
+from petray.site.siteconfig import Listener, add_device
+from petray.stages.delivery import with_device_tls
+from tests.support.peers import LOOPBACK, free_port, run_storescu, start_storescp
+from tests.support.tls_certs import Pki, make_pki
 
-pytest_plugins = ["tests.peers"]
+pytest_plugins = ["tests.support.peers"]
 pytestmark = pytest.mark.peers
 
 AE_TITLE = "PETRAY"
@@ -215,8 +216,8 @@ def test_tls_handshake_reports_the_version(
 
 
 def test_api_device_with_tls_echoes_over_tls(tmp_path: Path, pki: Pki) -> None:
-    from petray.users import create_api_token, get_user_by_name
-    from tests.test_app_helpers import build_harness
+    from petray.site.users import create_api_token, get_user_by_name
+    from tests.support.app import build_harness
 
     tls_args = ["+tls", str(pki.server.key), str(pki.server.cert), "-ic"]
     with start_storescp(tmp_path / "out", extra_args=tls_args) as peer:
@@ -254,7 +255,7 @@ def test_api_device_with_tls_echoes_over_tls(tmp_path: Path, pki: Pki) -> None:
 
 
 def test_console_device_form_sets_tls(tmp_path: Path, pki: Pki) -> None:
-    from tests.test_app_helpers import build_harness, csrf_of
+    from tests.support.app import build_harness, csrf_of
 
     for h in build_harness(tmp_path):
         client = h.login("admin")
@@ -280,7 +281,7 @@ def test_console_device_form_sets_tls(tmp_path: Path, pki: Pki) -> None:
 def test_store_scu_reads_tls_from_the_device_at_each_attempt(
     sqlite_sessions: sessionmaker[Session], pki: Pki
 ) -> None:
-    from petray.delivery import PendingDestination
+    from petray.stages.delivery import PendingDestination
 
     with unit_of_work(sqlite_sessions) as session:
         add_device(

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from petray.cli import main
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.errors import ConfigurationError
-from petray.users import (
+from petray.site.users import (
     FREE_FAILURES,
     MIN_PASSWORD_LENGTH,
     LoginOutcome,
@@ -33,7 +33,7 @@ from petray.users import (
     verify_password,
 )
 from tests.conftest import PRODUCTION_HASHER
-from tests.databases import migrated_sqlite
+from tests.support.databases import migrated_sqlite
 
 
 @pytest.fixture

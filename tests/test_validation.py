@@ -9,10 +9,10 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
+from petray.demo.synth import make_pet_series
 from petray.errors import ValidationFailed
-from petray.reconstruction import RECONSTRUCTION_FIELDS
-from petray.synth import make_pet_series
-from petray.validation import (
+from petray.imaging.reconstruction import RECONSTRUCTION_FIELDS
+from petray.stages.validation import (
     ProcessingHeader,
     build_processing_header,
     check_model_payload,
@@ -308,7 +308,7 @@ def test_date_shift_keeps_intervals(shift: int) -> None:
 
 
 def test_synthetic_series_validate_for_every_vendor_and_tracer() -> None:
-    synth = pytest.importorskip("petray.synth")
+    synth = pytest.importorskip("petray.demo.synth")
     for vendor in synth.VENDORS:
         for tracer in synth.TRACERS:
             series = synth.make_pet_series(

@@ -13,21 +13,21 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from petray.archive import write_upload_archive
-from petray.decay import read_slice_decays
-from petray.errors import PermanentError, ValidationFailed
-from petray.packing import upload_metadata
-from petray.suv import suv_scale
-from petray.synth import (
+from petray.demo.synth import (
     PHILIPS_ACTIVITY_FACTOR,
     PHILIPS_PET_CREATOR,
     PHILIPS_PET_GROUP,
     make_pet_series,
     write_series,
 )
-from petray.validation import ProcessingHeader, build_processing_header, processing_metadata
-from petray.vendors import PHILIPS_COUNTS_REFUSAL, activity_factor
-from petray.volume import load_series_volume
+from petray.errors import PermanentError, ValidationFailed
+from petray.imaging.decay import read_slice_decays
+from petray.imaging.suv import suv_scale
+from petray.imaging.vendors import PHILIPS_COUNTS_REFUSAL, activity_factor
+from petray.imaging.volume import load_series_volume
+from petray.service.archive import write_upload_archive
+from petray.service.packing import upload_metadata
+from petray.stages.validation import ProcessingHeader, build_processing_header, processing_metadata
 
 SLICES, ROWS, COLS = 12, 32, 32
 SEED = 11

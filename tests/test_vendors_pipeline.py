@@ -19,22 +19,22 @@ import pytest
 
 from actors.gateway import Gateway
 from petray.db.engine import unit_of_work
-from petray.domain import Stage, State
-from petray.filters import FilterSpec
-from petray.orthanc import DICOMWEB_PLUGIN, start_orthanc
-from petray.siteconfig import add_stow_device
-from petray.synth import (
+from petray.demo.orthanc import DICOMWEB_PLUGIN, start_orthanc
+from petray.demo.synth import (
     PHILIPS_ACTIVITY_FACTOR,
     PHILIPS_PET_CREATOR,
     PHILIPS_PET_GROUP,
     make_pet_series,
     write_series,
 )
+from petray.domain import Stage, State
+from petray.imaging.filters import FilterSpec
+from petray.site.siteconfig import add_stow_device
 from petray.task_files import TaskFiles
 from petray.tasks import TaskSummary, list_tasks
 from serve.reference.main import running_reference
-from tests.gateway_site import prepare_site, site_settings
-from tests.peers import free_port, qido, run_storescu, start_storescp
+from tests.support.gateway_site import prepare_site, site_settings
+from tests.support.peers import free_port, qido, run_storescu, start_storescp
 
 pytestmark = [
     pytest.mark.ray,

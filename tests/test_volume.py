@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 
 from petray.errors import PermanentError
-from petray.volume import load_series_volume, slice_normal
-from tests.peers import make_pet_dataset
+from petray.imaging.volume import load_series_volume, slice_normal
+from tests.support.peers import make_pet_dataset
 
 ROWS, COLS = 6, 7
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -208,7 +208,7 @@ def test_single_slice_uses_slice_thickness(tmp_path: Path) -> None:
     ],
 )
 def test_synthetic_vendor_series(tmp_path: Path, vendor: str, syntax: str) -> None:
-    from petray.synth import make_pet_series, write_series
+    from petray.demo.synth import make_pet_series, write_series
 
     paths = write_series(
         make_pet_series(slices=9, rows=32, cols=40, seed=5, vendor=vendor, transfer_syntax=syntax),

@@ -12,9 +12,10 @@ from sqlalchemy import select
 
 from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.db.models import Device, PostFilter
+from petray.dicom.stow_device import auth_label
 from petray.errors import ConfigurationError
-from petray.filters import FilterSpec
-from petray.siteconfig import (
+from petray.imaging.filters import FilterSpec
+from petray.site.siteconfig import (
     add_device,
     add_filter,
     add_stow_device,
@@ -22,7 +23,6 @@ from petray.siteconfig import (
     list_devices,
     remove_device,
 )
-from petray.stow_device import auth_label
 from petray.tasks import list_tasks
 
 __all__ = ["admin_session", "cli_audit", "run_device", "run_filter", "run_tasks"]
@@ -170,8 +170,8 @@ def _check_add_arguments(args: argparse.Namespace) -> None:
 
 def _echo(name: str) -> int:
     """C-ECHO a device as the gateway would (its AE title, the device's TLS); exit 1 on failure."""
-    from petray.scu import DicomNode, echo
-    from petray.tls import device_tls
+    from petray.dicom.scu import DicomNode, echo
+    from petray.dicom.tls import device_tls
 
     with admin_database(write=True) as (settings, session):
         device = next((d for d in list_devices(session=session) if d.name == name), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from petray.preflight import Check, Verdict, can_run, run_checks
+from petray.site.preflight import Check, Verdict, can_run, run_checks
 
 
 def render(checks: list[Check]) -> str:

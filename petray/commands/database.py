@@ -19,10 +19,10 @@ from sqlalchemy import Engine, inspect, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from petray import audit
 from petray.db.engine import MIGRATIONS_DIR, make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.errors import ConfigurationError
 from petray.settings import Settings, load_settings
+from petray.site import audit
 
 
 def head_revision() -> str:

@@ -22,19 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from petray.archive import read_result_archive
-from petray.commands.gateway import prepare_storage
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
-from petray.demo_check import DestinationSeries, verify_outputs
-from petray.destination_peer import start_destination
+from petray.demo.demo_check import DestinationSeries, verify_outputs
+from petray.demo.destination_peer import start_destination
+from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.scu import DicomNode, send_instances
 from petray.domain import FINAL_STATES, State
-from petray.filters import FilterSpec
 from petray.gateway_lock import acquire_gateway_lock
-from petray.review import QUANT, summary_lines
-from petray.scu import DicomNode, send_instances
+from petray.imaging.filters import FilterSpec
+from petray.service.archive import read_result_archive
 from petray.settings import Settings, load_settings
-from petray.siteconfig import add_destination_and_filters
-from petray.synth import make_pet_series, write_series
+from petray.site.siteconfig import add_destination_and_filters
+from petray.site.storage import prepare_storage
+from petray.stages.review import QUANT, summary_lines
 from petray.tasks import get_task, list_tasks
 from petray.timings import stage_timings
 
@@ -168,7 +168,7 @@ def _wait_for_task(settings: Settings, timeout_s: float, say: Say) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from serve.reference.main import running_reference
+    from petray.bootstrap import running_reference
 
     with _home(args) as home:
         settings = _demo_settings(home)
@@ -185,7 +185,7 @@ def run_demo(args: argparse.Namespace) -> int:
             destination = stack.enter_context(start_destination(home / "destination"))
             say(f"destination: {destination.describe()}")
             _configure_site(settings, destination.node)
-            from actors.gateway import Gateway
+            from petray.bootstrap import Gateway
 
             started = time.monotonic()
 

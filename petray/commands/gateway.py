@@ -11,30 +11,14 @@ import threading
 from types import FrameType
 from typing import Any
 
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
 from petray.errors import PetrayError
 from petray.gateway_lock import GatewayLock, acquire_gateway_lock
 from petray.logfile import install_log_file
-from petray.preflight import Verdict, can_run, run_checks
-from petray.production import production_problems
-from petray.radiopharm import seed_radiopharmaceuticals
 from petray.settings import Settings, load_settings
-from petray.siteconfig import get_site_config
+from petray.site.preflight import Verdict, can_run, run_checks
+from petray.site.production import production_problems
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_storage(settings: Settings) -> None:
-    """Directories, schema and seed data: everything the actors expect to find."""
-    settings.ensure_dirs()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        migrate(engine)
-        with unit_of_work(make_sessionmaker(engine)) as session:
-            get_site_config(session=session)
-            seed_radiopharmaceuticals(session=session)
-    finally:
-        engine.dispose()
 
 
 def run_start(args: argparse.Namespace) -> int:
@@ -105,7 +89,7 @@ def _serve(settings: Settings, lock: GatewayLock) -> int:
     # log deduplication wraps its "[repeated Nx]" notes in them whatever RAY_COLOR_PREFIX says.
     os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from actors.gateway import Gateway
+    from petray.bootstrap import Gateway
 
     gateway = Gateway(settings, lock=lock, progress=_say)
     try:

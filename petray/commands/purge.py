@@ -12,10 +12,10 @@ import json
 import shutil
 from datetime import UTC, datetime
 
-from petray import audit, retention
 from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
-from petray.retention import RetentionPolicy
 from petray.settings import load_settings
+from petray.site import audit, retention
+from petray.site.retention import RetentionPolicy
 from petray.task_files import TaskFiles
 
 

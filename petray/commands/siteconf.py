@@ -19,7 +19,7 @@ from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.db.models import Radiopharmaceutical
 from petray.errors import ConfigurationError
 from petray.settings import Settings
-from petray.siteconfig import (
+from petray.site.siteconfig import (
     NULLABLE_SETTINGS,
     apply_config_values,
     effective_client_id,
@@ -67,7 +67,7 @@ def _by_name(name: str, session: Session) -> Radiopharmaceutical | None:
 
 
 def run_radiopharm(args: argparse.Namespace) -> int:
-    from serve.schemas import RadiopharmaceuticalCreate, RadiopharmaceuticalUpdate
+    from petray.site.schemas import RadiopharmaceuticalCreate, RadiopharmaceuticalUpdate
 
     with admin_session(write=args.action != "list") as session:
         if args.action == "list":
@@ -168,7 +168,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from serve.schemas import ConfigUpdate
+    from petray.site.schemas import ConfigUpdate
 
     if args.action == "show":
         with admin_database(write=False) as (settings, session):

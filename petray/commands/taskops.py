@@ -13,11 +13,11 @@ import json
 import logging
 import time
 
-from petray.activity import remove_files
 from petray.commands.database import admin_database, admin_session, cli_audit
 from petray.domain import State
 from petray.errors import UnknownTask
-from petray.review import reject, release
+from petray.site.activity import remove_files
+from petray.stages.review import reject, release
 from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, retry, summarize
 

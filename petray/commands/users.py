@@ -14,7 +14,7 @@ import sys
 from petray.commands.admin import print_rows
 from petray.commands.database import admin_session, cli_audit
 from petray.errors import ConfigurationError
-from petray.users import create_user, list_users
+from petray.site.users import create_user, list_users
 
 PASSWORD_ENV = "PETRAY_PASSWORD"
 

@@ -1,7 +1,7 @@
 """What petray reads from each received instance's header, checked once on the Store SCP hot path.
 
 Nothing here touches pixel data: the SCP parses only the elements before it
-(``petray.scp.read_header``).
+(``petray.dicom.scp.read_header``).
 Every missing or invalid attribute is named in one InvalidInstance so the sender's operator can
 fix them all at once; values are never echoed back, since they may be patient data.
 """

@@ -11,10 +11,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from petray.activity import ActivityEntry, ActivityKind, ActivityQuery, activity_csv, list_activity
+from petray.site.activity import (
+    ActivityEntry,
+    ActivityKind,
+    ActivityQuery,
+    activity_csv,
+    list_activity,
+)
+from petray.site.schemas import ActivityPublic
 from serve.deps import ApiViewer, ContextDep, PageViewer, SessionDep
 from serve.routes.common import day_range, render
-from serve.schemas import ActivityPublic
 
 api = APIRouter(prefix="/api/v1/activity", tags=["activity"])
 pages = APIRouter(include_in_schema=False)

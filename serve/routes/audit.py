@@ -17,8 +17,8 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from petray import audit
 from petray.db.engine import unit_of_work
+from petray.site import audit
 from serve.deps import (
     ApiAdmin,
     AppContext,

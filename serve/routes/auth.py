@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from petray.db.models import User
 from petray.errors import ConfigurationError
-from petray.users import (
+from petray.site.schemas import TokenCreate, TokenCreated
+from petray.site.users import (
     LoginOutcome,
     authenticate,
     create_api_token,
@@ -31,7 +32,6 @@ from serve.deps import (
 )
 from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect, render
-from serve.schemas import TokenCreate, TokenCreated
 from serve.security import csrf_token as csrf_token_of
 from serve.security import csrf_valid, password_version, plain_http_login_problem
 
@@ -97,7 +97,7 @@ def login(
     if not username or not password:
         return again("Enter your user name and password.", status.HTTP_422_UNPROCESSABLE_CONTENT)
     # Issue 9: an address that keeps failing waits, whatever user it tries; the user's own
-    # lockout holds only for addresses that failed lately (petray.login_throttle).
+    # lockout holds only for addresses that failed lately (petray.site.login_throttle).
     throttle = ctx.login_throttle
     address = request.client.host if request.client else ""
     wait_s = throttle.retry_after_s(address)

@@ -13,13 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from petray import audit
 from petray.errors import InvalidTransition, UnknownTask
-from petray.production import is_development_secret
+from petray.site import audit
+from petray.site.production import is_development_secret
+from petray.site.schemas import Acknowledge, Message, ProcessReady
 from petray.tasks import accept_result_callback
 from serve.deps import ContextDep, run_db
 from serve.routes.audit import Auditor, client_address
-from serve.schemas import Acknowledge, Message, ProcessReady
 from serve.security import bearer_token, tokens_equal
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,18 @@ from starlette.concurrency import run_in_threadpool
 
 from petray.errors import PetrayError
 from petray.settings import Settings
-from petray.siteconfig import (
+from petray.site.schemas import (
+    ConfigPublic,
+    ConfigUpdate,
+    ListenerUpdate,
+    QuantUpdate,
+    RemoteTestPublic,
+    RemoteUpdate,
+    RetentionUpdate,
+    SiteUpdate,
+    ThresholdsUpdate,
+)
+from petray.site.siteconfig import (
     NULLABLE_SETTINGS,
     apply_config_values,
     effective_client_id,
@@ -35,17 +46,6 @@ from serve.deps import (
 )
 from serve.routes.audit import AuditDep, Auditor
 from serve.routes.common import flash, parse_form, redirect, render
-from serve.schemas import (
-    ConfigPublic,
-    ConfigUpdate,
-    ListenerUpdate,
-    QuantUpdate,
-    RemoteTestPublic,
-    RemoteUpdate,
-    RetentionUpdate,
-    SiteUpdate,
-    ThresholdsUpdate,
-)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ LISTENER_FIELDS = frozenset({"ae_title", "dicom_port"})
 
 def probe_remote(settings: Settings, url: str, timeout_s: float) -> RemoteTestPublic:
     """``GET /check_ping`` on the service; blocking, call it from a worker thread."""
-    from petray.remote import RemoteClient
+    from petray.service.remote import RemoteClient
 
     try:
         with RemoteClient(

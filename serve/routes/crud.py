@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from petray.errors import ConfigurationError
-from petray.users import Role
+from petray.site.users import Role
 from serve.deps import (
     ApiViewer,
     AppContext,

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from petray.activity import HourBucket, count_by_state, tasks_by_state_per_hour
 from petray.domain import State
-from petray.health import CheckKind, Status, Verdict
-from petray.siteconfig import everyone_refused
+from petray.site.activity import HourBucket, count_by_state, tasks_by_state_per_hour
+from petray.site.health import CheckKind, Status, Verdict
+from petray.site.siteconfig import everyone_refused
 from serve.deps import ContextDep, PageViewer, run_db
 from serve.routes.common import render
 from serve.routes.health import observe

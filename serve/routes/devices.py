@@ -11,21 +11,21 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from petray.db.models import Device
-from petray.scu import DicomNode, echo
-from petray.siteconfig import (
+from petray.dicom.scu import DicomNode, echo
+from petray.dicom.stow_device import auth_label
+from petray.dicom.tls import device_tls
+from petray.site.schemas import DeviceCreate, DevicePublic, DeviceUpdate, EchoResultPublic
+from petray.site.siteconfig import (
     add_device,
     add_stow_device,
     effective_listener,
     list_devices,
     set_stow,
 )
-from petray.stow_device import auth_label
-from petray.tls import device_tls
-from petray.users import Role
+from petray.site.users import Role
 from serve.deps import ApiOperator, AppContext, ContextDep, FormDep, PageOperator, run_db
 from serve.routes.audit import AuditDep, Auditor
 from serve.routes.crud import FieldConflict, Resource, api_router, page_router
-from serve.schemas import DeviceCreate, DevicePublic, DeviceUpdate, EchoResultPublic
 
 ECHO_TIMEOUT_S = 5.0
 ROLE_FLAGS = ("is_source", "is_destination", "tls", "match_ae_only")

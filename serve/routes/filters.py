@@ -15,13 +15,13 @@ from sqlalchemy.orm import Session
 
 from petray.db.models import PostFilter
 from petray.errors import ConfigurationError
-from petray.siteconfig import check_series_number_free
-from petray.users import Role
+from petray.site.schemas import FilterCreate, FilterPublic, FilterUpdate
+from petray.site.siteconfig import check_series_number_free
+from petray.site.users import Role
 from serve.deps import FormDep, PageOperator, SessionDep
 from serve.routes.audit import AuditDep
 from serve.routes.common import flash, redirect
 from serve.routes.crud import FieldConflict, Resource, api_router, apply_changes, page_router
-from serve.schemas import FilterCreate, FilterPublic, FilterUpdate
 
 
 def list_filters(*, session: Session) -> list[PostFilter]:

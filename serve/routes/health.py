@@ -1,7 +1,7 @@
 """``GET /api/v1/health`` (no login, for probes) and the metrics summary.
 
 The health report gathers its facts concurrently, each bounded in time, and lets
-``petray.health`` judge them; the console dashboard renders the same report (issue 8 item 9).
+``petray.site.health`` judge them; the console dashboard renders the same report (issue 8 item 9).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import petray
-from petray.activity import count_by_state
 from petray.db.engine import unit_of_work
-from petray.health import (
+from petray.ports import ActorStatus
+from petray.site.activity import count_by_state
+from petray.site.health import (
     DestinationFact,
     HealthReport,
     Observations,
@@ -32,10 +33,7 @@ from petray.health import (
     destination_facts,
     listener_state,
 )
-from petray.ports import ActorStatus
-from petray.siteconfig import effective_remote_url, get_site_config
-from serve.deps import ApiViewer, AppContext, ContextDep, run_db
-from serve.schemas import (
+from petray.site.schemas import (
     ActorHealth,
     ActorPublic,
     DestinationHealth,
@@ -45,6 +43,8 @@ from serve.schemas import (
     MetricsSummary,
     RemoteHealth,
 )
+from petray.site.siteconfig import effective_remote_url, get_site_config
+from serve.deps import ApiViewer, AppContext, ContextDep, run_db
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from petray.db.models import Radiopharmaceutical
-from petray.users import Role
-from serve.routes.crud import FieldConflict, Resource, api_router, apply_changes, page_router
-from serve.schemas import (
+from petray.site.schemas import (
     RadiopharmaceuticalCreate,
     RadiopharmaceuticalPublic,
     RadiopharmaceuticalUpdate,
 )
+from petray.site.users import Role
+from serve.routes.crud import FieldConflict, Resource, api_router, apply_changes, page_router
 
 LIST_FIELDS = ("synonyms", "codes")
 

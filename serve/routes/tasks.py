@@ -1,6 +1,7 @@
 """Tasks: list, detail, MIP previews and the retry/restart/cancel/delete actions (issue 5).
 
-Release and reject (issue 15) decide on a task held by the quantitative check (petray.review).
+Release and reject (issue 15) decide on a task held by the quantitative check
+(petray.stages.review).
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from petray import mip
-from petray.activity import MAX_PAGE_SIZE, TaskQuery, TaskRow, query_tasks, remove_files
 from petray.db.models import OutputSeries, Task
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
-from petray.review import reject, release
+from petray.imaging import mip
+from petray.site.activity import MAX_PAGE_SIZE, TaskQuery, TaskRow, query_tasks, remove_files
+from petray.site.schemas import (
+    BulkOutcome,
+    BulkResult,
+    BulkTaskAction,
+    DestinationProgress,
+    OutputSeriesPublic,
+    TaskAction,
+    TaskDetail,
+    TaskEventPublic,
+    TaskList,
+    TaskPublic,
+    TaskReject,
+)
+from petray.stages.review import reject, release
 from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, instance_paths, retry
 from serve.deps import (
@@ -41,19 +55,6 @@ from serve.deps import (
 from serve.routes.audit import AuditDep, Auditor
 from serve.routes.common import day_range, flash, redirect, render
 from serve.routes.crud import MAX_ROW_ID
-from serve.schemas import (
-    BulkOutcome,
-    BulkResult,
-    BulkTaskAction,
-    DestinationProgress,
-    OutputSeriesPublic,
-    TaskAction,
-    TaskDetail,
-    TaskEventPublic,
-    TaskList,
-    TaskPublic,
-    TaskReject,
-)
 
 log = logging.getLogger(__name__)
 

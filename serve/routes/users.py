@@ -1,6 +1,6 @@
 """Console users: list, create, change role, reset password, unlock, delete (issue 5, admins only).
 
-The rules (password length, the last admin, not yourself) live in ``petray.users``; this module
+The rules (password length, the last admin, not yourself) live in ``petray.site.users``; this module
 maps them to HTTP statuses and to errors shown next to the form field they concern.
 """
 
@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from petray.db.models import User
 from petray.errors import ConfigurationError
-from petray.users import (
+from petray.site.schemas import PasswordReset, UserCreate, UserPublic, UserRoleUpdate
+from petray.site.users import (
     MIN_PASSWORD_LENGTH,
     Role,
     change_role,
@@ -39,7 +40,6 @@ from serve.deps import (
 from serve.routes.audit import AuditDep
 from serve.routes.common import flash, parse_form, redirect
 from serve.routes.crud import Resource, api_router, page_router
-from serve.schemas import PasswordReset, UserCreate, UserPublic, UserRoleUpdate
 from serve.security import password_version
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Demo and test tooling: synthetic PET series, an Orthanc runner, the demo's checks."""

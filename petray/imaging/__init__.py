@@ -1,0 +1,1 @@
+"""PET images: volumes, decay and SUV, the quantitative check, filters, rebuilt series."""

@@ -1,0 +1,219 @@
+"""A PET series as one float32 activity volume, ordered along the slice normal (issue 3).
+
+Order comes from geometry only: each slice's ImagePositionPatient projected on the normal of
+ImageOrientationPatient (row x column direction cosines, PS3.3 C.7.6.2.1.1). InstanceNumber and
+file order are not trusted: senders renumber, and a PACS forwards in any order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from petray.errors import PermanentError, ValidationFailed
+from petray.imaging.vendors import activity_factor
+
+log = logging.getLogger(__name__)
+
+# Direction cosines are written with a handful of decimals; anything closer than this is the same
+# orientation. Spacing values likewise (mm).
+ORIENTATION_TOLERANCE = 1e-4
+SPACING_TOLERANCE_MM = 1e-3
+# Slice positions may jitter by rounding; a step further than this from the median is a gap or
+# an overlap, and the voxel grid would lie about where the activity is.
+SLICE_STEP_RELATIVE_TOLERANCE = 0.1
+SAME_POSITION_MM = 1e-3
+
+
+@dataclass(frozen=True, slots=True)
+class PetVolume:
+    """Voxels in Bq/ml (float32, C order, axes z, y, x) and where they are in the patient.
+
+    Bq/ml whatever the vendor stored: Philips counts are converted slice by slice with their
+    activity concentration scale factor (``petray.imaging.vendors``).
+
+    ``slice_paths[k]`` and ``positions[k]`` describe ``data[k]``; z grows along the slice normal.
+    """
+
+    data: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    slice_paths: tuple[Path, ...]
+    orientation: tuple[float, float, float, float, float, float]
+    positions: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        z, y, x = self.data.shape
+        return (z, y, x)
+
+
+@dataclass(frozen=True, slots=True)
+class _SliceHeader:
+    path: Path
+    rows: int
+    columns: int
+    orientation: np.ndarray
+    position: np.ndarray
+    pixel_spacing: tuple[float, float]
+    slice_thickness: float | None
+
+
+def _floats(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        values = np.array([float(v) for v in value], dtype=np.float64) if value else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != (count,) or not np.isfinite(values).all():
+        raise PermanentError(f"{path.name}: {keyword} is missing or not {count} numbers")
+    return values
+
+
+def _read_header(path: Path) -> _SliceHeader:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PermanentError(f"{path.name}: not a readable DICOM file ({exc})") from None
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise PermanentError(f"{path.name}: multi-frame images are not supported")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise PermanentError(f"{path.name}: only single-sample (grayscale) images are supported")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise PermanentError(f"{path.name}: Rows/Columns missing")
+    spacing = _floats(ds, "PixelSpacing", 2, path)
+    if (spacing <= 0).any():
+        raise PermanentError(f"{path.name}: PixelSpacing must be positive")
+    orientation = _floats(ds, "ImageOrientationPatient", 6, path)
+    thickness = ds.get("SliceThickness")
+    return _SliceHeader(
+        path=path,
+        rows=int(rows),
+        columns=int(columns),
+        orientation=orientation,
+        position=_floats(ds, "ImagePositionPatient", 3, path),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slice_thickness=float(thickness) if thickness not in (None, "") else None,
+    )
+
+
+def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Unit normal of the image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
+    row = np.asarray(orientation[:3], dtype=np.float64)
+    col = np.asarray(orientation[3:6], dtype=np.float64)
+    normal = np.cross(row, col)
+    norm = float(np.linalg.norm(normal))
+    if norm < 0.5:  # unit, orthogonal cosines give 1; this is not an orientation at all
+        raise PermanentError(
+            "ImageOrientationPatient is degenerate (row and column not orthogonal)"
+        )
+    return normal / norm
+
+
+def _check_consistent(headers: Sequence[_SliceHeader]) -> None:
+    first = headers[0]
+    for header in headers[1:]:
+        if (header.rows, header.columns) != (first.rows, first.columns):
+            raise PermanentError(
+                f"inconsistent image size: {header.rows}x{header.columns} in {header.path.name}, "
+                f"{first.rows}x{first.columns} in {first.path.name}"
+            )
+        if not np.allclose(header.orientation, first.orientation, atol=ORIENTATION_TOLERANCE):
+            raise PermanentError(f"inconsistent ImageOrientationPatient in {header.path.name}")
+        if not np.allclose(header.pixel_spacing, first.pixel_spacing, atol=SPACING_TOLERANCE_MM):
+            raise PermanentError(f"inconsistent PixelSpacing in {header.path.name}")
+
+
+def _slice_step(distances: np.ndarray, first: _SliceHeader) -> float:
+    if len(distances) == 1:
+        if first.slice_thickness and first.slice_thickness > 0:
+            return first.slice_thickness
+        raise PermanentError("a single slice without SliceThickness has no z spacing")
+    steps = np.diff(distances)
+    if (steps < SAME_POSITION_MM).any():
+        raise PermanentError("two slices share the same position along the slice normal")
+    step = float(np.median(steps))
+    if (np.abs(steps - step) > SLICE_STEP_RELATIVE_TOLERANCE * step).any():
+        raise PermanentError(
+            f"irregular slice spacing (from {steps.min():.3f} to {steps.max():.3f} mm, "
+            f"median {step:.3f} mm): missing or overlapping slices"
+        )
+    return step
+
+
+def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot use this slice"
+        raise PermanentError(f"{path.name}: pixel data cannot be decoded ({exc})") from None
+    if pixels.shape != plane.shape:
+        raise PermanentError(f"{path.name}: pixel data shape {pixels.shape} != {plane.shape}")
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise PermanentError(f"{path.name}: RescaleSlope/RescaleIntercept not finite")
+    try:
+        # Bq/ml per rescaled value: 1 for BQML, the vendor's per-slice factor for counts.
+        factor = activity_factor(ds)
+    except ValidationFailed as exc:
+        raise PermanentError(f"{path.name}: {exc}") from None
+    # Written into the volume's own slice: no per-slice float64 copy is kept around.
+    plane[...] = pixels
+    if intercept != 0.0:
+        plane *= np.float32(slope)
+        plane += np.float32(intercept)
+        slope = 1.0
+    if slope * factor != 1.0:
+        plane *= np.float32(slope * factor)
+    if not np.isfinite(plane).all():
+        raise PermanentError(f"{path.name}: rescaled values are not finite")
+
+
+def load_series_volume(paths: Sequence[Path]) -> PetVolume:
+    """Read a single-frame PET series into a float32 activity volume ordered along the normal.
+
+    Raises PermanentError naming the file and the inconsistency (size, orientation, spacing,
+    duplicate or irregular positions, undecodable pixels).
+    """
+    if not paths:
+        raise PermanentError("no slices to build a volume from")
+    headers = [_read_header(Path(p)) for p in paths]
+    _check_consistent(headers)
+    normal = slice_normal(headers[0].orientation)
+    distances = np.array([float(h.position @ normal) for h in headers])
+    order = np.argsort(distances, kind="stable")
+    headers = [headers[i] for i in order]
+    distances = distances[order]
+    step = _slice_step(distances, headers[0])
+    first = headers[0]
+    data = np.empty((len(headers), first.rows, first.columns), dtype=np.float32)
+    for z, header in enumerate(headers):
+        try:
+            ds = pydicom.dcmread(header.path)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise PermanentError(f"{header.path.name}: not readable ({exc})") from None
+        _rescale_into(data[z], ds, header.path)
+    orientation = tuple(float(v) for v in first.orientation)
+    log.debug("loaded volume %s with z step %.3f mm", data.shape, step)
+    return PetVolume(
+        data=data,
+        spacing_zyx=(step, first.pixel_spacing[0], first.pixel_spacing[1]),
+        slice_paths=tuple(h.path for h in headers),
+        orientation=(
+            orientation[0],
+            orientation[1],
+            orientation[2],
+            orientation[3],
+            orientation[4],
+            orientation[5],
+        ),
+        positions=np.stack([h.position for h in headers]),
+    )

@@ -1,0 +1,1 @@
+"""The remote processing service: its HTTP client, the archives and the shared folder."""

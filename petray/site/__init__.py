@@ -1,0 +1,1 @@
+"""The site: configuration, devices, users, audit, activity, health, retention, preflight."""

@@ -1,0 +1,1 @@
+"""The pipeline's stages as pure rules: assembly, validation, destinations, delivery, review."""
