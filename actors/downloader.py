@@ -18,12 +18,7 @@ from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.service.archive import verify_zip
-from petray.service.shared_folder import (
-    copy_atomically,
-    remove_task_files,
-    result_path,
-    result_present,
-)
+from petray.service.shared_folder import copy_atomically, remove_task_files, result_present
 from petray.task_files import TaskFiles
 from petray.tasks import accept_result_callback, awaiting_result
 
@@ -74,13 +69,10 @@ class DownloaderActor(StageWorker):
             logger.info("found %d results in the shared folder without a callback", len(found))
         return found
 
-    def handle(self, task_id: str) -> Stage | None:
-        shared = self.settings.resolved_shared_dir
-        source = result_path(shared, task_id)
-        if not source.is_file():
+    def handle(self, task_id: str) -> None:
+        files = TaskFiles.of(self.settings, task_id)
+        if not files.processed.is_file():
             raise TransientError("the result archive is not in the shared folder yet")
-        local = TaskFiles.of(self.settings, task_id).result_archive
-        copy_atomically(source, local)
-        verify_zip(local, max_uncompressed_bytes=self.settings.max_result_bytes)
-        remove_task_files(shared, task_id)
-        return Stage.UNPACKING
+        copy_atomically(files.processed, files.result_archive)
+        verify_zip(files.result_archive, max_uncompressed_bytes=self.settings.max_result_bytes)
+        remove_task_files(files.shared_dir, task_id)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from petray.domain import Stage
+# The pipeline's actors are named in its table (petray/stages/pipeline.py).
+from petray.stages.pipeline import (
+    COMPILATOR,
+    DOWNLOADER,
+    PACKER,
+    PIPELINE_ACTORS,
+    STAGE_ACTORS,
+    STORE_SCP,
+    STORE_SCU,
+    UNPACKER,
+    UPLOADER,
+    VALIDATOR,
+)
 
 NAMESPACE = "petray"
 
-STORE_SCP = "petray.store_scp"
-COMPILATOR = "petray.compilator"
-VALIDATOR = "petray.validator"
-PACKER = "petray.packer"
-UPLOADER = "petray.uploader"
-DOWNLOADER = "petray.downloader"
-UNPACKER = "petray.unpacker"
-STORE_SCU = "petray.store_scu"
 # Not a pipeline stage: applies the retention policy on a timer (issue 10).
 RETENTION = "petray.retention"
 # Not a pipeline stage: sets the Prometheus gauges (issue 10).
@@ -23,26 +27,18 @@ FILTER_WORKER_PREFIX = "petray.filter_worker."
 # Custom resource that bounds CPU-heavy filtering; worker nodes advertise it (cluster.yaml).
 FILTER_RESOURCE = "filter_worker"
 
-STAGE_ACTORS: dict[Stage, str] = {
-    Stage.VALIDATING: VALIDATOR,
-    Stage.PACKING: PACKER,
-    Stage.UPLOADING: UPLOADER,
-    Stage.PROCESSING: UPLOADER,  # the Uploader watches the processing deadline
-    Stage.DOWNLOADING: DOWNLOADER,
-    Stage.UNPACKING: UNPACKER,
-    Stage.SENDING: STORE_SCU,
-}
-
-PIPELINE_ACTORS: tuple[str, ...] = (
-    STORE_SCP,
-    COMPILATOR,
-    VALIDATOR,
-    PACKER,
-    UPLOADER,
-    DOWNLOADER,
-    UNPACKER,
-    STORE_SCU,
-)
+__all__ = [
+    "COMPILATOR",
+    "DOWNLOADER",
+    "PACKER",
+    "PIPELINE_ACTORS",
+    "STAGE_ACTORS",
+    "STORE_SCP",
+    "STORE_SCU",
+    "UNPACKER",
+    "UPLOADER",
+    "VALIDATOR",
+]
 
 
 # Node ids are random: a prefix this long tells a cluster's nodes apart in a readable name.

@@ -23,18 +23,27 @@ from actors.uploader import UploaderActor
 from actors.validator import ValidatorActor
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.settings import Settings
+from petray.stages.pipeline import PIPELINE_ACTORS
 from petray.tasks import unfinished_tasks
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 120
 
-STAGE_ACTOR_CLASSES: tuple[tuple[str, Any], ...] = (
-    (names.VALIDATOR, ValidatorActor),
-    (names.PACKER, PackerActor),
-    (names.UPLOADER, UploaderActor),
-    (names.DOWNLOADER, DownloaderActor),
-    (names.STORE_SCU, StoreScuActor),
-)
+# The class of each actor the pipeline table names (petray/stages/pipeline.py).
+ACTOR_CLASSES: dict[str, Any] = {
+    names.STORE_SCP: StoreScpActor,
+    names.COMPILATOR: CompilatorActor,
+    names.VALIDATOR: ValidatorActor,
+    names.PACKER: PackerActor,
+    names.UPLOADER: UploaderActor,
+    names.DOWNLOADER: DownloaderActor,
+    names.UNPACKER: UnpackerActor,
+    names.STORE_SCU: StoreScuActor,
+}
+if set(ACTOR_CLASSES) != set(PIPELINE_ACTORS):
+    raise RuntimeError("actors/pipeline.py: ACTOR_CLASSES must have exactly the table's actors")
+# Started first, so the DICOM port opens before the other stages start (see _build).
+LISTENING_FIRST = (names.COMPILATOR, names.STORE_SCP)
 
 
 @dataclass
@@ -80,18 +89,18 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
     # It needs only the Compilator, whose rebuild is awaited so that the SCP never listens
     # before it, and the SCP; on two cores, starting the other ten worker processes at the
     # same time would delay it by as long again.
-    handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
-    handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings)
+    for name in LISTENING_FIRST:
+        handles[name] = _named(ACTOR_CLASSES[name], name).remote(settings)
     ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
     listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
 
     # Then the stages. A series completed meanwhile is committed in validating before the
     # Validator exists: the Dispatcher finds no actor, and the Validator takes the task up as
     # it starts, as every stage actor does with its own stage's tasks (and on restarts).
-    for name, actor_class in STAGE_ACTOR_CLASSES:
-        handles[name] = _named(actor_class, name).remote(settings)
     # The Unpacker keeps the filter worker pool following the cluster's capacity.
-    handles[names.UNPACKER] = _named(UnpackerActor, names.UNPACKER).remote(settings)
+    for name in PIPELINE_ACTORS:
+        if name not in LISTENING_FIRST:
+            handles[name] = _named(ACTOR_CLASSES[name], name).remote(settings)
     # As many FilterWorkers as the alive nodes offer filter_worker slots, placed on them; none
     # yet is no reason not to start (the Unpacker waits for capacity with a clear reason).
     for worker in sync_pool().workers:

@@ -24,10 +24,11 @@ from ray.util import metrics
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
-from petray.domain import Stage, State, next_stage
+from petray.domain import Stage, State
 from petray.errors import PermanentError, TransientError
 from petray.retry import retry_policy_for
 from petray.settings import Settings
+from petray.stages.pipeline import STAGE_ACTORS, next_stage, stages_of
 from petray.tasks import fail, get_task, move_to, record_transient_failure, runnable_in
 
 logger = logging.getLogger(__name__)
@@ -82,8 +83,9 @@ class StageWorker:
         self.background.spawn(self.resume())
 
     def resumes(self) -> tuple[Stage, ...]:
-        """The stages whose runnable tasks this actor takes up when it (re)starts."""
-        return (self.stage,)
+        """The stages whose runnable tasks this actor takes up when it (re)starts (the
+        pipeline table's stages of this actor, e.g. the Uploader's uploading and processing)."""
+        return stages_of(STAGE_ACTORS[self.stage])
 
     # -- the mailbox ---------------------------------------------------------------------
 
@@ -182,7 +184,8 @@ class StageWorker:
     # -- one unit of work ----------------------------------------------------------------
 
     def handle(self, task_id: str) -> Stage | None:
-        """Do this stage's work; return the next stage (default: the following one)."""
+        """Do this stage's work; return where the task goes instead of the pipeline table's
+        next stage, or None to follow the table."""
         raise NotImplementedError
 
     def _run(self, task_id: str) -> Outcome:

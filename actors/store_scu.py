@@ -59,7 +59,7 @@ class StoreScuActor(StageWorker):
             tag_keys=("destination", "outcome"),
         )
 
-    def handle(self, task_id: str) -> Stage | None:
+    def handle(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
             files = output_files(task)
@@ -85,7 +85,6 @@ class StoreScuActor(StageWorker):
             raise DeliveryRefused("; ".join(refused))
         if transient:
             raise TransientError("; ".join(transient))
-        return Stage.DONE
 
     def _deliver(
         self, destination: PendingDestination, files: list[Path], calling_ae: str

@@ -39,7 +39,8 @@ from petray.stages.outputs import (
     record_outputs,
     series_job,
 )
-from petray.stages.review import QUANT, hold, hold_reason, judge, must_hold, site_thresholds
+from petray.stages.records import Packed, Quant
+from petray.stages.review import hold, hold_reason, judge, must_hold, site_thresholds
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
 
@@ -87,24 +88,26 @@ class UnpackerActor(StageWorker):
             raise TransientError(pool.waiting_reason())
         return list(pool.alive)
 
-    def handle(self, task_id: str) -> Stage | None:
+    def handle(self, task_id: str) -> None:
         self._alive_workers()  # before reading gigabytes: wait (retrying) while none is alive
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
-            details = dict(task.details)
+            packed = Packed.of(task)
+            # Tasks packed before issue 15 have no received metrics to compare with.
+            quant = Quant.find(task.details)
             specs = filters_for(task, session=session)
             original_description = task.series.description
-        sources = [Path(p) for p in details["slice_paths"]]
+        sources = [Path(p) for p in packed.slice_paths]
         # Source headers are parsed (pure Python) while the archive is unzipped and hashed
         # (C code that releases the GIL): the two overlap in this process.
         with ThreadPoolExecutor(max_workers=1) as pool:
             templates_future = pool.submit(prepare_templates, sources)
             result = read_result_archive(
                 TaskFiles.of(self.settings, task_id).result_archive,
-                expected_shape=details["shape"],
+                expected_shape=packed.shape,
                 max_uncompressed_bytes=self.settings.max_result_bytes,
                 expected_task_id=task_id,
-                input_peak=details.get("input_peak"),
+                input_peak=packed.input_peak,
                 max_factor=self.settings.result_max_factor,
             )
             templates = templates_future.result()
@@ -128,10 +131,8 @@ class UnpackerActor(StageWorker):
             )
             for spec in specs
         ]
-        spacing = details["spacing_zyx"]
-        # Tasks packed before issue 15 have no received metrics to compare with.
-        quant = details.get(QUANT)
-        threshold = quant["body_threshold_bqml"] if quant else None
+        spacing = packed.spacing_zyx
+        threshold = quant.body_threshold_bqml if quant else None
         measured: dict[int, ActivityMetrics] = {}
 
         def run(index: int, worker: Any) -> Any:
@@ -165,11 +166,7 @@ class UnpackerActor(StageWorker):
                     (f"#{spec.series_number} {spec.description}", spec.series_number, measured[i])
                     for i, spec in enumerate(specs)
                 ]
-                task.details = {
-                    **task.details,
-                    QUANT: judge(quant, derived, site_thresholds(session=session)),
-                }
-        return Stage.SENDING
+                judge(quant, derived, site_thresholds(session=session)).put(task)
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """A result beyond the site's quantitative limits stops here, held for review."""

@@ -15,8 +15,10 @@ from petray.db.engine import unit_of_work
 from petray.db.models import Task
 from petray.domain import Stage, State
 from petray.service.remote import RemoteClient
-from petray.service.shared_folder import upload
+from petray.service.shared_folder import copy_atomically
 from petray.site.siteconfig import effective_client_id, effective_remote_url
+from petray.stages.records import Packed, Validated
+from petray.task_files import TaskFiles
 from petray.tasks import fail, get_task, move_to
 
 logger = logging.getLogger(__name__)
@@ -31,9 +33,6 @@ class UploaderActor(StageWorker):
         super().__init__(settings)
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
 
-    def resumes(self) -> tuple[Stage, ...]:
-        return (Stage.UPLOADING, Stage.PROCESSING)
-
     def tracks(self, task_id: str) -> bool:
         return super().tracks(task_id) or task_id in self._deadlines
 
@@ -46,19 +45,18 @@ class UploaderActor(StageWorker):
             return
         await super().submit(task_id)
 
-    def handle(self, task_id: str) -> Stage | None:
+    def handle(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
-            archive = Path(task.details["archive"])
-            metadata = task.details["processing"]
+            archive = Path(Packed.of(task).archive)
+            metadata = Validated.of(task).processing
             remote_url = effective_remote_url(self.settings, session=session)
             client_id = effective_client_id(self.settings, session=session)
-        upload(archive, self.settings.resolved_shared_dir, task_id)
+        copy_atomically(archive, TaskFiles.of(self.settings, task_id).to_process)
         with RemoteClient(
             remote_url, self.settings.remote_token, timeout_s=self.settings.remote_timeout_s
         ) as client:
             client.start_processing(task_id=task_id, client_id=client_id, metadata=metadata)
-        return Stage.PROCESSING
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         task.deadline = datetime.now(UTC) + timedelta(seconds=self.settings.processing_deadline_s)

@@ -28,12 +28,4 @@ class State(StrEnum):
     HELD = "held"
 
 
-STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
 FINAL_STATES = frozenset({State.FAILED, State.DONE, State.CANCELLED})
-
-
-def next_stage(stage: Stage) -> Stage:
-    index = STAGE_ORDER.index(stage)
-    if index + 1 >= len(STAGE_ORDER):
-        raise ValueError(f"{stage} is the last stage")
-    return STAGE_ORDER[index + 1]

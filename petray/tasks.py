@@ -25,22 +25,9 @@ from petray.db.models import (
 from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition, UnknownTask
 from petray.retry import RetryPolicy, format_duration
+from petray.stages.pipeline import RESUMABLE_STAGES
+from petray.stages.records import Quant
 from petray.task_files import TaskFiles, recorded_paths
-
-# Stages an actor looks after when the task is active or waiting in them (PROCESSING: the
-# Uploader watches the deadline); COMPILING belongs to the Compilator's own bookkeeping.
-ACTOR_STAGES = frozenset(
-    {
-        Stage.VALIDATING,
-        Stage.PACKING,
-        Stage.UPLOADING,
-        Stage.PROCESSING,
-        Stage.DOWNLOADING,
-        Stage.UNPACKING,
-        Stage.SENDING,
-    }
-)
-
 
 # States whose event message is also the task's reason (what the console shows).
 REASONED_STATES = frozenset({State.WAITING, State.FAILED, State.CANCELLED, State.HELD})
@@ -168,7 +155,7 @@ def unfinished_tasks(*, session: Session) -> list[tuple[str, Stage]]:
     """Tasks an actor must (re)start on: active or waiting in a stage that an actor owns."""
     rows = session.execute(
         select(Task.id, Task.stage)
-        .where(Task.stage.in_([s.value for s in ACTOR_STAGES]))
+        .where(Task.stage.in_([s.value for s in RESUMABLE_STAGES]))
         .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
         .order_by(Task.created)
     ).all()
@@ -239,10 +226,8 @@ def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
         stage = Stage.UPLOADING
     if stage == Stage.DONE:
         stage = Stage.SENDING
-    if (
-        stage == Stage.SENDING
-        and (task.details or {}).get("quant", {}).get("check", {}).get("status") == "rejected"
-    ):
+    quant = Quant.find(task.details)
+    if stage == Stage.SENDING and quant is not None and quant.check.status == "rejected":
         # Rejected after review: its series are not sent on a retry; they are made and
         # checked again (with the thresholds of now).
         stage = Stage.UNPACKING
@@ -325,7 +310,7 @@ def summarize(task: Task) -> TaskSummary:
         next_attempt_at=task.next_attempt_at.isoformat() if task.next_attempt_at else None,
         operator_retries=task.attempts or 0,
         notes=task.notes or "",
-        quant=(task.details or {}).get("quant"),
+        quant=quant.public() if (quant := Quant.find(task.details)) else None,
         destinations=[
             {
                 "name": d.name,

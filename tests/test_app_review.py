@@ -13,7 +13,8 @@ from petray.db.models import AuditEvent, SiteConfig
 from petray.domain import Stage, State
 from petray.imaging.quant import ActivityMetrics, QuantThresholds
 from petray.site.users import create_api_token, get_user_by_name
-from petray.stages.review import QUANT, hold, judge, received_record
+from petray.stages.records import Quant
+from petray.stages.review import hold, judge, received_record
 from petray.tasks import get_task
 from tests.support.app import AppHarness, build_harness, csrf_of, make_task
 
@@ -34,7 +35,7 @@ def held(h: AppHarness, *, factor: float | None = 0.0005) -> str:
     quant = judge(record, [("#1001 Denoised", 1001, DERIVED)], QuantThresholds(5, 30))
     with unit_of_work(h.sessions) as session:
         task = get_task(task_id, session=session)
-        task.details = {QUANT: quant}
+        quant.put(task)
         hold(task, session=session)
     return task_id
 
@@ -77,7 +78,7 @@ def test_release_from_the_console_resumes_sending(harness: AppHarness) -> None:
     with unit_of_work(harness.sessions) as session:
         task = get_task(task_id, session=session)
         assert (task.stage, task.state) == (Stage.SENDING, State.ACTIVE)
-        assert task.details[QUANT]["check"]["by"] == "operator"
+        assert Quant.of(task).check.by == "operator"
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
         assert [(e.action, e.actor) for e in events][-1] == ("task.release", "operator")
     assert ("resume", task_id) in harness.pipeline.calls

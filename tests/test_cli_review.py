@@ -10,7 +10,7 @@ from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import AuditEvent
 from petray.domain import Stage
 from petray.imaging.quant import ActivityMetrics, QuantThresholds
-from petray.stages.review import QUANT, hold, judge, received_record
+from petray.stages.review import hold, judge, received_record
 from petray.tasks import get_task
 from tests.support.petray_cli import Cli, add_tasks
 
@@ -28,7 +28,7 @@ def hold_tasks(cli: Cli) -> list[str]:
         with unit_of_work(make_sessionmaker(engine)) as session:
             for task_id in ids:
                 task = get_task(task_id, session=session)
-                task.details = {QUANT: quant}
+                quant.put(task)
                 hold(task, session=session)
     finally:
         engine.dispose()

@@ -141,9 +141,10 @@ def test_series_from_storescu_comes_back_filtered_at_orthanc(site: Site, tmp_pat
                 max_uncompressed_bytes=site.settings.max_result_bytes,
             )
             with unit_of_work(site.sessions) as session:
+                from petray.stages.records import Packed
                 from petray.tasks import get_task
 
-                spacing = tuple(get_task(task.id, session=session).details["spacing_zyx"])
+                spacing = Packed.of(get_task(task.id, session=session)).spacing_zyx
             problems = verify_outputs(
                 received,
                 source=study,

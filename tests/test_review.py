@@ -10,8 +10,8 @@ from petray.domain import FINAL_STATES, Stage, State
 from petray.errors import InvalidTransition
 from petray.imaging.quant import ActivityMetrics, QuantThresholds
 from petray.site.siteconfig import get_site_config
+from petray.stages.records import Quant
 from petray.stages.review import (
-    QUANT,
     hold,
     judge,
     must_hold,
@@ -40,32 +40,30 @@ def record(factor: float | None = 0.0005) -> dict[str, object]:
 def test_judge_passes_holds_or_is_off() -> None:
     derived = [("#1001 Denoised", 1001, smoothed(total=430.0, maximum=9500.0))]
     held = judge(record(), derived, QuantThresholds(max_activity_change_pct=5))
-    assert held["check"]["status"] == "held"
-    assert held["check"]["breaches"] == [
-        "#1001 Denoised: total activity changed by +7.5 % (limit 5 %)"
-    ]
-    [row] = held["series"]
+    assert held.check.status == "held"
+    assert held.check.breaches == ("#1001 Denoised: total activity changed by +7.5 % (limit 5 %)",)
+    [row] = held.series
     assert row["change_pct"]["total_mbq"] == pytest.approx(7.5)
     assert row["suv_max"] == pytest.approx(9500 * 0.0005)
-    assert held["received"]["suv_max"] == pytest.approx(5.0)
-    assert judge(record(), derived, QuantThresholds(10, 30))["check"]["status"] == "passed"
+    assert held.received["suv_max"] == pytest.approx(5.0)
+    assert judge(record(), derived, QuantThresholds(10, 30)).check.status == "passed"
     off = judge(record(), derived, QuantThresholds())
-    assert off["check"]["status"] == "off"
-    assert off["series"][0]["change_pct"]["total_mbq"] == pytest.approx(7.5)
+    assert off.check.status == "off"
+    assert off.series[0]["change_pct"]["total_mbq"] == pytest.approx(7.5)
 
 
 def test_no_weight_keeps_activity_and_says_why() -> None:
     quant = judge(record(factor=None), [("#1", 1, RECEIVED)], QuantThresholds())
-    assert quant["suv_reason"] == "no weight"
-    assert quant["received"]["suv_max"] is None
-    assert quant["received"]["total_mbq"] == 400.0
-    assert quant["series"][0]["suv_peak"] is None
+    assert quant.suv_reason == "no weight"
+    assert quant.received["suv_max"] is None
+    assert quant.received["total_mbq"] == 400.0
+    assert quant.series[0]["suv_peak"] is None
 
 
 def held_task(session: Session) -> str:
     task = make_task(session, Stage.UNPACKING)
     derived = [("#1001 Denoised", 1001, smoothed(total=430.0, maximum=9500.0))]
-    task.details = {QUANT: judge(record(), derived, QuantThresholds(max_activity_change_pct=5))}
+    judge(record(), derived, QuantThresholds(max_activity_change_pct=5)).put(task)
     assert must_hold(task)
     hold(task, session=session)
     return task.id
@@ -96,8 +94,8 @@ def test_release_sends_as_usual(sessions: sessionmaker[Session]) -> None:
         task = get_task(task_id, session=session)
         assert (task.stage, task.state, task.reason) == (Stage.SENDING, State.ACTIVE, "")
         assert task_id in [t for t, _ in runnable_in((Stage.SENDING,), session=session)]
-        check = task.details[QUANT]["check"]
-        assert (check["status"], check["by"]) == ("released", "alice")
+        check = Quant.of(task).check
+        assert (check.status, check.by) == ("released", "alice")
         assert task.events[-1].message == "released after review by alice"
         with pytest.raises(InvalidTransition, match="only a task held"):
             release(task_id, session=session, by="alice")
@@ -117,7 +115,7 @@ def test_reject_fails_with_the_breaches_and_a_retry_checks_again(
             "rejected after quantitative review by bob: #1001 Denoised: total activity "
             "changed by +7.5 % (limit 5 %) (hot spot gone)"
         )
-        assert task.details[QUANT]["check"]["status"] == "rejected"
+        assert Quant.of(task).check.status == "rejected"
         # A retry never sends the rejected series: they are made and checked again.
         assert retry(task_id, session=session) == Stage.UNPACKING
 

@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.demo.demo_check import DestinationSeries, verify_outputs
 from petray.demo.destination_peer import start_destination
@@ -34,7 +32,9 @@ from petray.service.archive import read_result_archive
 from petray.settings import Settings, load_settings
 from petray.site.siteconfig import add_destination_and_filters
 from petray.site.storage import prepare_storage
-from petray.stages.review import QUANT, summary_lines
+from petray.stages.records import Packed, Quant
+from petray.stages.review import summary_lines
+from petray.task_files import TaskFiles
 from petray.tasks import get_task, list_tasks
 from petray.timings import stage_timings
 
@@ -220,9 +220,9 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
     with unit_of_work(sessions) as session:
         task = get_task(task_id, session=session)
         state, reason = task.state, task.reason
-        shape = tuple(task.details.get("shape", ()))
+        packed = Packed.find(task.details)
         timings = stage_timings(task_id, session=session)
-        quant = task.details.get(QUANT)
+        quant = Quant.find(task.details)
     say("per-stage timings:")
     for stage, seconds in timings:
         say(f"  {stage:<12} {seconds:7.2f} s")
@@ -230,12 +230,12 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
         say("quantitative check (received vs each derived series):")
         for line in summary_lines(quant):
             say(f"  {line}")
-    if state != State.DONE:
+    if state != State.DONE or packed is None:
         say(f"FAILED: task ended {state}: {reason}")
         return 1
     result = read_result_archive(
-        settings.work_dir / f"{task_id}.result.zip",
-        expected_shape=shape,
+        TaskFiles.of(settings, task_id).result_archive,
+        expected_shape=packed.shape,
         max_uncompressed_bytes=settings.max_result_bytes,
     )
     received: list[DestinationSeries] = destination.series_of(str(study[0].StudyInstanceUID))
@@ -245,7 +245,7 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
         denoised=result.denoised,
         noise=result.noise,
         filters=DEMO_FILTERS,
-        spacing_zyx=tuple(float(v) for v in np.asarray(_spacing(settings, task_id))),
+        spacing_zyx=packed.spacing_zyx,
     )
     if problems:
         say("FAILED verification:")
@@ -258,9 +258,3 @@ def _report(settings: Settings, task_id: str, study: list[Any], destination: Any
         "filtered with scipy"
     )
     return 0
-
-
-def _spacing(settings: Settings, task_id: str) -> list[float]:
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    with unit_of_work(sessions) as session:
-        return list(get_task(task_id, session=session).details["spacing_zyx"])

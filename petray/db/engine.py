@@ -48,8 +48,9 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
             raise
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision``, the newest by default (idempotent); an older
+    revision than the database's downgrades it."""
     import logging
 
     # Alembic narrates every migration step at INFO; a gateway start is not the place for it.
@@ -61,4 +62,13 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if revision != "head" and _current_revision(connection) > revision:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+
+
+def _current_revision(connection: Any) -> str:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision() or ""

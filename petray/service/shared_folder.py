@@ -39,16 +39,6 @@ def copy_atomically(source: Path, target: Path) -> None:
         raise TransientError(f"shared folder not writable/readable: {exc.strerror}") from exc
 
 
-def upload(archive: Path, shared_dir: Path, task_id: str) -> Path:
-    target = shared_dir / TO_PROCESS / archive_name(task_id)
-    copy_atomically(archive, target)
-    return target
-
-
-def result_path(shared_dir: Path, task_id: str) -> Path:
-    return shared_dir / PROCESSED / archive_name(task_id)
-
-
 def result_present(shared_dir: Path, task_id: str) -> bool:
     """A result archive is in ``processed/`` under its final name and opens as a zip.
 
@@ -56,7 +46,7 @@ def result_present(shared_dir: Path, task_id: str) -> bool:
     suffices; the zip check keeps a stray or truncated file from starting a download that
     can only fail (the Downloader still verifies every checksum).
     """
-    path = result_path(shared_dir, task_id)
+    path = shared_dir / PROCESSED / archive_name(task_id)
     try:
         return path.is_file() and zipfile.is_zipfile(path)
     except OSError:

@@ -1,10 +1,9 @@
 """Hold for review (issue 15): the quantitative check's record on a task, and its verdict.
 
-``task.details["quant"]`` keeps, as JSON:
+The task's ``Quant`` record (petray.stages.records) keeps:
 
 - ``suv_factor`` / ``suv_reason``: the SUVbw multiplier of the received series
-(petray.imaging.suv), or
-  null and why not ("no weight", ...);
+  (petray.imaging.suv), or null and why not ("no weight", ...);
 - ``body_threshold_bqml``: the body mask's threshold, taken from the received volume;
 - ``received``: its metrics (petray.imaging.quant.report);
 - ``series``: one row per derived series, its metrics and ``change_pct`` against the received;
@@ -29,9 +28,9 @@ from petray.domain import Stage, State
 from petray.errors import InvalidTransition
 from petray.imaging.quant import ActivityMetrics, QuantThresholds, changes, evaluate, report
 from petray.site.siteconfig import get_site_config
+from petray.stages.records import Quant, QuantCheck
 from petray.tasks import fail, get_task, move_to
 
-QUANT = "quant"
 PENDING, OFF, PASSED = "pending", "off", "passed"
 HELD, RELEASED, REJECTED = "held", "released", "rejected"
 MAX_REASON_CHARS = 500
@@ -47,26 +46,25 @@ def site_thresholds(*, session: Session) -> QuantThresholds:
 
 def received_record(
     metrics: ActivityMetrics, *, suv_factor: float | None, suv_reason: str, body_threshold: float
-) -> dict[str, Any]:
+) -> Quant:
     """What the Packer stores: the received volume's numbers, the check still to come."""
-    return {
-        "suv_factor": suv_factor,
-        "suv_reason": "" if suv_factor is not None else (suv_reason or "no SUV"),
-        "body_threshold_bqml": body_threshold,
-        "received": report(metrics, suv_factor),
-        "series": [],
-        "check": {"status": PENDING, "breaches": []},
-    }
+    return Quant(
+        suv_factor=suv_factor,
+        suv_reason="" if suv_factor is not None else (suv_reason or "no SUV"),
+        body_threshold_bqml=body_threshold,
+        received=report(metrics, suv_factor),
+        check=QuantCheck(status=PENDING),
+    )
 
 
 def judge(
-    record: Mapping[str, Any],
+    record: Quant,
     derived: Sequence[tuple[str, int, ActivityMetrics]],
     thresholds: QuantThresholds,
-) -> dict[str, Any]:
+) -> Quant:
     """The record with each derived series (label, series number, metrics) and the verdict."""
-    factor = record.get("suv_factor")
-    received = ActivityMetrics.from_dict(record["received"])
+    factor = record.suv_factor
+    received = ActivityMetrics.from_dict(record.received)
     rows = [
         {
             "label": label,
@@ -80,27 +78,25 @@ def judge(
         received, {label: m for label, _, m in derived}, thresholds, suv=factor is not None
     )
     status = OFF if thresholds.off else HELD if breaches else PASSED
-    return {
-        **record,
-        "series": rows,
-        "check": {
-            "status": status,
-            "breaches": [b.text for b in breaches],
-            "thresholds": asdict(thresholds),
-        },
-    }
+    check = QuantCheck(
+        status=status, breaches=tuple(b.text for b in breaches), thresholds=asdict(thresholds)
+    )
+    return record.model_copy(update={"series": tuple(rows), "check": check})
 
 
-def check_of(task: Task) -> dict[str, Any]:
-    return dict(((task.details or {}).get(QUANT) or {}).get("check") or {})
+def check_of(task: Task) -> QuantCheck | None:
+    quant = Quant.find(task.details)
+    return quant.check if quant is not None else None
 
 
 def must_hold(task: Task) -> bool:
-    return check_of(task).get("status") == HELD
+    check = check_of(task)
+    return check is not None and check.status == HELD
 
 
 def hold_reason(task: Task) -> str:
-    breaches = "; ".join(check_of(task).get("breaches", []))
+    check = check_of(task)
+    breaches = "; ".join(check.breaches if check is not None else ())
     return f"held for quantitative review: {breaches}"[:MAX_REASON_CHARS]
 
 
@@ -109,12 +105,10 @@ def hold(task: Task, *, session: Session) -> None:
 
 
 def _decide(task: Task, status: str, by: str) -> list[str]:
-    record = dict(task.details.get(QUANT) or {})
-    check = dict(record.get("check") or {})
-    breaches = list(check.get("breaches", []))
-    check.update(status=status, by=by, at=datetime.now(UTC).isoformat())
-    task.details = {**task.details, QUANT: {**record, "check": check}}
-    return breaches
+    record = Quant.of(task)
+    decided = {"status": status, "by": by, "at": datetime.now(UTC).isoformat()}
+    record.model_copy(update={"check": record.check.model_copy(update=decided)}).put(task)
+    return list(record.check.breaches)
 
 
 def _held(task_id: str, *, session: Session) -> Task:
@@ -154,8 +148,9 @@ def _changed(row: Mapping[str, Any], metric: str) -> str:
     return "" if change is None else f" ({change:+.1f} %)"
 
 
-def summary_lines(record: Mapping[str, Any]) -> list[str]:
+def summary_lines(quant: Quant) -> list[str]:
     """The check as a few lines of text (``petray demo``): one per volume, then the verdict."""
+    record = quant.public()
     suv = record.get("suv_factor") is not None
     lines = []
     for row in [{"label": "received", **record["received"]}, *record.get("series", [])]:

@@ -37,6 +37,7 @@ from petray.site.schemas import (
     TaskPublic,
     TaskReject,
 )
+from petray.stages.records import Quant
 from petray.stages.review import reject, release
 from petray.task_files import TaskFiles
 from petray.tasks import cancel, delete_task, get_task, instance_paths, retry
@@ -179,7 +180,7 @@ def _detail(task: Task, user: Principal) -> TaskDetail:
         notes=[line for line in task.notes.splitlines() if line],
         radiopharmaceutical=task.radiopharmaceutical,
         files_purged_at=task.files_purged_at,
-        quant=(task.details or {}).get("quant"),
+        quant=quant.public() if (quant := Quant.find(task.details)) else None,
         events=[
             TaskEventPublic(stage=e.stage, state=e.state, message=e.message, at=e.at)
             for e in task.events

@@ -109,16 +109,17 @@ def _verify(site: dict[str, Any], task_id: str, study: list[Any], received: Path
     from petray.db.engine import unit_of_work
     from petray.demo.demo_check import group_by_series, verify_outputs
     from petray.service.archive import read_result_archive
+    from petray.stages.records import Packed
+    from petray.task_files import TaskFiles
     from petray.tasks import get_task
 
     settings = site["settings"]
     with unit_of_work(site["sessions"]) as session:
         task = get_task(task_id, session=session)
-        spacing = tuple(task.details["spacing_zyx"])
-        shape = tuple(task.details["shape"])
+        packed = Packed.of(task)
     arrays = read_result_archive(
-        settings.work_dir / f"{task_id}.result.zip",
-        expected_shape=shape,
+        TaskFiles.of(settings, task_id).result_archive,
+        expected_shape=packed.shape,
         max_uncompressed_bytes=settings.max_result_bytes,
     )
     datasets = [pydicom.dcmread(p) for p in sorted(received.iterdir()) if p.is_file()]
@@ -128,7 +129,7 @@ def _verify(site: dict[str, Any], task_id: str, study: list[Any], received: Path
         denoised=arrays.denoised,
         noise=arrays.noise,
         filters=site["filters"],
-        spacing_zyx=spacing,
+        spacing_zyx=packed.spacing_zyx,
     )
 
 
