@@ -63,7 +63,7 @@ class PoolState:
 def filter_capacity() -> dict[str, int]:
     """``filter_worker`` slots of every node Ray reports alive, by node id."""
     capacity: dict[str, int] = {}
-    for node in ray.nodes():
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
         slots = int(node.get("Resources", {}).get(FILTER_RESOURCE, 0))
         if node.get("Alive") and slots > 0:
             capacity[str(node["NodeID"])] = slots

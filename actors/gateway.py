@@ -181,7 +181,7 @@ class Gateway:
         # Without Ray (a start that failed before ray.init), serve.shutdown() would start one.
         if ray.is_initialized():
             try:
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]
             except Exception:
                 logger.exception("serve shutdown failed")
         if self._pipeline is not None:

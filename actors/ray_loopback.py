@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray._private.ray_constants as ray_constants  # the switch has no public API
 
@@ -55,9 +56,9 @@ def keep_serve_replica_on_loopback() -> bool:
     import ray
     import ray.serve._private.replica as replica  # the bind has no public API
 
-    if ray.util.get_node_ip_address() != LOOPBACK:
+    if ray.util.get_node_ip_address() != LOOPBACK:  # type: ignore[no-untyped-call]
         return False
-    original = replica.add_port_to_grpc_server
+    original: Any = replica.add_port_to_grpc_server  # type: ignore[attr-defined]
     if getattr(original, "petray_loopback", False):
         return True
 
@@ -68,5 +69,5 @@ def keep_serve_replica_on_loopback() -> bool:
         return port
 
     add_port_on_loopback.petray_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = add_port_on_loopback
+    replica.add_port_to_grpc_server = add_port_on_loopback  # type: ignore[attr-defined]
     return True

@@ -249,7 +249,8 @@ class _Phantom:
             rng.standard_normal((self.spec.rows, self.spec.cols), dtype=np.float32), sigma=1.0
         )
         noisy = clean * (1.0 + 0.5 * noise) * self.scale
-        return np.clip(noisy, 0.0, None)
+        clipped: np.ndarray = np.clip(noisy, 0.0, None)
+        return clipped
 
 
 def _to_int16(values: np.ndarray) -> tuple[np.ndarray, str]:

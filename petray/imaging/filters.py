@@ -104,7 +104,9 @@ def apply_post_filter(
         if noise.shape != denoised.shape:
             raise ValueError(f"noise shape {noise.shape} differs from volume {denoised.shape}")
         # One new float32 array; in-place ops afterwards touch only it, never the inputs.
-        blended = np.multiply(noise, np.float32(spec.noise_pct / 100.0), dtype=np.float32)
+        blended: np.ndarray = np.multiply(
+            noise, np.float32(spec.noise_pct / 100.0), dtype=np.float32
+        )
         blended += denoised
     else:
         if spec.noise_pct > 0:
@@ -117,7 +119,10 @@ def apply_post_filter(
     # (actors, CLI, console) a quarter of a second at start for nothing.
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(blended, sigma=sigma, mode=GAUSSIAN_MODE, output=np.float32)
+    filtered: np.ndarray = ndimage.gaussian_filter(
+        blended, sigma=sigma, mode=GAUSSIAN_MODE, output=np.float32
+    )
+    return filtered
 
 
 def series_description(original: str, spec: FilterSpec) -> str:

@@ -62,7 +62,7 @@ def project(voxels: np.ndarray, *, view: View = "coronal") -> np.ndarray:
     if voxels.ndim != 3 or 0 in voxels.shape:
         raise ValueError(f"expected a non-empty 3-D volume, got shape {voxels.shape}")
     axis, _ = _PROJECTION[view]
-    image = np.nanmax(voxels, axis=axis)
+    image: np.ndarray = np.nanmax(voxels, axis=axis)
     # Slices are sorted with z increasing towards the head (patient +Z, PS3.3 C.7.6.2.1.1).
     return image[::-1] if view != "axial" else image
 

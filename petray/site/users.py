@@ -240,7 +240,8 @@ def lockout_delay(failed_logins: int) -> timedelta:
     extra = failed_logins - FREE_FAILURES
     if extra <= 0:
         return timedelta(0)
-    return min(LOCKOUT_BASE * (2 ** min(extra - 1, 16)), LOCKOUT_MAX)
+    delay: timedelta = min(LOCKOUT_BASE * (2 ** min(extra - 1, 16)), LOCKOUT_MAX)
+    return delay
 
 
 def authenticate(
