@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Unpack
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
@@ -99,7 +99,7 @@ class TaskPage:
         return max(1, -(-self.total // self.page_size))
 
 
-_S = TypeVar("_S", bound=Select[Unpack[tuple[Any, ...]]])
+_S = TypeVar("_S", bound=Select[*tuple[Any, ...]])
 
 
 def _filtered(stmt: _S, query: TaskQuery) -> _S:
