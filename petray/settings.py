@@ -11,9 +11,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from petray.dicom.vr import ae_title
 from petray.errors import ConfigurationError
-
-AE_TITLE_MAX_LENGTH = 16  # PS3.5 6.2, VR AE
 
 
 class Settings(BaseSettings):
@@ -156,10 +155,7 @@ class Settings(BaseSettings):
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
-        value = value.strip()
-        if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:
-            raise ValueError("AE title must be 1-16 characters without backslash (PS3.5 6.2)")
-        return value
+        return ae_title(value)
 
     @property
     def resolved_database_url(self) -> str:

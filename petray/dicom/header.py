@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import PositronEmissionTomographyImageStorage
 
+from petray.dicom.geometry import orientation_problem, slice_normal
 from petray.dicom.uids import validate_uid
 from petray.errors import InvalidInstance
 
@@ -45,9 +46,6 @@ MANDATORY_KEYWORDS: tuple[str, ...] = (
     "BitsAllocated",
 )
 UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-# Direction cosines from real scanners are unit vectors to a few decimals; anything further off
-# means a broken header, not rounding.
-ORIENTATION_TOLERANCE = 1e-2
 # Rows/Columns above this are refused unless the caller passes its own bound (a setting).
 DEFAULT_MAX_DIMENSION = 4096
 # PS3.3 C.8.9.4.1: PET stores 16- or 32-bit samples; 8 is tolerated (secondary tools).
@@ -249,12 +247,9 @@ def _spacing(value: Any) -> tuple[float, float]:
 
 def _orientation(value: Any) -> tuple[float, float, float, float, float, float]:
     cosines = _numbers(6)(value)
-    row, col = cosines[:3], cosines[3:]
-    for vector in (row, col):
-        if abs(math.sqrt(sum(c * c for c in vector)) - 1.0) > ORIENTATION_TOLERANCE:
-            raise ValueError("direction cosines are not unit vectors")
-    if abs(sum(r * c for r, c in zip(row, col, strict=True))) > ORIENTATION_TOLERANCE:
-        raise ValueError("row and column directions are not orthogonal")
+    problem = orientation_problem(cosines)
+    if problem is not None:
+        raise ValueError(problem)
     return (cosines[0], cosines[1], cosines[2], cosines[3], cosines[4], cosines[5])
 
 
@@ -264,14 +259,6 @@ def _slope(value: Any) -> float:
     if slope <= 0:
         raise ValueError("must be positive")
     return slope
-
-
-def slice_normal(orientation: tuple[float, ...]) -> tuple[float, float, float]:
-    """Unit normal of the image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
-    rx, ry, rz, cx, cy, cz = orientation
-    nx, ny, nz = ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx
-    norm = math.sqrt(nx * nx + ny * ny + nz * nz)
-    return (nx / norm, ny / norm, nz / norm)
 
 
 def is_pet(ds: Dataset) -> bool:

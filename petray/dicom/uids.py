@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from petray.dicom.vr import UI_MAX_LENGTH as UID_MAX_LENGTH
 from petray.errors import InvalidInstance
 
-UID_MAX_LENGTH = 64  # PS3.5 9.1
 # Components are digits without a leading zero (a lone "0" is fine), separated by single dots;
 # at least two components, since a UID is a registered root followed by a suffix.
 _UID_PATTERN = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+")

@@ -33,7 +33,6 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_f
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
-    RE_VALID_UID,
     UID,
     ExplicitVRLittleEndian,
     PositronEmissionTomographyImageStorage,
@@ -41,15 +40,13 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
+from petray.dicom.uids import is_valid_uid
+from petray.dicom.vr import DS_MAX_LENGTH, LO_MAX_LENGTH, ST_MAX_LENGTH, UI_MAX_LENGTH
 from petray.errors import PermanentError
 from petray.imaging.vendors import derived_private, derived_units
 
 log = logging.getLogger(__name__)
 
-UID_MAX_LENGTH = 64  # PS3.5 9.1
-LO_MAX_LENGTH = 64
-ST_MAX_LENGTH = 1024  # DerivationDescription
-DS_MAX_LENGTH = 16  # PS3.5 6.2
 INT16_MAX = 32767  # symmetric range: -32767..32767, so the slope covers negative values too
 # PS3.3 C.8.9.4.1.1: for PET images Value 1 is ORIGINAL or DERIVED and Value 2 is PRIMARY (the
 # IOD has no SECONDARY); dciodvfy enforces it.
@@ -134,7 +131,7 @@ class SeriesJob:
     def __post_init__(self) -> None:
         _check_uid(self.series_instance_uid, "series instance UID")
         _check_uid(self.uid_root, "UID root")
-        if len(self.uid_root) > UID_MAX_LENGTH - 20:  # room for a unique suffix
+        if len(self.uid_root) > UI_MAX_LENGTH - 20:  # room for a unique suffix
             raise ValueError("UID root is too long to derive instance UIDs from it")
 
 
@@ -157,8 +154,8 @@ class SliceTemplate:
 
 
 def _check_uid(value: str, what: str) -> None:
-    # The pattern itself, not UID(value): constructing a UID from bad text warns on its own.
-    if len(value) > UID_MAX_LENGTH or not RE_VALID_UID.match(value):
+    # Text checked, not UID(value): constructing a UID from bad text warns on its own.
+    if value != value.strip() or not is_valid_uid(value):
         raise ValueError(f"{what} is not a valid DICOM UID")
 
 

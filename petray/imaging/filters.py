@@ -15,12 +15,13 @@ from typing import Literal
 
 import numpy as np
 
+from petray.dicom.vr import LO_MAX_LENGTH
+
 log = logging.getLogger(__name__)
 
 FilterMode = Literal["append", "replace"]
 FILTER_MODES: tuple[FilterMode, ...] = ("append", "replace")
 
-LO_MAX_LENGTH = 64  # PS3.5 6.2, VR LO (SeriesDescription)
 IS_MAX = 2**31 - 1  # PS3.5 6.2, VR IS (SeriesNumber)
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # ~2.3548 for a Gaussian
 # "nearest" repeats the edge voxel: the volume edge is not followed by zeros (that would dim the

@@ -6,6 +6,7 @@ rendered here from the DICOM files on disk, with numpy and Pillow only.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,8 @@ from typing import Literal
 import numpy as np
 import pydicom
 from PIL import Image
+
+from petray.dicom.geometry import slice_normal
 
 View = Literal["coronal", "sagittal", "axial"]
 # Which volume axis (z, y, x) a view projects along, and which axes remain as (rows, cols).
@@ -92,8 +95,8 @@ def _slice_key(ds: pydicom.Dataset) -> float:
     position = ds.get("ImagePositionPatient")
     orientation = ds.get("ImageOrientationPatient")
     if position is not None and orientation is not None and len(orientation) == 6:
-        row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
-        return float(np.dot(np.cross(row, col), np.array(position, float)))
+        with contextlib.suppress(ValueError):  # degenerate: fall back to InstanceNumber
+            return float(np.dot(slice_normal(orientation), np.array(position, float)))
     return float(ds.get("InstanceNumber", 0) or 0)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom import Dataset
 
 from petray.dicom.values import finite_float
+from petray.dicom.vr import LO_MAX_LENGTH
 from petray.imaging.decay import DecayFactors
 from petray.imaging.deid import identifying_values
 from petray.imaging.vendors import PrivateElement, vendor_profile
@@ -38,7 +39,6 @@ RECONSTRUCTION_FIELDS = (
     "ScatterCorrectionMethod",
     "ScannerPostFilter",
 )
-TEXT_MAX_LENGTH = 64  # LO (PS3.5 6.2): longer is not a setting
 # Kernel and correction names: "XYZ Gauss2.00", "measured,AC_CT", "Model-based", "6.4", "SS-SIMUL".
 # No "^" (person names), "@", quotes or control characters.
 _SETTING_TEXT = re.compile(r"^[A-Za-z0-9 .,:;_+\-/()\[\]=%#*\\]+$")
@@ -58,7 +58,8 @@ def _setting_text(value: Any) -> str | None:
     else:
         parts = [str(value)]
     text = "\\".join(p.strip() for p in parts).strip()
-    if not text or len(text) > TEXT_MAX_LENGTH or not _SETTING_TEXT.match(text):
+    # A setting is short: a longer text (VR LO) is not one.
+    if not text or len(text) > LO_MAX_LENGTH or not _SETTING_TEXT.match(text):
         return None
     return text
 

@@ -24,6 +24,7 @@ from typing import Any
 from pydicom import Dataset
 
 from petray.dicom.values import finite_float
+from petray.dicom.vr import DS_MAX_LENGTH
 from petray.errors import ValidationFailed
 from petray.imaging.recon import vendor_rule
 
@@ -200,9 +201,6 @@ class DerivedPrivate:
 
     element: PrivateElement
     value: Any
-
-
-DS_MAX_LENGTH = 16  # PS3.5 6.2
 
 
 def _ds_text(number: float) -> str:

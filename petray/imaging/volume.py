@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from petray.dicom import geometry
 from petray.errors import PermanentError, ValidationFailed
 from petray.imaging.vendors import activity_factor
 
@@ -106,16 +107,12 @@ def _read_header(path: Path) -> _SliceHeader:
 
 
 def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Unit normal of the image plane: row direction x column direction (PS3.3 C.7.6.2.1.1)."""
-    row = np.asarray(orientation[:3], dtype=np.float64)
-    col = np.asarray(orientation[3:6], dtype=np.float64)
-    normal = np.cross(row, col)
-    norm = float(np.linalg.norm(normal))
-    if norm < 0.5:  # unit, orthogonal cosines give 1; this is not an orientation at all
-        raise PermanentError(
-            "ImageOrientationPatient is degenerate (row and column not orthogonal)"
-        )
-    return normal / norm
+    """The image plane's unit normal (petray.dicom.geometry) as an array; a degenerate
+    orientation fails the task."""
+    try:
+        return np.array(geometry.slice_normal([float(v) for v in orientation]))
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
 
 
 def _check_consistent(headers: Sequence[_SliceHeader]) -> None:

@@ -22,9 +22,9 @@ from pydantic import (
 
 from petray.dicom.hostnames import validate_host
 from petray.dicom.stow_device import auth_label, validate_basic, validate_stow_url, validate_token
+from petray.dicom.vr import LO_MAX_LENGTH, ae_title
 from petray.errors import ConfigurationError
-from petray.imaging.filters import FILTER_MODES, IS_MAX, LO_MAX_LENGTH
-from petray.settings import AE_TITLE_MAX_LENGTH
+from petray.imaging.filters import FILTER_MODES, IS_MAX
 from petray.site.users import (
     MIN_PASSWORD_LENGTH,
     NAME_MAX_LENGTH,
@@ -35,15 +35,6 @@ from petray.site.users import (
 )
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-def _ae_title(value: str) -> str:
-    value = value.strip()
-    if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:
-        raise ValueError("AE title must be 1-16 characters without backslash (PS3.5 6.2)")
-    if not value.isascii() or any(ord(ch) < 0x20 for ch in value):
-        raise ValueError("AE title must be printable ASCII (PS3.5 6.2)")
-    return value
 
 
 def _http_url(value: str) -> str:
@@ -259,7 +250,7 @@ class DeviceCreate(Strict):
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str | None) -> str | None:
-        return None if value is None else _ae_title(value)
+        return None if value is None else ae_title(value)
 
     @field_validator("host")
     @classmethod
@@ -329,7 +320,7 @@ class DeviceUpdate(Strict):
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str | None) -> str | None:
-        return None if value is None else _ae_title(value)
+        return None if value is None else ae_title(value)
 
     @field_validator("host")
     @classmethod
@@ -532,7 +523,7 @@ class ListenerUpdate(Strict):
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
-        return _ae_title(value)
+        return ae_title(value)
 
 
 class ThresholdsUpdate(Strict):
@@ -597,7 +588,7 @@ class ConfigUpdate(Strict):
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str | None) -> str | None:
-        return None if value is None else _ae_title(value)
+        return None if value is None else ae_title(value)
 
     @field_validator("remote_url")
     @classmethod

@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 from petray.db.models import Device, PostFilter, SiteConfig
 from petray.dicom.hostnames import validate_host
 from petray.dicom.stow_device import validate_basic, validate_stow_url, validate_token
+from petray.dicom.vr import ae_title
 from petray.errors import ConfigurationError
 from petray.imaging.filters import FilterSpec
-from petray.settings import AE_TITLE_MAX_LENGTH, Settings
+from petray.settings import Settings
 
 SITE_CONFIG_ID = 1
 
@@ -63,10 +64,10 @@ def effective_client_id(settings: Settings, *, session: Session) -> str:
 
 
 def validate_ae_title(value: str) -> str:
-    value = value.strip()
-    if not value or len(value) > AE_TITLE_MAX_LENGTH or "\\" in value:
-        raise ConfigurationError("AE title must be 1-16 characters without backslash (PS3.5 6.2)")
-    return value
+    try:
+        return ae_title(value)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _new_device_name(name: str, *, session: Session) -> str:

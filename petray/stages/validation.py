@@ -18,6 +18,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from petray.dicom.geometry import orientation_problem
 from petray.dicom.times import acquisition_start, injection_start, parse_date, text
 from petray.dicom.values import positive_float
 from petray.errors import ValidationFailed
@@ -47,7 +48,6 @@ CM_PER_M = 100.0
 # PatientSize is metres (PS3.3 C.7.1.3); a value above this is taken as centimetres written by
 # a misconfigured console rather than a 3 m tall patient.
 MAX_HEIGHT_M = 3.0
-ORTHONORMAL_TOLERANCE = 1e-3
 METADATA_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _AGE = re.compile(r"^(\d{3})([DWMY])$")  # PS3.5 6.2, VR AS
 _MAX_REPORTED_TEXT = 64
@@ -111,10 +111,7 @@ def _orientation_problem(ds: Dataset) -> str | None:
     cosines = _floats(ds.get("ImageOrientationPatient"), 6)
     if cosines is None:
         return "orientation (ImageOrientationPatient) missing or invalid"
-    row, col = cosines[:3], cosines[3:]
-    norms = (math.sqrt(sum(v * v for v in row)), math.sqrt(sum(v * v for v in col)))
-    dot = sum(a * b for a, b in zip(row, col, strict=True))
-    if any(abs(n - 1) > ORTHONORMAL_TOLERANCE for n in norms) or abs(dot) > ORTHONORMAL_TOLERANCE:
+    if orientation_problem(cosines) is not None:
         return "orientation (ImageOrientationPatient) is not orthonormal"
     if _floats(ds.get("ImagePositionPatient"), 3) is None:
         return "position (ImagePositionPatient) missing or invalid"
