@@ -1,9 +1,9 @@
 """The shape shared by the stage actors: a mailbox of task ids, one unit of work per task.
 
-A stage handler does its work and returns; this shell commits the move to the next stage and
-only then tells the next actor. Transient failures put the task in ``waiting`` and retry with
-capped backoff within the stage's time budget, then fail with the last error; permanent ones
-fail the task with their reason and are never retried in a loop.
+A stage handler does its work and returns; the pure runner (petray/stages/runner.py) commits
+the move to the next stage, and only then does this shell tell the next actor. Transient
+failures put the task in ``waiting`` and this shell arms the retry the runner committed;
+permanent ones fail the task with their reason and are never retried in a loop.
 
 Every actor heals itself (issue 8): whenever Ray (re)creates it — gateway start, ``ray.kill``,
 a lost node — its constructor asks the actor to ``resume``, which takes up every task active or
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -23,23 +22,14 @@ from ray.util import metrics
 
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
-from petray.db.models import Task
-from petray.domain import Stage, State
-from petray.errors import PermanentError, TransientError
+from petray.domain import Stage
 from petray.retry import retry_policy_for
 from petray.settings import Settings
-from petray.stages.pipeline import STAGE_ACTORS, next_stage, stages_of
-from petray.tasks import fail, get_task, move_to, record_transient_failure, runnable_in
+from petray.stages.pipeline import STAGE_ACTORS, stages_of
+from petray.stages.runner import Outcome, advance, run_once
+from petray.tasks import runnable_in
 
 logger = logging.getLogger(__name__)
-
-RUNNABLE_STATES = (State.ACTIVE.value, State.WAITING.value)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    advance_to: Stage | None = None
-    retry_in: float | None = None
 
 
 class StageWorker:
@@ -189,62 +179,26 @@ class StageWorker:
         raise NotImplementedError
 
     def _run(self, task_id: str) -> Outcome:
-        with unit_of_work(self.sessions) as session:
-            task = session.get(Task, task_id)
-            if task is None or task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
-                return Outcome()  # stale: deleted, cancelled, failed, or moved on already
         started = time.monotonic()
-        try:
-            target = self.handle(task_id) or next_stage(self.stage)
-        except TransientError as exc:
-            return self._retry_later(task_id, str(exc))
-        except PermanentError as exc:
-            self._finish_failed(task_id, str(exc))
-            return Outcome()
-        except Exception as exc:
-            logger.exception("task %s failed in %s", task_id, self.stage)
-            self._finish_failed(task_id, f"internal error in {self.stage}: {type(exc).__name__}")
-            return Outcome()
-        with unit_of_work(self.sessions) as session:
-            task = get_task(task_id, session=session, lock=True)
-            if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
-                # Cancelled while we worked, or moved on (a result callback that overtook
-                # the Uploader's own commit).
-                return Outcome()
-            self.on_advance(task, target, session=session)
-        self._processed += 1
-        self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "ok"})
-        self._m_duration.observe(time.monotonic() - started)
-        return Outcome(advance_to=target)
-
-    def _retry_later(self, task_id: str, error: str) -> Outcome:
-        self._m_retries.inc()
-        with unit_of_work(self.sessions) as session:
-            task = get_task(task_id, session=session, lock=True)
-            if task.stage != self.stage.value or task.state not in RUNNABLE_STATES:
-                return Outcome()
-            delay = record_transient_failure(
-                task, error, policy=self.policy, now=datetime.now(UTC), session=session
-            )
-            attempts = task.retry_attempts
-        if delay is None:
-            logger.warning("task %s %s: gave up after %d attempts", task_id, self.stage, attempts)
+        outcome = run_once(
+            task_id,
+            stage=self.stage,
+            handle=self.handle,
+            sessions=self.sessions,
+            policy=self.policy,
+            on_advance=lambda task, target, session: self.on_advance(task, target, session=session),
+        )
+        if outcome.retry_in is not None:
+            self._m_retries.inc()
+        elif outcome.failed:
             self._failed += 1
             self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "failed"})
-            return Outcome()
-        logger.warning("task %s %s: %s (retry in %.1f s)", task_id, self.stage, error, delay)
-        return Outcome(retry_in=delay)
+        elif outcome.advance_to is not None:
+            self._processed += 1
+            self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "ok"})
+            self._m_duration.observe(time.monotonic() - started)
+        return outcome
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """Commit the move to ``target`` (subclasses may record more in the same transaction)."""
-        state = State.DONE if target == Stage.DONE else State.ACTIVE
-        move_to(task, target, session=session, state=state)
-
-    def _finish_failed(self, task_id: str, reason: str) -> None:
-        logger.warning("task %s failed in %s: %s", task_id, self.stage, reason)
-        with unit_of_work(self.sessions) as session:
-            task = get_task(task_id, session=session, lock=True)
-            if task.state in RUNNABLE_STATES:
-                fail(task, reason, session=session)
-        self._failed += 1
-        self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "failed"})
+        advance(task, target, session)
