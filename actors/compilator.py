@@ -1,7 +1,8 @@
 """CompilatorActor: owns the open series assemblies and decides when each task is ready.
 
-An asyncio actor: each assembly has one timer, rescheduled by every new instance, so readiness
-is decided by events rather than a polling loop.
+The rules are petray/stages/compile.py's ``Compiler``; this actor batches the messages, keeps
+one timer per open assembly (rescheduled by every new instance, so readiness is decided by
+events rather than a polling loop) and tells the Validator after each commit.
 
 It shares SQLite's single write lock with ingest, so instance messages are not committed one by
 one: they are collected for at most BATCH_WINDOW_S and routed, assigned and (when complete)
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,28 +30,12 @@ from sqlalchemy.orm import Session
 
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
-from petray.db.models import Task
 from petray.dicom.ingest import ReceivedInstance
-from petray.domain import Stage, State
+from petray.domain import Stage
 from petray.settings import Settings
-from petray.stages.assemblies import (
-    assign,
-    compiling,
-    load_config,
-    open_task,
-    reopen_or_fail,
-    restore,
-    still_unassigned,
-    unassigned,
-)
-from petray.stages.compilator import (
-    Compilation,
-    CompilatorConfig,
-    SeriesAssembly,
-    SeriesKey,
-    Verdict,
-)
-from petray.tasks import add_note, fail, move_to
+from petray.stages.assemblies import compiling, load_config, restore, unassigned
+from petray.stages.compilator import CompilatorConfig, SeriesAssembly
+from petray.stages.compile import BatchOutcome, Compiler
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +52,6 @@ RETRY_DELAY_S = 1.0
 MIN_RECHECK_S = 0.05
 # The sweep leaves alone instances younger than this: their message is normally on its way.
 SWEEP_GRACE_S = 5.0
-# Assemblies dispatched on their NumberOfSlices are remembered this long (and this many per
-# series), so that more slices of the same series arriving later are recognised as such.
-DISPATCHED_MEMORY_S = 3600.0
-DISPATCHED_PER_SERIES = 4
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -79,15 +59,13 @@ class CompilatorActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._sessions = init_actor_process(settings)
-        self._compilation = Compilation()
+        self._compiler = Compiler()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._dispatcher = Dispatcher()
         self._background = Background()
         self._dispatched = 0
         self._aborted = 0
         self._pending: list[ReceivedInstance] = []
-        self._undecided: set[str] = set()
-        self._dispatched_on_count: dict[SeriesKey, deque[tuple[float, SeriesAssembly]]] = {}
         self._restored = False
         self._sweeping = False
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -115,7 +93,7 @@ class CompilatorActor:
         if not self._sweeping:
             self._sweeping = True
             self._background.spawn(self._sweep_forever())
-        return len(self._compilation)
+        return len(self._compiler)
 
     async def add_instance(self, instance: ReceivedInstance) -> None:
         await self.add_instances([instance])
@@ -134,10 +112,10 @@ class CompilatorActor:
 
     async def status(self) -> dict[str, Any]:
         return {
-            "open": len(self._compilation),
+            "open": len(self._compiler),
             "dispatched": self._dispatched,
             "aborted": self._aborted,
-            "backlog": len(self._compilation),
+            "backlog": len(self._compiler),
             "pending": len(self._pending),
             "restarted": current_actor_restarts() > 0,
         }
@@ -157,9 +135,9 @@ class CompilatorActor:
         """Take up instances nobody claimed, forget assemblies whose task went away."""
         before = datetime.now(UTC) - timedelta(seconds=SWEEP_GRACE_S)
         with unit_of_work(self._sessions) as session:
-            live = compiling([a.task_id for a in self._compilation], session=session)
+            live = compiling(self._compiler.open_task_ids(), session=session)
             orphans = unassigned(session=session, received_before=before)
-        self._forget_gone(live)
+        self._cancel_timers(self._compiler.forget_gone(live))
         if orphans:
             logger.warning("sweep found %d unclaimed instances; assigning them", len(orphans))
             self._pending.extend(orphans)
@@ -183,13 +161,10 @@ class CompilatorActor:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        self._compilation = Compilation()
         self._pending.clear()
         with unit_of_work(self._sessions) as session:
             assemblies, pending = restore(session=session)
-        for assembly in assemblies:
-            self._compilation.open(assembly)
-        self._undecided = {assembly.task_id for assembly in assemblies}
+        self._compiler.restore(assemblies)
         self._pending.extend(pending)
         self._broken = False
         self._restored = True
@@ -216,150 +191,56 @@ class CompilatorActor:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._pending = self._pending, []
-        touched: dict[str, SeriesAssembly] = {}
-        closed: list[tuple[SeriesAssembly, str]] = []
         try:
             with unit_of_work(self._sessions) as session:
-                now = time.time()
-                batch = still_unassigned(batch, session=session)
-                if batch:
-                    # Deleted or cancelled while open: its instances must not join it.
-                    self._forget_gone(
-                        compiling([a.task_id for a in self._compilation], session=session)
-                    )
-                members: dict[str, list[int]] = {}
-                for instance in batch:
-                    assembly = self._compilation.route(instance)
-                    if assembly is None:
-                        assembly = self._beyond_declared(instance, session=session, now=now)
-                    if assembly is None:
-                        assembly = open_task(instance, session=session, now=now)
-                        self._compilation.open(assembly)
-                    assembly.add(instance, now)
-                    members.setdefault(assembly.task_id, []).append(instance.instance_pk)
-                    touched[assembly.task_id] = assembly
-                for task_id, instance_pks in members.items():
-                    assign(instance_pks, touched[task_id], session=session)
-                # Assemblies restored from the database get their first decision here too.
-                for task_id in self._undecided:
-                    restored = self._compilation.get(task_id)
-                    if restored is not None:
-                        touched.setdefault(task_id, restored)
-                config = self._config_now(session)
-                for assembly in touched.values():
-                    failure = self._decide(assembly, config, now)
-                    if failure is not None and self._close_in(assembly, failure, session=session):
-                        closed.append((assembly, failure))
+                outcome = self._compiler.take(
+                    batch, session=session, config=self._config_now(session), now=time.time()
+                )
         except Exception:
             logger.exception("compilator batch of %d instances failed; rebuilding", len(batch))
             self._rebuild_later()
             return
-        self._undecided.clear()
-        for assembly, failure in closed:
+        self._after(outcome)
+
+    def _after(self, outcome: BatchOutcome) -> None:
+        self._cancel_timers(outcome.settled)
+        loop = asyncio.get_running_loop()
+        for task_id, delay in outcome.recheck.items():
+            self._timers[task_id] = loop.call_later(
+                max(delay, MIN_RECHECK_S), self._evaluate, task_id
+            )
+        for assembly, failure in outcome.closed:
             self._closed(assembly, failure)
 
-    def _forget_gone(self, live: set[str]) -> None:
-        for assembly in self._compilation:
-            if assembly.task_id not in live:
-                logger.info("task %s is no longer compiling; forgetting it", assembly.task_id)
-                self._compilation.close(assembly.task_id)
-                timer = self._timers.pop(assembly.task_id, None)
-                if timer is not None:
-                    timer.cancel()
-
-    def _beyond_declared(
-        self, instance: ReceivedInstance, *, session: Session, now: float
-    ) -> SeriesAssembly | None:
-        """The assembly for a slice of a series already dispatched on its NumberOfSlices.
-
-        The declared count was a lie (issue 8): the dispatched task takes the slice back if it
-        has not left the gateway yet; otherwise it fails, and so does the task that gathers the
-        rest, each naming the contradiction. None when the instance is not such a slice.
-        """
-        recent = self._dispatched_on_count.get((instance.series_pk, instance.calling_ae))
-        while recent and now - recent[0][0] > DISPATCHED_MEMORY_S:
-            recent.popleft()
-        if not recent:
-            return None
-        earlier = next(
-            (a for _, a in reversed(recent) if instance.sop_instance_uid not in a.sop_uids), None
-        )
-        if earlier is None:
-            return None  # a re-send of slices already dispatched: a new task, as always
-        recent.remove(next(item for item in recent if item[1] is earlier))
-        note = (
-            f"more images arrived than NumberOfSlices ({earlier.declared}) said, after the "
-            "series was dispatched"
-        )
-        if reopen_or_fail(
-            earlier.task_id, f"{note}; reassembled by slice positions", session=session
-        ):
-            earlier.contradict(f"{note}; the series was reassembled by slice positions")
-            self._compilation.open(earlier)
-            logger.warning("task %s reopened: %s", earlier.task_id, note)
-            return earlier
-        rest = open_task(instance, session=session, now=now)
-        rest.contradict(note)
-        rest.doomed = (
-            f"{note} (task {earlier.task_id} had already left the gateway with "
-            f"{earlier.images} images): correct the series and send it again"
-        )
-        self._compilation.open(rest)
-        logger.warning("task %s: %s; failing the rest", earlier.task_id, note)
-        return rest
-
-    def _decide(self, assembly: SeriesAssembly, config: CompilatorConfig, now: float) -> str | None:
-        """None while the assembly stays open (recheck timer set), else "" or why it aborts."""
-        timer = self._timers.pop(assembly.task_id, None)
-        if timer is not None:
-            timer.cancel()
-        decision = assembly.decide(config, now)
-        if decision.verdict == Verdict.READY:
-            return ""
-        if decision.verdict == Verdict.ABORT:
-            return decision.reason
-        if decision.recheck_in is not None:
-            loop = asyncio.get_running_loop()
-            self._timers[assembly.task_id] = loop.call_later(
-                max(decision.recheck_in, MIN_RECHECK_S), self._evaluate, assembly.task_id
-            )
-        return None
+    def _cancel_timers(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            timer = self._timers.pop(task_id, None)
+            if timer is not None:
+                timer.cancel()
 
     def _evaluate(self, task_id: str) -> None:
         """A recheck timer fired: decide again without a new instance."""
         self._timers.pop(task_id, None)
         if self._broken:
             return
-        assembly = self._compilation.get(task_id)
+        assembly = self._compiler.compilation.get(task_id)
         if assembly is None:
             return
+        outcome = BatchOutcome(settled=[task_id])
         try:
-            failure = self._decide(assembly, self._config_now(), time.time())
+            failure, recheck_in = self._compiler.decide(assembly, self._config_now(), time.time())
             if failure is None:
-                return
-            with unit_of_work(self._sessions) as session:
-                if not self._close_in(assembly, failure, session=session):
-                    return
+                if recheck_in is not None:
+                    outcome.recheck[task_id] = recheck_in
+            else:
+                with unit_of_work(self._sessions) as session:
+                    if self._compiler.close_in(assembly, failure, session=session):
+                        outcome.closed.append((assembly, failure))
         except Exception:
             logger.exception("compilator recheck of task %s failed; rebuilding", task_id)
             self._rebuild_later()
             return
-        self._closed(assembly, failure)
-
-    def _close_in(self, assembly: SeriesAssembly, failure: str, *, session: Session) -> bool:
-        """Commit the assembly's end; False when its task was deleted or cancelled meanwhile."""
-        self._compilation.close(assembly.task_id)
-        task = session.get(Task, assembly.task_id, with_for_update=True)
-        if task is None or (task.stage, task.state) != (Stage.COMPILING, State.ACTIVE):
-            return False
-        task.images = assembly.images
-        if assembly.contradiction:
-            add_note(task, assembly.contradiction)
-        if failure:
-            fail(task, failure, session=session)
-        else:
-            move_to(task, Stage.VALIDATING, session=session)
-        return True
+        self._after(outcome)
 
     def _closed(self, assembly: SeriesAssembly, failure: str) -> None:
         """After the commit: count it and tell the next stage."""
@@ -370,9 +251,5 @@ class CompilatorActor:
             return
         self._dispatched += 1
         self._m_outcome.inc(tags={"outcome": "dispatched"})
-        if assembly.expected is not None:
-            recent = self._dispatched_on_count.setdefault(
-                assembly.key, deque(maxlen=DISPATCHED_PER_SERIES)
-            )
-            recent.append((time.time(), assembly))
+        self._compiler.dispatched(assembly, time.time())
         self._dispatcher.submit(Stage.VALIDATING, assembly.task_id)

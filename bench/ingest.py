@@ -15,13 +15,12 @@ temporary
 It also measures the delay from the last slice received to the task leaving ``compiling``, two
 ways, both without Ray (the actor path with Ray messaging is measured elsewhere):
 
-* pure:   petray.stages.compilator.Compilation + CompilatorConfig fed by each on_instance message
-in the
-          association thread; delay = READY decided - last message handed over;
-* mirror: a consumer thread fed through a queue doing what actors/compilator.py does per instance
-          (route/open_task/add/assign committed, load_config, decide) and, when ready, the
-          move_to(VALIDATING) commit, on the same SQLite database while ingest runs; delay =
-          that commit - last message handed over (its backlog included).
+* pure:   petray.stages.compilator.Compilation + CompilatorConfig fed by each on_instance
+          message in the association thread; delay = READY decided - last message handed over;
+* mirror: a consumer thread fed through a queue, batching as actors/compilator.py does, each
+          batch taken by the actor's own rules (petray.stages.compile.Compiler: route, claim,
+          decide, commit the move to validating) on the same SQLite database while ingest runs;
+          delay = that commit - last message handed over (its backlog included).
 
 ``--ray`` adds the real thing: petray's StoreScpActor and CompilatorActor in a private local Ray
 (``ray.init(address="local")``, shut down afterwards), storescu sending to the actor's listener.
@@ -65,9 +64,9 @@ from petray.dicom.scp import StoreService
 from petray.domain import Stage
 from petray.settings import load_settings
 from petray.site.siteconfig import Listener
-from petray.stages.assemblies import assign, load_config, open_task
+from petray.stages.assemblies import load_config
 from petray.stages.compilator import Compilation, CompilatorConfig, SeriesAssembly, Verdict
-from petray.tasks import get_task, move_to
+from petray.stages.compile import Compiler
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +177,12 @@ class CompilationProbe:
 
 
 class CompilatorMirror:
-    """What actors/compilator.py does per message, in a thread fed through a queue."""
+    """The CompilatorActor's batching and its Compiler, in a thread fed through a queue."""
 
     def __init__(self, sessions: Callable[[], object]) -> None:
         self._sessions = sessions
         self._queue: queue.SimpleQueue[ReceivedInstance | None] = queue.SimpleQueue()
-        self._compilation = Compilation()
+        self._compiler = Compiler()
         self.last_message = 0.0
         self.ready_at = 0.0
         self._thread = threading.Thread(target=self._run, name="compilator-mirror", daemon=True)
@@ -216,29 +215,11 @@ class CompilatorMirror:
                     stop = True
                     break
                 batch.append(message)
-            now = time.time()
             with unit_of_work(sessions) as session:  # type: ignore[arg-type]
-                touched: dict[str, SeriesAssembly] = {}
-                members: dict[str, list[int]] = {}
-                for message in batch:
-                    assembly = self._compilation.route(message)
-                    if assembly is None:
-                        assembly = open_task(message, session=session, now=now)
-                        self._compilation.open(assembly)
-                    assembly.add(message, now)
-                    members.setdefault(assembly.task_id, []).append(message.instance_pk)
-                    touched[assembly.task_id] = assembly
-                for task_id, instance_pks in members.items():
-                    assign(instance_pks, touched[task_id], session=session)
-                ready = False
-                for assembly in touched.values():
-                    if assembly.decide(config, now).verdict == Verdict.READY:
-                        self._compilation.close(assembly.task_id)
-                        task = get_task(assembly.task_id, session=session, lock=True)
-                        task.images = assembly.images
-                        move_to(task, Stage.VALIDATING, session=session)
-                        ready = True
-            if ready:
+                outcome = self._compiler.take(
+                    batch, session=session, config=config, now=time.time()
+                )
+            if any(failure == "" for _, failure in outcome.closed):
                 self.ready_at = time.perf_counter()
             if stop:
                 return
