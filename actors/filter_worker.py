@@ -13,28 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import ray
 
-from petray.imaging.derive import (
-    EncodedSeries,
-    SeriesJob,
-    SliceTemplate,
-    encode_series,
-    write_series,
-)
-from petray.imaging.filters import FilterSpec, apply_post_filter
-from petray.imaging.quant import ActivityMetrics, measure
-
-
-@dataclass(frozen=True)
-class FilteredSeries:
-    """A finished filter job: the files' count (or the encoded files) and the volume's metrics."""
-
-    series: int | EncodedSeries
-    metrics: ActivityMetrics | None = None
+from petray.imaging.derive import SeriesJob, SliceTemplate
+from petray.imaging.filters import FilterSpec
+from petray.stages.unpack import FilteredSeries, filter_series
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -61,14 +46,17 @@ class FilterWorker:
         rather than moved anywhere for it.
         """
         # ``denoised`` arrives as a read-only view of the object store's copy (no copy made).
-        filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
         self._jobs += 1
-        metrics = None
-        if body_threshold_bqml is not None:
-            metrics = measure(filtered, spacing_zyx, body_threshold_bqml=body_threshold_bqml)
-        if ray.get_runtime_context().get_node_id() == writer_node:
-            return FilteredSeries(len(write_series(filtered, templates, job)), metrics)
-        return FilteredSeries(encode_series(filtered, templates, job), metrics)
+        return filter_series(
+            denoised,
+            noise,
+            templates,
+            spec,
+            spacing_zyx,
+            job,
+            write=ray.get_runtime_context().get_node_id() == writer_node,
+            body_threshold_bqml=body_threshold_bqml,
+        )
 
     def describe(self, volume: np.ndarray) -> dict[str, object]:
         """How ``volume`` arrived in this worker; exists only so the benchmark can prove zero-copy.

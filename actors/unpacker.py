@@ -13,23 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
 from actors.filter_pool import PoolWorker, sync_pool
-from actors.filter_worker import FilteredSeries
 from actors.placement import gateway_node_id
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
-from petray.imaging.derive import EncodedSeries, SeriesJob, prepare_templates, write_encoded
 from petray.imaging.quant import ActivityMetrics
-from petray.service.archive import read_result_archive
 from petray.settings import Settings
 from petray.site import audit
 from petray.stages.outputs import (
@@ -40,7 +35,8 @@ from petray.stages.outputs import (
     series_job,
 )
 from petray.stages.records import Packed, Quant
-from petray.stages.review import hold, hold_reason, judge, must_hold, site_thresholds
+from petray.stages.review import hold, hold_reason, must_hold, site_thresholds
+from petray.stages.unpack import FilteredSeries, judged, open_result, written
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
 
@@ -97,20 +93,13 @@ class UnpackerActor(StageWorker):
             quant = Quant.find(task.details)
             specs = filters_for(task, session=session)
             original_description = task.series.description
-        sources = [Path(p) for p in packed.slice_paths]
-        # Source headers are parsed (pure Python) while the archive is unzipped and hashed
-        # (C code that releases the GIL): the two overlap in this process.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            templates_future = pool.submit(prepare_templates, sources)
-            result = read_result_archive(
-                TaskFiles.of(self.settings, task_id).result_archive,
-                expected_shape=packed.shape,
-                max_uncompressed_bytes=self.settings.max_result_bytes,
-                expected_task_id=task_id,
-                input_peak=packed.input_peak,
-                max_factor=self.settings.result_max_factor,
-            )
-            templates = templates_future.result()
+        result, templates = open_result(
+            TaskFiles.of(self.settings, task_id).result_archive,
+            packed,
+            task_id=task_id,
+            max_uncompressed_bytes=self.settings.max_result_bytes,
+            max_factor=self.settings.result_max_factor,
+        )
         # Each volume and the templates are put once; every job reads the same shared copy.
         denoised_ref = ray.put(result.denoised)
         noise_ref = ray.put(result.noise) if result.noise is not None else None
@@ -151,7 +140,7 @@ class UnpackerActor(StageWorker):
         def collect(index: int, result: FilteredSeries) -> int:
             if result.metrics is not None:
                 measured[index] = result.metrics
-            return _written(result.series, jobs[index])
+            return written(result, jobs[index])
 
         counts = self._run_jobs(task_id, len(jobs), run, collect)
         built = [
@@ -161,12 +150,9 @@ class UnpackerActor(StageWorker):
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             record_outputs(task, built, session=session)
-            if quant is not None and len(measured) == len(specs):
-                derived = [
-                    (f"#{spec.series_number} {spec.description}", spec.series_number, measured[i])
-                    for i, spec in enumerate(specs)
-                ]
-                judge(quant, derived, site_thresholds(session=session)).put(task)
+            verdict = judged(quant, specs, measured, site_thresholds(session=session))
+            if verdict is not None:
+                verdict.put(task)
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """A result beyond the site's quantitative limits stops here, held for review."""
@@ -238,10 +224,3 @@ class UnpackerActor(StageWorker):
                 continue
             counts[index] = collect(index, result)
         return [counts[i] for i in range(count)]
-
-
-def _written(result: int | EncodedSeries, job: SeriesJob) -> int:
-    """The file count of a finished job, writing the series a worker elsewhere encoded."""
-    if isinstance(result, EncodedSeries):
-        return len(write_encoded(result, job.outdir))
-    return int(result)
