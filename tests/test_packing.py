@@ -15,10 +15,8 @@ from petray.imaging.reconstruction import RECONSTRUCTION_FIELDS
 from petray.imaging.volume import load_series_volume
 from petray.service.archive import write_upload_archive
 from petray.service.packing import upload_metadata
-from petray.site.radiopharm import SEED_RADIOPHARMACEUTICALS
-from petray.stages.pack import pack
-from petray.stages.validate import validate
 from petray.stages.validation import build_processing_header, processing_metadata
+from tests.support.stages import validate_and_pack
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 
@@ -45,33 +43,12 @@ def test_upload_archive_carries_no_identifying_value(tmp_path: Path, vendor: str
     )
     files = write_series(datasets, tmp_path / "series")
     # The Validating and Packing stages' own functions, as their actors call them (no Ray).
-    volume = load_series_volume(files)
-    first = dcmread(files[0], stop_before_pixels=True)
-    validation = validate(
-        TASK_ID,
-        first,
-        slice_spacing_mm=volume.spacing_zyx[0],
-        slice_decays=read_slice_decays(files),
-        table=SEED_RADIOPHARMACEUTICALS,
-        require_patient_weight=False,
-        client_id="site-1",
-    )
     archive = tmp_path / f"{TASK_ID}.zip"
-    packed, quant = pack(
-        volume.data,
-        spacing_zyx=volume.spacing_zyx,
-        slice_paths=volume.slice_paths,
-        first_header=first,
-        validated=validation.record,
-        task_id=TASK_ID,
-        client_id="site-1",
-        archive=archive,
-        compresslevel=1,
-    )
-    assert packed.archive == str(archive) and packed.shape == (12, 32, 32)
-    assert packed.slice_paths == tuple(str(p) for p in volume.slice_paths)
-    assert quant.check.status == "pending" and quant.suv_factor is not None
-    assert validation.date_shift_days == choose_date_shift_days(TASK_ID)
+    done = validate_and_pack(files, archive, task_id=TASK_ID, client_id="site-1")
+    assert done.packed.archive == str(archive) and done.packed.shape == (12, 32, 32)
+    assert done.packed.slice_paths == tuple(str(p) for p in done.volume.slice_paths)
+    assert done.quant.check.status == "pending" and done.quant.suv_factor is not None
+    assert done.validation.date_shift_days == choose_date_shift_days(TASK_ID)
     secrets: set[str] = set()
     for ds in datasets:
         secrets |= identifying_values(ds)

@@ -17,14 +17,11 @@ from petray.demo.synth import make_pet_series, write_series
 from petray.imaging.derive import EncodedSeries
 from petray.imaging.filters import FilterSpec
 from petray.imaging.quant import QuantThresholds
-from petray.imaging.volume import load_series_volume
 from petray.service.archive import DENOISED_NAME, METADATA_NAME, ArchiveRejected
-from petray.site.radiopharm import SEED_RADIOPHARMACEUTICALS
 from petray.stages.outputs import series_job
-from petray.stages.pack import pack
 from petray.stages.records import Packed, Quant
 from petray.stages.unpack import filter_series, judged, open_result, written
-from petray.stages.validate import validate
+from tests.support.stages import validate_and_pack
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
 UID_ROOT = "1.2.826.0.1.3680043.10.1234"
@@ -34,29 +31,8 @@ SHARP = FilterSpec(id=2, description="Denoised", series_number=902)
 
 def packed_task(tmp_path: Path) -> tuple[Packed, Quant, np.ndarray]:
     files = write_series(make_pet_series(slices=6, rows=16, cols=16), tmp_path / "in")
-    volume = load_series_volume(files)
-    first = dcmread(files[0], stop_before_pixels=True)
-    validation = validate(
-        TASK_ID,
-        first,
-        slice_spacing_mm=volume.spacing_zyx[0],
-        slice_decays=[],
-        table=SEED_RADIOPHARMACEUTICALS,
-        require_patient_weight=False,
-        client_id="site",
-    )
-    packed, quant = pack(
-        volume.data,
-        spacing_zyx=volume.spacing_zyx,
-        slice_paths=volume.slice_paths,
-        first_header=first,
-        validated=validation.record,
-        task_id=TASK_ID,
-        client_id="site",
-        archive=tmp_path / "work" / f"{TASK_ID}.zip",
-        compresslevel=1,
-    )
-    return packed, quant, volume.data
+    done = validate_and_pack(files, tmp_path / "work" / f"{TASK_ID}.zip", task_id=TASK_ID)
+    return done.packed, done.quant, done.received
 
 
 def result_archive(path: Path, denoised: np.ndarray, task_id: str = TASK_ID) -> Path:
