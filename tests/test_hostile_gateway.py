@@ -149,7 +149,14 @@ def test_bad_results_forged_callbacks_and_bad_instances_between_good_series(
     # The listener is still there, and the next good series is delivered like the first.
     good(running, tmp_path, seed=2)
     assert running.delivered() == 2 * SLICES
-    health = httpx.get(
-        f"http://127.0.0.1:{running.settings.http_port}/api/v1/health", timeout=10
-    ).json()
-    assert health["status"] != "down", health
+    # Each actor has half a second to report: on a loaded machine one report may come late,
+    # which says nothing of the hostile input. What must not be is a lasting "down".
+    deadline = time.monotonic() + 30
+    while True:
+        health = httpx.get(
+            f"http://127.0.0.1:{running.settings.http_port}/api/v1/health", timeout=10
+        ).json()
+        if health["status"] != "down" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert health["status"] != "down", [c for c in health["checks"] if c["verdict"] == "fail"]
