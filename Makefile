@@ -17,6 +17,7 @@ lint:
 bench:
 	scripts/setup.sh test
 	.venv/bin/python -m bench.ingest
+	.venv/bin/python -m bench.concurrency
 	.venv/bin/python -m bench.pipeline
 	.venv/bin/python -m bench.stow
 	.venv/bin/python -m bench.start

@@ -1,0 +1,246 @@
+"""Concurrent ingest benchmark (issue 13): N storescu associations at once, each its own
+300 x 192x192 series, into Orthanc, DCMTK storescp (``--fork``) and petray's real actors.
+
+    python -m bench.concurrency [--associations 4 8] [--runs 3]
+
+petray is the StoreScpActor and CompilatorActor in a private local Ray (as ``bench.ingest
+--ray``), durable before each answer (fsync on); a run counts only when every series became
+exactly one task that left ``compiling``. The clock runs from the first storescu's start to
+the last one's exit, the same for every receiver. Medians of ``--runs``, instances per second
+and the ratio to Orthanc in the same run; the load average is printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from bench.ingest import (
+    CACHE_DIR,
+    PETRAY_AE,
+    RAY_START_TIMEOUT_S,
+    SEND_TIMEOUT_S,
+    SENDER_AE,
+    STORESCP,
+    STORESCU,
+    local_ray,
+)
+from petray.db.engine import make_engine, make_sessionmaker, migrate
+from petray.db.models import Instance, Task
+from petray.demo.orthanc import LOOPBACK, free_port, peer_env, port_open, start_orthanc
+from petray.demo.synth import make_pet_series, write_series
+from petray.domain import Stage
+from petray.settings import load_settings
+
+SLICES, SIZE = 300, 192
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Series:
+    directory: Path
+    files: int
+
+
+@dataclass(frozen=True)
+class Run:
+    receiver: str
+    associations: int
+    seconds: float
+    files: int
+    received: int
+
+    @property
+    def per_second(self) -> float:
+        return self.files / self.seconds
+
+
+def series_copies(count: int) -> list[Series]:
+    """``count`` distinct series (own patient, study and UIDs), generated once and cached."""
+    copies = []
+    for index in range(count):
+        directory = CACHE_DIR / f"concurrent-{index}-{SLICES}x{SIZE}x{SIZE}"
+        marker = directory / ".complete"
+        if not marker.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            series = make_pet_series(slices=SLICES, rows=SIZE, cols=SIZE, seed=100 + index)
+            write_series(series, directory)
+            marker.write_text("ok\n")
+        copies.append(Series(directory, len(list(directory.glob("*.dcm")))))
+    return copies
+
+
+def send_all(copies: Sequence[Series], port: int, called_ae: str) -> float:
+    """One storescu per series, all started at once; seconds until the last one exits."""
+    started = time.perf_counter()
+    command = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, "-R", "+sd", "-nh", LOOPBACK]
+    senders = [
+        subprocess.Popen(
+            [*command, str(port), str(series.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=peer_env(),
+        )
+        for series in copies
+    ]
+    failures = []
+    for sender in senders:
+        _, err = sender.communicate(timeout=SEND_TIMEOUT_S)
+        if sender.returncode != 0 or "Failed" in err:
+            failures.append(err[-500:])
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{len(failures)} storescu failed: {failures[0]}")
+    return elapsed
+
+
+@contextmanager
+def orthanc() -> Iterator[tuple[int, str, Callable[[], int]]]:
+    with (
+        tempfile.TemporaryDirectory(prefix="petray-bench-orthanc-") as tmp,
+        start_orthanc(Path(tmp)) as peer,
+    ):
+        yield peer.dicom_port, peer.aet, lambda: len(peer.instances())
+
+
+@contextmanager
+def storescp() -> Iterator[tuple[int, str, Callable[[], int]]]:
+    with tempfile.TemporaryDirectory(prefix="petray-bench-storescp-") as tmp:
+        port = free_port()
+        # --fork: one process per association, so that associations run in parallel.
+        args = [STORESCP, "--fork", "-aet", "STORESCP", "+xa", "-pm", "-dhl", "-od", tmp]
+        process = subprocess.Popen(
+            [*args, str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=peer_env(),
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not port_open(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("storescp did not start")
+                time.sleep(0.05)
+            yield port, "STORESCP", lambda: len(os.listdir(tmp))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@contextmanager
+def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
+    """The StoreScpActor and CompilatorActor in a private local Ray, on a fresh home."""
+    import ray
+
+    from actors import names
+    from actors.compilator import CompilatorActor
+    from actors.store_scp import StoreScpActor
+
+    with tempfile.TemporaryDirectory(prefix="petray-bench-concurrency-") as tmp, local_ray():
+        settings = load_settings(
+            home=Path(tmp), fsync=True, dicom_port=free_port(), ae_title=PETRAY_AE
+        )
+        settings.ensure_dirs()
+        engine = make_engine(settings.resolved_database_url)
+        migrate(engine)
+        sessions = make_sessionmaker(engine)
+        compilator_class: Any = CompilatorActor
+        scp_class: Any = StoreScpActor
+        compilator = compilator_class.options(
+            name=names.COMPILATOR, namespace=names.NAMESPACE
+        ).remote(settings)
+        ray.get(compilator.start.remote(), timeout=RAY_START_TIMEOUT_S)
+        scp = scp_class.options(name=names.STORE_SCP, namespace=names.NAMESPACE).remote(settings)
+        try:
+            listener = ray.get(scp.start.remote(), timeout=RAY_START_TIMEOUT_S)
+
+            def received() -> int:
+                with sessions() as session:
+                    return session.scalar(select(func.count()).select_from(Instance)) or 0
+
+            yield int(listener["port"]), str(listener["ae_title"]), received
+            # Every series must have become one task that left compiling.
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                with sessions() as session:
+                    stages = session.scalars(select(Task.stage)).all()
+                if (stages and Stage.COMPILING.value not in stages) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            print(f"    petray tasks: {len(stages)}, stages {sorted(set(stages))}")
+        finally:
+            ray.get(scp.stop.remote(), timeout=RAY_START_TIMEOUT_S)
+            ray.kill(scp, no_restart=True)
+            ray.kill(compilator, no_restart=True)
+            engine.dispose()
+
+
+RECEIVERS: dict[str, Callable[[], AbstractContextManager[tuple[int, str, Callable[[], int]]]]] = {
+    "orthanc": orthanc,
+    "storescp": storescp,
+    "petray(ray)": petray_actors,
+}
+
+
+def measure(receiver: str, copies: Sequence[Series]) -> Run:
+    with RECEIVERS[receiver]() as (port, called_ae, received):
+        seconds = send_all(copies, port, called_ae)
+        total = sum(series.files for series in copies)
+        deadline = time.monotonic() + 10  # storescp writes each file after it answers
+        while (count := received()) < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return Run(receiver, len(copies), seconds, total, count)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--associations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    copies = series_copies(max(args.associations))
+    runs: list[Run] = []
+    for count in args.associations:
+        for run in range(1, args.runs + 1):
+            for receiver in RECEIVERS:
+                result = measure(receiver, copies[:count])
+                runs.append(result)
+                print(
+                    f"{count} associations, run {run}, {receiver:<12} {result.seconds:6.2f} s "
+                    f"{result.per_second:7.1f} inst/s  received {result.received}/{result.files}",
+                    flush=True,
+                )
+    print()
+    print(f"{'associations':<13} {'receiver':<12} {'inst/s':>8} {'vs Orthanc':>10}")
+    for count in args.associations:
+        rates = {
+            receiver: statistics.median(
+                r.per_second for r in runs if r.receiver == receiver and r.associations == count
+            )
+            for receiver in RECEIVERS
+        }
+        for receiver, rate in rates.items():
+            print(f"{count:<13} {receiver:<12} {rate:8.1f} {rate / rates['orthanc']:9.2f}x")
+    print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    incomplete = [r for r in runs if r.received < r.files]
+    if incomplete:
+        print(f"INCOMPLETE: {len(incomplete)} runs did not receive every instance")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
