@@ -29,6 +29,9 @@ from petray.stages.pipeline import RESUMABLE_STAGES
 from petray.stages.records import Quant
 from petray.task_files import TaskFiles, recorded_paths
 
+# States a task is taken up in by its stage's actor (or retried from).
+RUNNABLE_STATES = (State.ACTIVE.value, State.WAITING.value)
+
 # States whose event message is also the task's reason (what the console shows).
 REASONED_STATES = frozenset({State.WAITING, State.FAILED, State.CANCELLED, State.HELD})
 
@@ -156,7 +159,7 @@ def unfinished_tasks(*, session: Session) -> list[tuple[str, Stage]]:
     rows = session.execute(
         select(Task.id, Task.stage)
         .where(Task.stage.in_([s.value for s in RESUMABLE_STAGES]))
-        .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+        .where(Task.state.in_(RUNNABLE_STATES))
         .order_by(Task.created)
     ).all()
     return [(task_id, Stage(stage)) for task_id, stage in rows]
@@ -172,7 +175,7 @@ def runnable_in(
     rows = session.execute(
         select(Task.id, Task.next_attempt_at)
         .where(Task.stage.in_([s.value for s in stages]))
-        .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+        .where(Task.state.in_(RUNNABLE_STATES))
         .order_by(Task.created)
     ).all()
     return [(task_id, next_at) for task_id, next_at in rows]
@@ -184,7 +187,7 @@ def awaiting_result(*, session: Session) -> list[str]:
         session.scalars(
             select(Task.id)
             .where(Task.stage.in_([Stage.UPLOADING.value, Stage.PROCESSING.value]))
-            .where(Task.state.in_([State.ACTIVE.value, State.WAITING.value]))
+            .where(Task.state.in_(RUNNABLE_STATES))
             .order_by(Task.created)
         )
     )

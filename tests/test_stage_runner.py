@@ -43,7 +43,7 @@ def test_success_commits_the_tables_next_stage_and_names_it(
 ) -> None:
     task_id = new_task(sqlite_sessions, Stage.VALIDATING)
     outcome = run(sqlite_sessions, task_id, Stage.VALIDATING, lambda _id: None)
-    assert outcome == Outcome(advance_to=Stage.PACKING, ran=True)
+    assert outcome == Outcome(advance_to=Stage.PACKING)
     assert state_of(sqlite_sessions, task_id)[:2] == ("packing", "active")
 
 
@@ -77,7 +77,7 @@ def test_a_task_cancelled_while_the_work_ran_is_not_moved_on(
             cancel(tid, session=session)
 
     outcome = run(sqlite_sessions, task_id, Stage.PACKING, cancelled_meanwhile)
-    assert outcome == Outcome(ran=True)
+    assert outcome == Outcome()
     assert state_of(sqlite_sessions, task_id)[:2] == ("packing", "cancelled")
 
 
@@ -97,7 +97,7 @@ def test_a_transient_failure_waits_then_gives_up_at_the_end_of_the_budget(
     assert reason == "shared folder not writable (attempt 1, retrying)"
     clock[0] = T0 + timedelta(seconds=11)  # past the 10 s budget
     outcome = run(sqlite_sessions, task_id, Stage.UPLOADING, share_away, now=lambda: clock[0])
-    assert outcome == Outcome(failed=True, ran=True)
+    assert outcome == Outcome(failed=True)
     stage, state, reason = state_of(sqlite_sessions, task_id)
     assert (stage, state) == ("uploading", "failed")
     assert reason.startswith("gave up after 2 attempts over 11 s: shared folder not writable")

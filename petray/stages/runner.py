@@ -29,11 +29,9 @@ from petray.domain import Stage, State
 from petray.errors import PermanentError, TransientError
 from petray.retry import RetryPolicy
 from petray.stages.pipeline import next_stage
-from petray.tasks import fail, get_task, move_to, record_transient_failure
+from petray.tasks import RUNNABLE_STATES, fail, get_task, move_to, record_transient_failure
 
 logger = logging.getLogger(__name__)
-
-RUNNABLE_STATES = (State.ACTIVE.value, State.WAITING.value)
 
 # The stage's work on one task id: where the task goes next, or None for the table's next stage.
 Handler = Callable[[str], Stage | None]
@@ -49,8 +47,6 @@ class Outcome:
     retry_in: float | None = None
     # The task failed here (permanently, or out of its retry budget).
     failed: bool = False
-    # The work was done (whether or not it could be committed).
-    ran: bool = False
 
 
 def advance(task: Task, target: Stage, session: Session) -> None:
@@ -92,9 +88,9 @@ def run_once(
         if not runnable_here(task, stage):
             # Cancelled while the work ran, or moved on (a result callback that overtook the
             # Uploader's own commit).
-            return Outcome(ran=True)
+            return Outcome()
         on_advance(task, target, session)
-    return Outcome(advance_to=target, ran=True)
+    return Outcome(advance_to=target)
 
 
 def _retry_later(
@@ -109,14 +105,14 @@ def _retry_later(
     with unit_of_work(sessions) as session:
         task = get_task(task_id, session=session, lock=True)
         if not runnable_here(task, stage):
-            return Outcome(ran=True)
+            return Outcome()
         delay = record_transient_failure(task, error, policy=policy, now=now(), session=session)
         attempts = task.retry_attempts
     if delay is None:
         logger.warning("task %s %s: gave up after %d attempts", task_id, stage, attempts)
-        return Outcome(failed=True, ran=True)
+        return Outcome(failed=True)
     logger.warning("task %s %s: %s (retry in %.1f s)", task_id, stage, error, delay)
-    return Outcome(retry_in=delay, ran=True)
+    return Outcome(retry_in=delay)
 
 
 def _fail(task_id: str, stage: Stage, reason: str, *, sessions: sessionmaker[Session]) -> Outcome:
@@ -125,4 +121,4 @@ def _fail(task_id: str, stage: Stage, reason: str, *, sessions: sessionmaker[Ses
         task = get_task(task_id, session=session, lock=True)
         if task.state in RUNNABLE_STATES:
             fail(task, reason, session=session)
-    return Outcome(failed=True, ran=True)
+    return Outcome(failed=True)
