@@ -109,10 +109,12 @@ class Rig:
         for path in self.destination.received():
             path.unlink()
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, *, then: Callable[[], None] | None = None) -> None:
         """Kill one actor as a crash would; Ray restarts it (max_restarts=-1).
 
-        ``FILTER_WORKER_PREFIX`` names whichever filter worker exists first.
+        ``FILTER_WORKER_PREFIX`` names whichever filter worker exists first. ``then`` runs right
+        after the kill, before the wait for the restart (work may go on elsewhere meanwhile: a
+        lost filter worker's filter reruns on the other worker at once).
         """
         if name == names.FILTER_WORKER_PREFIX:
             name = min(
@@ -123,6 +125,8 @@ class Rig:
         handle = ray.get_actor(name, namespace=names.NAMESPACE)
         restarts = actor_state(handle)[1]
         ray.kill(handle, no_restart=False)
+        if then is not None:
+            then()
         deadline = time.monotonic() + 60
         while actor_state(handle) != ("ALIVE", restarts + 1):
             assert time.monotonic() < deadline, f"{name} did not come back"
@@ -252,9 +256,10 @@ def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
     else:
         rig.send(files)
     rig.wait_for(lambda ts: ts[0].stage == stage, f"the task to reach {stage}", timeout_s=60)
-    rig.kill(actor)
-    # The kill landed while the task was in the stage: nothing moved it on meanwhile.
-    assert rig.tasks()[0].stage == stage
+    seen: list[str] = []
+    rig.kill(actor, then=lambda: seen.append(rig.tasks()[0].stage))
+    # The kill landed while the task was in the stage: nothing had moved it on.
+    assert seen == [stage]
     rig.control(delay=0.0)
     tasks = rig.finished()
     assert len(tasks) == 1
