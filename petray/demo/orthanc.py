@@ -40,15 +40,24 @@ START_ATTEMPTS = 3  # a free port can be taken by someone else between probe and
 LISTEN_PORTS = range(20000, 32000)
 
 
+# Ports this process handed out: a caller often asks for several before it binds any (a
+# gateway's DICOM and HTTP ports, then a peer's), so a probe alone could return one twice.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (the caller retries if it is taken before use)."""
+    """A TCP port free on loopback right now and not handed out before by this process (the
+    caller retries if another process takes it before use)."""
     for _ in range(200):
         port = random.choice(LISTEN_PORTS)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((LOOPBACK, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
