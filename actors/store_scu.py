@@ -1,4 +1,11 @@
-"""StoreScuActor: sends every output series to every destination of the task."""
+"""StoreScuActor: sends every output series to every destination of the task.
+
+Streaming (issue 13): while the task is still unpacking, the Unpacker hands over each derived
+series as soon as it is written (``deliver_ready``), so the biggest two stages overlap. Such an
+early delivery records each acknowledged instance like the stage does and is only a head start:
+the Sending stage then sends whatever is not recorded yet (normally nothing) and alone decides
+the destination's state. A task whose quantitative check could hold it is never sent early.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,12 @@ from pathlib import Path
 
 import ray
 from ray.util import metrics
+from sqlalchemy.orm import Session
 
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
-from petray.domain import Stage
+from petray.domain import Stage, State
 from petray.errors import DeliveryRefused, TransientError
 from petray.site.audit import record_association
 from petray.site.siteconfig import effective_listener
@@ -26,7 +34,7 @@ from petray.stages.delivery import (
     with_device_tls,
     with_stow_credentials,
 )
-from petray.stages.outputs import output_files
+from petray.stages.outputs import output_files, series_files
 from petray.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -58,15 +66,63 @@ class StoreScuActor(StageWorker):
             "Delivery attempts to a destination by outcome (done, waiting, failed)",
             tag_keys=("destination", "outcome"),
         )
+        # Early deliveries, one queue (a thread) per task: its series go one after another.
+        self._early: dict[str, ThreadPoolExecutor] = {}
+
+    async def deliver_ready(self, task_id: str, directory: str) -> None:
+        """Start sending one written series of a task that is still unpacking (fire and forget)."""
+        queue = self._early.get(task_id)
+        if queue is None:
+            queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-early")
+            self._early[task_id] = queue
+        queue.submit(self._deliver_early, task_id, Path(directory))
+
+    def _deliver_early(self, task_id: str, directory: Path) -> None:
+        try:
+            with unit_of_work(self.sessions) as session:
+                task = get_task(task_id, session=session)
+                if task.stage != Stage.UNPACKING.value or task.state != State.ACTIVE.value:
+                    return  # the stage (or an operator) has taken over
+                destinations = self._destinations(task_id, session=session)
+                calling_ae = effective_listener(self.settings, session=session).ae_title
+            files = series_files(directory)
+            for destination in destinations:
+                _name, failure = self._deliver(destination, files, calling_ae, final=False)
+                if failure is not None:
+                    logger.warning(
+                        "task %s: early delivery to %s stopped (%s); the Sending stage retries",
+                        task_id,
+                        destination.name,
+                        failure,
+                    )
+        except Exception:
+            # A head start only: whatever it did not send, the Sending stage sends.
+            logger.exception("task %s: early delivery of %s failed", task_id, directory.name)
+
+    def _wait_for_early(self, task_id: str) -> None:
+        """Let the task's early deliveries end before the stage reads what was sent."""
+        queue = self._early.pop(task_id, None)
+        if queue is not None:
+            queue.shutdown(wait=True)
+
+    def _destinations(self, task_id: str, *, session: Session) -> list[PendingDestination]:
+        return with_stow_credentials(
+            with_device_tls(pending_destinations(task_id, session=session), session=session),
+            session=session,
+        )
 
     def handle(self, task_id: str) -> None:
+        self._wait_for_early(task_id)
+        try:
+            self._send(task_id)
+        finally:
+            self._wait_for_early(task_id)  # one queued after the first wait found the task sending
+
+    def _send(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session)
             files = output_files(task)
-            destinations = with_stow_credentials(
-                with_device_tls(pending_destinations(task_id, session=session), session=session),
-                session=session,
-            )
+            destinations = self._destinations(task_id, session=session)
             calling_ae = effective_listener(self.settings, session=session).ae_title
         if len(destinations) <= 1:
             outcomes = [self._deliver(d, files, calling_ae) for d in destinations]
@@ -87,9 +143,15 @@ class StoreScuActor(StageWorker):
             raise TransientError("; ".join(transient))
 
     def _deliver(
-        self, destination: PendingDestination, files: list[Path], calling_ae: str
+        self,
+        destination: PendingDestination,
+        files: list[Path],
+        calling_ae: str,
+        *,
+        final: bool = True,
     ) -> tuple[str, Exception | None]:
-        """Send to one destination and commit its state; the failure, if any, is returned."""
+        """Send to one destination and commit its state (``final``: the Sending stage, which
+        sends all of the task's files); the failure, if any, is returned."""
 
         def on_sent(sop_uid: str) -> None:
             # Committed before that association sends its next instance: a crash can resend
@@ -118,12 +180,19 @@ class StoreScuActor(StageWorker):
         else:
             state = "done"
             self._m_bytes.inc(report.bytes_sent, tags=tags)
-        self._m_outcomes.inc(tags={**tags, "outcome": state})
+        if final:
+            self._m_outcomes.inc(tags={**tags, "outcome": state})
         with unit_of_work(self.sessions) as session:
-            set_destination_state(destination.pk, state, reason=str(failure or ""), session=session)
+            if final:
+                set_destination_state(
+                    destination.pk, state, reason=str(failure or ""), session=session
+                )
             # Issue 10: associations out are in the activity log and the audit trail (a
-            # STOW-RS delivery too, issue 15: its URL stands for the peer).
+            # STOW-RS delivery too, issue 15: its URL stands for the peer). Nothing left to
+            # send (all delivered early) opens no association.
             outcome = state if failure is None else f"{state}: {failure}"
+            if failure is None and sent[0] == 0:
+                return destination.name, None
             record_association(
                 AssociationLog(
                     direction="out",

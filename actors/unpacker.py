@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
 from actors.filter_pool import PoolWorker, sync_pool
+from actors.names import STAGE_ACTORS
 from actors.placement import gateway_node_id
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
@@ -35,7 +37,7 @@ from petray.stages.outputs import (
     series_job,
 )
 from petray.stages.records import Packed, Quant
-from petray.stages.review import hold, hold_reason, must_hold, site_thresholds
+from petray.stages.review import can_hold, hold, hold_reason, must_hold, site_thresholds
 from petray.stages.unpack import FilteredSeries, judged, open_result, written
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
@@ -93,6 +95,11 @@ class UnpackerActor(StageWorker):
             quant = Quant.find(task.details)
             specs = filters_for(task, session=session)
             original_description = task.series.description
+            # Read once: the verdict below uses the limits this decision was made with.
+            thresholds = site_thresholds(session=session)
+        # A task the quantitative check cannot hold has each series sent as soon as it is
+        # written, while the others are still being filtered (issue 13).
+        send_early = not can_hold(quant, thresholds)
         result, templates = open_result(
             TaskFiles.of(self.settings, task_id).result_archive,
             packed,
@@ -140,7 +147,10 @@ class UnpackerActor(StageWorker):
         def collect(index: int, result: FilteredSeries) -> int:
             if result.metrics is not None:
                 measured[index] = result.metrics
-            return written(result, jobs[index])
+            count = written(result, jobs[index])
+            if send_early:
+                self._hand_over(task_id, jobs[index].outdir)
+            return count
 
         counts = self._run_jobs(task_id, len(jobs), run, collect)
         built = [
@@ -150,9 +160,17 @@ class UnpackerActor(StageWorker):
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             record_outputs(task, built, session=session)
-            verdict = judged(quant, specs, measured, site_thresholds(session=session))
+            verdict = judged(quant, specs, measured, thresholds)
             if verdict is not None:
                 verdict.put(task)
+
+    def _hand_over(self, task_id: str, directory: Path) -> None:
+        """Tell the StoreSCU that a series is written; a lost message only loses the head start."""
+        try:
+            sender = self.dispatcher.handle(STAGE_ACTORS[Stage.SENDING])
+            sender.deliver_ready.remote(task_id, str(directory))
+        except Exception:
+            logger.warning("task %s: no StoreSCU for an early delivery", task_id)
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """A result beyond the site's quantitative limits stops here, held for review."""

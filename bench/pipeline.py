@@ -10,6 +10,8 @@ with bench/ingest.py) over one association.
 
 * overhead = (task done, i.e. the last instance acknowledged by Orthanc and committed) - (storescu
   started) - the reference service's own job time (its ``GET /_jobs`` ``seconds``);
+* Orthanc's own ingest of the same files (a second private Orthanc, the same storescu, timed
+  before the gateway starts) and the overhead as a multiple of it (issue 13: at most 5x);
 * per-stage times from the task's events (as ``petray.timings.stage_timings``);
 * peak memory of every process of this Ray session (RSS, split into private ``RssAnon`` and
   shared ``RssShmem``: plasma pages a worker reads count as shared), sampled every 0.2 s, and the
@@ -436,6 +438,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         prepare_storage(settings)
         stack.enter_context(running_reference(settings, port=reference_port))
+        # Issue 13's yardstick: Orthanc's own ingest of the same files, same storescu, same run.
+        with start_orthanc(home / "orthanc-ingest", aet="INGEST") as reference_pacs:
+            result["orthanc_ingest_s"] = round(
+                send(cached, reference_pacs.dicom_port, reference_pacs.aet), 3
+            )
         orthanc = stack.enter_context(start_orthanc(home / "orthanc", aet="BENCHPACS"))
         _configure(settings, orthanc, filters, cached.files)
         from actors.gateway import Gateway
@@ -478,6 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             processing_minus_service_s=round(stage_times.get("processing", 0.0) - service_s, 3),
             wall_s=round(wall_s, 3),
             overhead_s=round(wall_s - service_s, 3),
+            overhead_vs_orthanc=round((wall_s - service_s) / result["orthanc_ingest_s"], 2),
         )
         expected = len(filters) * cached.files
         count, per_series = _orthanc_counts(orthanc, expected)
@@ -536,6 +544,10 @@ def report(result: dict[str, Any]) -> str:
     lines.append(
         f"gateway overhead (minus the service's {result['service_s']:.2f} s): "
         f"{result['overhead_s']:.2f} s"
+    )
+    lines.append(
+        f"Orthanc's own ingest of the same files (storescu): {result['orthanc_ingest_s']:.2f} s; "
+        f"overhead = {result['overhead_vs_orthanc']:.1f}x Orthanc's ingest"
     )
     orthanc = result["orthanc"]
     lines.append(

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from petray.db.models import (
     Instance,
+    SentInstance,
     Series,
     Study,
     Task,
@@ -238,8 +239,14 @@ def retry(task_id: str, *, session: Session, from_start: bool = False) -> Stage:
     task.deadline = None
     _clear_retries(task)
     if from_start:
+        # A new result is made: every destination gets all of it again.
         for destination in task.destinations:
             destination.state, destination.sent, destination.reason = "waiting", 0, ""
+        session.execute(
+            delete(SentInstance).where(
+                SentInstance.destination_pk.in_([d.id for d in task.destinations])
+            )
+        )
     move_to(task, stage, session=session, message="retry from start" if from_start else "retry")
     return stage
 

@@ -252,9 +252,24 @@ def test_clear_outputs_forgets_only_that_task(
                 SentInstance, SentInstance.destination_pk == TaskDestination.id
             )
         ).all()
-        assert sent_for == [other_id]
+        # Delivery progress stays: the rebuilt series has the same UIDs and content, and what a
+        # destination acknowledged (an early delivery of an unpacking that stopped) is not resent.
+        assert sorted(sent_for) == sorted([task_id, other_id])
         # Destinations stay: the task is still delivered to them after the rebuild.
         assert session.scalar(select(func.count()).select_from(TaskDestination)) == 2
+
+
+def test_record_outputs_counts_what_a_destination_already_acknowledged(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    with unit_of_work(sessions) as session:
+        task = make_task(session)
+        destination = add_destination(session, task, "pacs", 104)
+        for uid in ("1.2.3.1", "1.2.3.2"):
+            session.add(SentInstance(destination_pk=destination.id, sop_instance_uid=uid))
+        session.flush()
+        record_outputs(task, [built(tmp_path, task, 501, 3)], session=session)
+        assert (destination.total, destination.sent, destination.state) == (3, 2, "sending")
 
 
 def test_clear_outputs_of_a_task_without_outputs_is_harmless(

@@ -8,11 +8,20 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
-from petray.db.models import Instance, Patient, Series, Study, Task, TaskDestination, TaskEvent
+from petray.db.models import (
+    Instance,
+    Patient,
+    SentInstance,
+    Series,
+    Study,
+    Task,
+    TaskDestination,
+    TaskEvent,
+)
 from petray.domain import Stage, State
 from petray.errors import InvalidTransition, UnknownTask
 from petray.retry import Backoff, RetryPolicy
@@ -407,6 +416,10 @@ def test_retry_from_start_revalidates_and_resets_destinations(
                 reason="association aborted",
             )
         )
+        session.flush()
+        session.add(
+            SentInstance(destination_pk=task.destinations[0].id, sop_instance_uid="1.2.3.4.5")
+        )
         task_id = task.id
     with unit_of_work(sessions) as session:
         assert retry(task_id, session=session, from_start=True) == Stage.VALIDATING
@@ -415,6 +428,8 @@ def test_retry_from_start_revalidates_and_resets_destinations(
         assert (task.stage, task.state) == ("validating", "active")
         [destination] = task.destinations
         assert (destination.state, destination.sent, destination.reason) == ("waiting", 0, "")
+        # A new result is made: its instances are all sent again.
+        assert session.scalar(select(func.count()).select_from(SentInstance)) == 0
         assert events(session, task_id)[-1][2] == "retry from start"
 
 

@@ -19,6 +19,7 @@ from petray.dicom.scu import DicomNode, SendReport, send_instances
 from petray.dicom.stow import StowEndpoint, StowReport, store_instances
 from petray.dicom.tls import TlsFiles, device_tls
 from petray.site.siteconfig import list_devices
+from petray.stages.outputs import acknowledged
 
 # The called "AE" of a STOW-RS delivery in the activity log and audit trail: it has none.
 STOW_CALLED_AE = "STOW-RS"
@@ -90,10 +91,12 @@ def record_sent(destination_pk: int, sop_instance_uid: str, *, session: Session)
 def set_destination_state(
     destination_pk: int, state: str, *, session: Session, reason: str = ""
 ) -> None:
+    """The destination's state after an attempt, with its count of sent instances taken anew
+    from the progress rows (early deliveries may have run beside the unpacking's reset)."""
     session.execute(
         update(TaskDestination)
         .where(TaskDestination.id == destination_pk)
-        .values(state=state, reason=reason)
+        .values(state=state, reason=reason, sent=acknowledged(destination_pk, session=session))
     )
 
 

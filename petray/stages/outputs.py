@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from petray.db.models import OutputSeries, PostFilter, SentInstance, Task, TaskDestination
+from petray.db.models import OutputSeries, PostFilter, SentInstance, Task
 from petray.imaging.derive import SeriesJob
 from petray.imaging.filters import FilterSpec, series_description
 
@@ -96,11 +96,15 @@ def series_job(
 
 
 def clear_outputs(root: Path, task_id: str, *, session: Session) -> None:
-    """Forget earlier outputs of the task (files, rows, delivery progress) before rebuilding."""
+    """Forget earlier outputs of the task (files and rows) before rebuilding them.
+
+    Delivery progress stays: a rebuilt series of the same result and filter has the same UIDs
+    and content (``output_series_uid``), so what a destination acknowledged, e.g. early from an
+    unpacking that then stopped, is not sent twice. A new result (``petray.tasks.retry`` from
+    the start) forgets it.
+    """
     shutil.rmtree(root / task_id, ignore_errors=True)
     session.execute(delete(OutputSeries).where(OutputSeries.task_id == task_id))
-    destination_pks = select(TaskDestination.id).where(TaskDestination.task_id == task_id)
-    session.execute(delete(SentInstance).where(SentInstance.destination_pk.in_(destination_pks)))
 
 
 @dataclass(frozen=True)
@@ -131,14 +135,32 @@ def record_outputs(task: Task, built: list[BuiltSeries], *, session: Session) ->
             )
         )
     for destination in task.destinations:
+        # Instances a destination already acknowledged (an early delivery, issue 13) count.
         destination.total = total
-        destination.sent = 0
-        destination.state = "waiting"
+        destination.sent = acknowledged(destination.id, session=session)
+        destination.state = "sending" if destination.sent else "waiting"
         destination.reason = ""
+
+
+def acknowledged(destination_pk: int, *, session: Session) -> int:
+    """How many instances the destination has acknowledged, from the delivery progress."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(SentInstance)
+            .where(SentInstance.destination_pk == destination_pk)
+        )
+        or 0
+    )
+
+
+def series_files(directory: Path) -> list[Path]:
+    """One written series' files, in slice order."""
+    return sorted(directory.glob("*.dcm"))
 
 
 def output_files(task: Task) -> list[Path]:
     files: list[Path] = []
     for series in sorted(task.outputs, key=lambda s: s.series_number):
-        files.extend(sorted(Path(series.directory).glob("*.dcm")))
+        files.extend(series_files(Path(series.directory)))
     return files

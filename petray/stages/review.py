@@ -84,6 +84,13 @@ def judge(
     return record.model_copy(update={"series": tuple(rows), "check": check})
 
 
+def can_hold(record: Quant | None, thresholds: QuantThresholds) -> bool:
+    """Whether the check may stop the task for review: it needs the received series' numbers
+    (tasks packed before issue 15 have none) and a limit that is on. Until it is judged, such a
+    task sends nothing."""
+    return record is not None and not thresholds.off
+
+
 def check_of(task: Task) -> QuantCheck | None:
     quant = Quant.find(task.details)
     return quant.check if quant is not None else None
