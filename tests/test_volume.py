@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 
 from petray.errors import PermanentError
-from petray.imaging.volume import load_series_volume, slice_normal
+from petray.imaging.volume import _reorder_planes, load_series_volume, slice_normal
 from tests.support.peers import make_pet_dataset
 
 ROWS, COLS = 6, 7
@@ -128,6 +128,28 @@ def test_signed_pixels(tmp_path: Path) -> None:
 
     volume = load_series_volume(_write_series(tmp_path, 3, tweak=signed))
     assert volume.data.min() == -50.0
+
+
+def test_signed_pixels_stored_in_12_bits_are_sign_extended(tmp_path: Path) -> None:
+    # Not the 16-bit fast path: pydicom's handler extends bit 11 as the sign.
+    def twelve_bits(index: int, ds: Dataset) -> None:
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 12, 11
+        values = _pixels(index).astype(np.int16) - 50
+        ds.PixelData = (values.astype(np.uint16) & 0x0FFF).astype("<u2").tobytes()
+
+    volume = load_series_volume(_write_series(tmp_path, 3, tweak=twelve_bits))
+    assert volume.data.min() == -50.0
+    np.testing.assert_array_equal(volume.data[2], _pixels(2).astype(np.float32) - 50)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_planes_are_reordered_in_place_like_a_take(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.random((40, 3, 2)).astype(np.float32)
+    order = rng.permutation(40)
+    expected = np.take(data, order, axis=0)
+    _reorder_planes(data, order)
+    np.testing.assert_array_equal(data, expected)
 
 
 def test_compressed_transfer_syntax(tmp_path: Path) -> None:

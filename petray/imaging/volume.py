@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from petray.dicom import geometry
 from petray.errors import PermanentError, ValidationFailed
@@ -78,11 +79,14 @@ def _floats(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
     return values
 
 
-def _read_header(path: Path) -> _SliceHeader:
+def _read(path: Path) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise PermanentError(f"{path.name}: not a readable DICOM file ({exc})") from None
+
+
+def _header_of(ds: Dataset, path: Path) -> _SliceHeader:
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise PermanentError(f"{path.name}: multi-frame images are not supported")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -146,9 +150,31 @@ def _slice_step(distances: np.ndarray, first: _SliceHeader) -> float:
     return step
 
 
+# Uncompressed little-endian transfer syntaxes: 16-bit pixels are read straight from the bytes.
+_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+
+
+def _native_pixels(ds: Dataset, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The plane's stored values without pydicom's pixel handlers, for the common case only
+    (uncompressed little endian, 16 bits allocated and stored, the exact length); else None."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in _NATIVE_LITTLE_ENDIAN or ds.get("BitsAllocated") != 16:
+        return None
+    if ds.get("BitsStored") != 16 or ds.get("PixelRepresentation") not in (0, 1):
+        return None
+    raw = ds.get("PixelData")
+    if not isinstance(raw, bytes) or len(raw) != 2 * math.prod(shape):
+        return None
+    dtype = "<i2" if ds.PixelRepresentation == 1 else "<u2"
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
 def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
     try:
-        pixels = ds.pixel_array
+        pixels = _native_pixels(ds, plane.shape)
+        if pixels is None:
+            pixels = ds.pixel_array
     except Exception as exc:  # decoders raise many types; all mean "cannot use this slice"
         raise PermanentError(f"{path.name}: pixel data cannot be decoded ({exc})") from None
     if pixels.shape != plane.shape:
@@ -174,6 +200,28 @@ def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
         raise PermanentError(f"{path.name}: rescaled values are not finite")
 
 
+def _reorder_planes(data: np.ndarray, order: np.ndarray) -> None:
+    """``data[k] = data[order[k]]`` for every k, in place, one spare plane at a time."""
+    placed = np.zeros(len(order), dtype=bool)
+    spare = np.empty_like(data[0])
+    for start in range(len(order)):
+        if placed[start]:
+            continue
+        if order[start] == start:
+            placed[start] = True
+            continue
+        spare[...] = data[start]
+        k = start
+        while True:
+            placed[k] = True
+            source = int(order[k])
+            if source == start:
+                data[k] = spare
+                break
+            data[k] = data[source]
+            k = source
+
+
 def load_series_volume(paths: Sequence[Path]) -> PetVolume:
     """Read a single-frame PET series into a float32 activity volume ordered along the normal.
 
@@ -182,7 +230,20 @@ def load_series_volume(paths: Sequence[Path]) -> PetVolume:
     """
     if not paths:
         raise PermanentError("no slices to build a volume from")
-    headers = [_read_header(Path(p)) for p in paths]
+    # Each file is read once (issue 13: the Packer's read was two passes): header and pixels
+    # go into the volume in file order, and the planes are put in slice order in place.
+    headers: list[_SliceHeader] = []
+    data: np.ndarray | None = None
+    for z, path in enumerate(Path(p) for p in paths):
+        ds = _read(path)
+        header = _header_of(ds, path)
+        headers.append(header)
+        if data is None:
+            data = np.empty((len(paths), header.rows, header.columns), dtype=np.float32)
+        elif (header.rows, header.columns) != (headers[0].rows, headers[0].columns):
+            _check_consistent(headers)  # names both sizes
+        _rescale_into(data[z], ds, path)
+    assert data is not None
     _check_consistent(headers)
     normal = slice_normal(headers[0].orientation)
     distances = np.array([float(h.position @ normal) for h in headers])
@@ -190,14 +251,8 @@ def load_series_volume(paths: Sequence[Path]) -> PetVolume:
     headers = [headers[i] for i in order]
     distances = distances[order]
     step = _slice_step(distances, headers[0])
+    _reorder_planes(data, order)
     first = headers[0]
-    data = np.empty((len(headers), first.rows, first.columns), dtype=np.float32)
-    for z, header in enumerate(headers):
-        try:
-            ds = pydicom.dcmread(header.path)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            raise PermanentError(f"{header.path.name}: not readable ({exc})") from None
-        _rescale_into(data[z], ds, header.path)
     orientation = tuple(float(v) for v in first.orientation)
     log.debug("loaded volume %s with z step %.3f mm", data.shape, step)
     return PetVolume(

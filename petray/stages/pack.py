@@ -7,12 +7,13 @@ from the object store): no database, no Ray. Writes only ``archive``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from petray.imaging.quant import body_threshold, measure
+from petray.imaging.quant import ActivityMetrics, body_threshold, measure
 from petray.imaging.suv import suv_scale
 from petray.service.archive import peak_magnitude, write_upload_archive
 from petray.service.packing import upload_metadata
@@ -36,21 +37,22 @@ def pack(
     later stages need: the Packer's record and the quantitative check's reference."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     metadata = upload_metadata(validated.processing, task_id=task_id, client_id=client_id)
-    sha256 = write_upload_archive(
-        archive,
-        task_id=task_id,
-        volume=volume,
-        voxel_spacing_zyx=spacing_zyx,
-        metadata=metadata,
-        compresslevel=compresslevel,
-    )
-    threshold = body_threshold(volume)
+    # The volume's numbers are measured while the archive is compressed and hashed (zlib,
+    # sha256 and numpy's reductions release the GIL): the two overlap on a second core.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-quant") as pool:
+        numbers = pool.submit(_received_numbers, volume, spacing_zyx)
+        sha256 = write_upload_archive(
+            archive,
+            task_id=task_id,
+            volume=volume,
+            voxel_spacing_zyx=spacing_zyx,
+            metadata=metadata,
+            compresslevel=compresslevel,
+        )
+        threshold, metrics, peak = numbers.result()
     scale = suv_scale(first_header, half_life_s=validated.processing.get("HalfLife"))
     quant = received_record(
-        measure(volume, spacing_zyx, body_threshold_bqml=threshold),
-        suv_factor=scale.factor,
-        suv_reason=scale.reason,
-        body_threshold=threshold,
+        metrics, suv_factor=scale.factor, suv_reason=scale.reason, body_threshold=threshold
     )
     z, y, x = volume.shape
     dz, dy, dx = (float(v) for v in spacing_zyx)
@@ -59,7 +61,16 @@ def pack(
         sha256=sha256,
         shape=(z, y, x),
         spacing_zyx=(dz, dy, dx),
-        input_peak=peak_magnitude(volume),
+        input_peak=peak,
         slice_paths=tuple(str(p) for p in slice_paths),
     )
     return packed, quant
+
+
+def _received_numbers(
+    volume: np.ndarray, spacing_zyx: Sequence[float]
+) -> tuple[float, ActivityMetrics, float]:
+    """The body mask's threshold, the received volume's metrics and its peak magnitude."""
+    threshold = body_threshold(volume)
+    metrics = measure(volume, spacing_zyx, body_threshold_bqml=threshold)
+    return threshold, metrics, peak_magnitude(volume)
