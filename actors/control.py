@@ -17,6 +17,7 @@ from actors.names import (
     STORE_SCP,
 )
 from actors.runtime import Dispatcher
+from actors.store_scp import store_scp_siblings
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.ports import ActorStatus
@@ -154,17 +155,22 @@ class RayPipelineControl:
         # Filter workers have no status method (and may be busy filtering for seconds): their
         # liveness and restarts come from the GCS alone.
         try:
-            filter_workers = await asyncio.wait_for(
-                asyncio.to_thread(pool_names), timeout=STATUS_TIMEOUT_S
+            filter_workers, scp_siblings = await asyncio.wait_for(
+                asyncio.to_thread(lambda: (pool_names(), store_scp_siblings())),
+                timeout=STATUS_TIMEOUT_S,
             )
         except TimeoutError:
-            filter_workers = []
+            filter_workers, scp_siblings = [], []
         return list(
             await asyncio.gather(
                 *(actor_status(name, listens=name == STORE_SCP) for name in PIPELINE_ACTORS),
+                *(actor_status(name, listens=True) for name in scp_siblings),
                 *(actor_status(name, asks_status=False) for name in filter_workers),
             )
         )
 
     async def reload_dicom_listener(self) -> None:
+        # The first process checks the new port is free before its siblings share it.
         await self._dispatcher.handle(STORE_SCP).start.remote()
+        siblings = await asyncio.to_thread(store_scp_siblings)
+        await asyncio.gather(*(self._dispatcher.handle(n).start.remote() for n in siblings))

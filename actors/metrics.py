@@ -16,6 +16,7 @@ from ray.util import metrics
 
 from actors.names import NAMESPACE, STORE_SCP
 from actors.runtime import init_actor_process
+from actors.store_scp import store_scp_siblings
 from petray.db.engine import unit_of_work
 from petray.settings import Settings
 from petray.site.gauges import GaugeSnapshot, take_snapshot
@@ -88,11 +89,15 @@ class MetricsActor:
         self._free_disk.set(snapshot.free_disk_bytes)
 
     async def _scp_associations(self) -> int | None:
+        """Open associations over every Store SCP process sharing the port."""
         try:
-            scp = ray.get_actor(STORE_SCP, namespace=NAMESPACE)
-            status: dict[str, Any] = await asyncio.wait_for(
-                scp.status.remote(), SCP_STATUS_TIMEOUT_S
+            names = [STORE_SCP, *await asyncio.to_thread(store_scp_siblings)]
+            statuses: list[dict[str, Any]] = await asyncio.wait_for(
+                asyncio.gather(
+                    *(ray.get_actor(n, namespace=NAMESPACE).status.remote() for n in names)
+                ),
+                SCP_STATUS_TIMEOUT_S,
             )
         except Exception:
             return None  # not started yet, or restarting: keep the last reading
-        return int(status.get("open_associations", 0))
+        return sum(int(status.get("open_associations", 0)) for status in statuses)

@@ -41,6 +41,16 @@ __all__ = [
 ]
 
 
+def store_scp_name(index: int) -> str:
+    """The Store SCP process ``index`` of those sharing the DICOM port (issue 13); the first
+    keeps the pipeline table's name, which health, metrics and the console look for."""
+    return STORE_SCP if index == 0 else f"{STORE_SCP}.{index + 1}"
+
+
+def is_store_scp(name: str) -> bool:
+    return name == STORE_SCP or name.startswith(f"{STORE_SCP}.")
+
+
 # Node ids are random: a prefix this long tells a cluster's nodes apart in a readable name.
 NODE_TAG_LENGTH = 12
 

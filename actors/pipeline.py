@@ -53,9 +53,8 @@ class Pipeline:
     resumed: int
 
     def stop(self) -> None:
-        scp = self.handles.get(names.STORE_SCP)
-        if scp is not None:
-            ray.get(scp.stop.remote(), timeout=30)
+        scps = [h for name, h in self.handles.items() if names.is_store_scp(name)]
+        ray.get([scp.stop.remote() for scp in scps], timeout=30)
         for handle in self.handles.values():
             ray.kill(handle, no_restart=True)
         remove_pool()  # including workers created since start for nodes that joined
@@ -89,10 +88,16 @@ def _build(settings: Settings, handles: dict[str, Any]) -> Pipeline:
     # It needs only the Compilator, whose rebuild is awaited so that the SCP never listens
     # before it, and the SCP; on two cores, starting the other ten worker processes at the
     # same time would delay it by as long again.
-    for name in LISTENING_FIRST:
-        handles[name] = _named(ACTOR_CLASSES[name], name).remote(settings)
+    processes = settings.dicom_processes
+    handles[names.COMPILATOR] = _named(CompilatorActor, names.COMPILATOR).remote(settings)
+    handles[names.STORE_SCP] = _named(StoreScpActor, names.STORE_SCP).remote(settings, 0, processes)
     ray.get(handles[names.COMPILATOR].start.remote(), timeout=START_TIMEOUT_S)
+    # The first SCP process checks that the port is free and binds it; its siblings then
+    # share it (issue 13).
     listener = ray.get(handles[names.STORE_SCP].start.remote(), timeout=START_TIMEOUT_S)
+    for index in range(1, processes):
+        name = names.store_scp_name(index)
+        handles[name] = _named(StoreScpActor, name).remote(settings, index, processes)
 
     # Then the stages. A series completed meanwhile is committed in validating before the
     # Validator exists: the Dispatcher finds no actor, and the Validator takes the task up as

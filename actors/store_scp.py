@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import asdict, replace
@@ -15,10 +16,10 @@ import ray
 from pynetdicom.transport import ThreadedAssociationServer
 from ray.util import metrics
 
-from actors.names import COMPILATOR, NAMESPACE
-from actors.runtime import init_actor_process
+from actors.names import COMPILATOR, NAMESPACE, STORE_SCP, is_store_scp
+from actors.runtime import current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
-from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.ingest import INCOMING_DIR, InstanceStore, ReceivedInstance
 from petray.dicom.scp import IngestLimits, StoreService
 from petray.dicom.tls import server_context
 from petray.settings import Settings
@@ -53,10 +54,42 @@ def _restore_priority() -> None:
         logger.info("Store SCP keeps niceness %d (no permission to raise its priority)", current)
 
 
+def incoming_dir(index: int) -> str:
+    """Partial files of Store SCP process ``index``: its own, cleaned when it (re)starts."""
+    return INCOMING_DIR if index == 0 else f"{INCOMING_DIR}-{index + 1}"
+
+
+def check_port_free(listener: Listener) -> None:
+    """OSError when something already listens on the listener's port.
+
+    The Store SCP processes share their port (SO_REUSEPORT), which would also let a second
+    gateway of the same user join it silently and take half of the associations: the first
+    process of a gateway makes sure nobody holds the port before any of them binds it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        probe.bind((listener.bind, listener.port))
+
+
+def store_scp_siblings() -> list[str]:
+    """Names of the Store SCP processes besides the first that exist (issue 13), sorted."""
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        str(entry["name"])
+        for entry in named
+        if entry.get("namespace") == NAMESPACE
+        and is_store_scp(str(entry.get("name", "")))
+        and entry.get("name") != STORE_SCP
+    )
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class StoreScpActor:
-    def __init__(self, settings: Settings) -> None:
+    """Store SCP process ``index`` of ``processes`` sharing the DICOM port (issue 13)."""
+
+    def __init__(self, settings: Settings, index: int = 0, processes: int = 1) -> None:
         self._settings = settings
+        self._index, self._processes = index, processes
         self._sessions = init_actor_process(settings)
         _restore_priority()
         # pydicom's own validation warnings quote offending values (possibly patient data);
@@ -68,6 +101,7 @@ class StoreScpActor:
             self._sessions,
             min_free_bytes=settings.min_free_disk_mb * 2**20,
             fsync=settings.fsync,
+            incoming=incoming_dir(index),
         )
         # Before listening: unacknowledged partial files of a crashed run are resent anyway.
         if removed := store.remove_leftovers():
@@ -76,7 +110,7 @@ class StoreScpActor:
             store,
             self._sessions,
             on_instance=self._forward,
-            limits=IngestLimits.from_settings(settings),
+            limits=IngestLimits.from_settings(settings, processes=processes),
         )
         self._compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
         # Read once: a missing or bad certificate fails the actor's start with the file named.
@@ -89,6 +123,9 @@ class StoreScpActor:
         )
         # The plain listener and the TLS one (issue 10), each when configured.
         self._servers: list[ThreadedAssociationServer] = []
+        # Only a first incarnation checks that nobody holds the port: a restarted one finds
+        # it held by its siblings.
+        self._probe_ports = index == 0 and current_actor_restarts() == 0
         self._listener: Listener | None = None
         self._m_received = metrics.Counter("petray_instances_received", "PET instances stored")
         self._m_bytes = metrics.Counter("petray_bytes_received", "Bytes of stored instances")
@@ -148,13 +185,23 @@ class StoreScpActor:
         if self._servers and listener == self._listener:
             return self._describe(listener)
         self.stop()
+        shared = self._processes > 1
+        tls_listener = replace(listener, port=self._settings.dicom_tls_port)
         try:
+            if shared and self._probe_ports:
+                # A port this process held already is held by its siblings too.
+                held = self._listener
+                if self._settings.dicom_plain and (held is None or held.port != listener.port):
+                    check_port_free(listener)
+                if self._tls_context is not None and held is None:
+                    check_port_free(tls_listener)
             if self._settings.dicom_plain:
-                self._servers.append(self._service.start(listener))
+                self._servers.append(self._service.start(listener, reuse_port=shared))
             if self._tls_context is not None:
-                tls_listener = replace(listener, port=self._settings.dicom_tls_port)
                 self._servers.append(
-                    self._service.start(tls_listener, ssl_context=self._tls_context)
+                    self._service.start(
+                        tls_listener, ssl_context=self._tls_context, reuse_port=shared
+                    )
                 )
         except BaseException:
             self.stop()  # both or neither: a half-open gateway would look healthy

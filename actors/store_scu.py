@@ -179,7 +179,8 @@ class StoreScuActor(StageWorker):
             state, failure = "failed", exc
         else:
             state = "done"
-            self._m_bytes.inc(report.bytes_sent, tags=tags)
+            if report.bytes_sent:  # Ray's counters refuse 0 (all of it went early)
+                self._m_bytes.inc(report.bytes_sent, tags=tags)
         if final:
             self._m_outcomes.inc(tags={**tags, "outcome": state})
         with unit_of_work(self.sessions) as session:

@@ -38,7 +38,13 @@ from petray.stages.outputs import (
 )
 from petray.stages.records import Packed, Quant
 from petray.stages.review import can_hold, hold, hold_reason, must_hold, site_thresholds
-from petray.stages.unpack import FilteredSeries, judged, open_result, written
+from petray.stages.unpack import (
+    FilteredSeries,
+    PreparedTemplates,
+    judged,
+    open_result,
+    written,
+)
 from petray.task_files import TaskFiles
 from petray.tasks import get_task
 
@@ -61,6 +67,7 @@ class UnpackerActor(StageWorker):
         super().__init__(settings)
         # The Unpacker is pinned to the gateway's node, where the output directory lives.
         self.node_id = gateway_node_id()
+        self._templates = PreparedTemplates()
         self.background.spawn(self._follow_capacity())
 
     async def _follow_capacity(self) -> None:
@@ -86,6 +93,19 @@ class UnpackerActor(StageWorker):
             raise TransientError(pool.waiting_reason())
         return list(pool.alive)
 
+    async def prepare(self, task_id: str) -> None:
+        """The task is with the service: parse its source headers meanwhile (fire and forget)."""
+        try:
+            packed = await asyncio.to_thread(self._packed, task_id)
+        except Exception:
+            logger.exception("task %s: cannot prepare its templates ahead", task_id)
+            return
+        self._templates.prepare(task_id, packed.slice_paths)
+
+    def _packed(self, task_id: str) -> Packed:
+        with unit_of_work(self.sessions) as session:
+            return Packed.of(get_task(task_id, session=session))
+
     def handle(self, task_id: str) -> None:
         self._alive_workers()  # before reading gigabytes: wait (retrying) while none is alive
         with unit_of_work(self.sessions) as session:
@@ -106,6 +126,7 @@ class UnpackerActor(StageWorker):
             task_id=task_id,
             max_uncompressed_bytes=self.settings.max_result_bytes,
             max_factor=self.settings.result_max_factor,
+            templates=self._templates.take(task_id, packed.slice_paths),
         )
         # Each volume and the templates are put once; every job reads the same shared copy.
         denoised_ref = ray.put(result.denoised)

@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from actors.names import STAGE_ACTORS
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.db.models import Task
@@ -42,6 +43,7 @@ class UploaderActor(StageWorker):
             stage = task.stage if task is not None else None
         if stage == Stage.PROCESSING.value:
             self._watch_deadline(task_id)
+            self._unpacker_prepares(task_id)
             return
         await super().submit(task_id)
 
@@ -63,6 +65,13 @@ class UploaderActor(StageWorker):
         move_to(
             task, target, session=session, state=State.WAITING, message="waiting for the result"
         )
+
+    def _unpacker_prepares(self, task_id: str) -> None:
+        """While the service works, the Unpacker gets ready for the result (issue 13)."""
+        try:
+            self.dispatcher.handle(STAGE_ACTORS[Stage.UNPACKING]).prepare.remote(task_id)
+        except Exception:
+            logger.warning("task %s: no Unpacker to prepare for its result", task_id)
 
     def _watch_deadline(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:

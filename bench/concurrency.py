@@ -3,11 +3,13 @@
 
     python -m bench.concurrency [--associations 4 8] [--runs 3]
 
-petray is the StoreScpActor and CompilatorActor in a private local Ray (as ``bench.ingest
---ray``), durable before each answer (fsync on); a run counts only when every series became
-exactly one task that left ``compiling``. The clock runs from the first storescu's start to
-the last one's exit, the same for every receiver. Medians of ``--runs``, instances per second
-and the ratio to Orthanc in the same run; the load average is printed beside them.
+petray is its StoreScpActors and CompilatorActor in a private local Ray (as ``bench.ingest
+--ray``), durable before each answer (fsync on): ``petray(ray)x1`` one SCP process,
+``petray(ray)x2`` two sharing the port (SO_REUSEPORT, the gateway's default); a run counts
+only when every series became exactly one task that left ``compiling``. The clock runs from
+the first storescu's start to the last one's exit, the same for every receiver. Medians of
+``--runs``, instances per second and the ratio to Orthanc in the same run; the load average is
+printed beside them.
 """
 
 from __future__ import annotations
@@ -142,8 +144,9 @@ def storescp() -> Iterator[tuple[int, str, Callable[[], int]]]:
 
 
 @contextmanager
-def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
-    """The StoreScpActor and CompilatorActor in a private local Ray, on a fresh home."""
+def petray_actors(processes: int) -> Iterator[tuple[int, str, Callable[[], int]]]:
+    """``processes`` StoreScpActors sharing the port and the CompilatorActor in a private local
+    Ray, on a fresh home, started as the gateway starts them (actors/pipeline.py)."""
     import ray
 
     from actors import names
@@ -152,7 +155,11 @@ def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
 
     with tempfile.TemporaryDirectory(prefix="petray-bench-concurrency-") as tmp, local_ray():
         settings = load_settings(
-            home=Path(tmp), fsync=True, dicom_port=free_port(), ae_title=PETRAY_AE
+            home=Path(tmp),
+            fsync=True,
+            dicom_port=free_port(),
+            ae_title=PETRAY_AE,
+            database_url=os.environ.get("BENCH_DATABASE_URL") or None,
         )
         settings.ensure_dirs()
         engine = make_engine(settings.resolved_database_url)
@@ -164,9 +171,21 @@ def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
             name=names.COMPILATOR, namespace=names.NAMESPACE
         ).remote(settings)
         ray.get(compilator.start.remote(), timeout=RAY_START_TIMEOUT_S)
-        scp = scp_class.options(name=names.STORE_SCP, namespace=names.NAMESPACE).remote(settings)
+        scps = [
+            scp_class.options(name=names.store_scp_name(0), namespace=names.NAMESPACE).remote(
+                settings, 0, processes
+            )
+        ]
         try:
-            listener = ray.get(scp.start.remote(), timeout=RAY_START_TIMEOUT_S)
+            listener = ray.get(scps[0].start.remote(), timeout=RAY_START_TIMEOUT_S)
+            for index in range(1, processes):
+                name = names.store_scp_name(index)
+                scps.append(
+                    scp_class.options(name=name, namespace=names.NAMESPACE).remote(
+                        settings, index, processes
+                    )
+                )
+            ray.get([scp.start.remote() for scp in scps], timeout=RAY_START_TIMEOUT_S)
 
             def received() -> int:
                 with sessions() as session:
@@ -183,8 +202,9 @@ def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
                 time.sleep(0.05)
             print(f"    petray tasks: {len(stages)}, stages {sorted(set(stages))}")
         finally:
-            ray.get(scp.stop.remote(), timeout=RAY_START_TIMEOUT_S)
-            ray.kill(scp, no_restart=True)
+            ray.get([scp.stop.remote() for scp in scps], timeout=RAY_START_TIMEOUT_S)
+            for scp in scps:
+                ray.kill(scp, no_restart=True)
             ray.kill(compilator, no_restart=True)
             engine.dispose()
 
@@ -192,7 +212,9 @@ def petray_actors() -> Iterator[tuple[int, str, Callable[[], int]]]:
 RECEIVERS: dict[str, Callable[[], AbstractContextManager[tuple[int, str, Callable[[], int]]]]] = {
     "orthanc": orthanc,
     "storescp": storescp,
-    "petray(ray)": petray_actors,
+    # One Store SCP process (before issue 13) and the gateway's default of two sharing the port.
+    "petray(ray)x1": lambda: petray_actors(1),
+    "petray(ray)x2": lambda: petray_actors(2),
 }
 
 
@@ -219,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(receiver, copies[:count])
                 runs.append(result)
                 print(
-                    f"{count} associations, run {run}, {receiver:<12} {result.seconds:6.2f} s "
+                    f"{count} associations, run {run}, {receiver:<14} {result.seconds:6.2f} s "
                     f"{result.per_second:7.1f} inst/s  received {result.received}/{result.files}",
                     flush=True,
                 )
     print()
-    print(f"{'associations':<13} {'receiver':<12} {'inst/s':>8} {'vs Orthanc':>10}")
+    print(f"{'associations':<13} {'receiver':<14} {'inst/s':>8} {'vs Orthanc':>10}")
     for count in args.associations:
         rates = {
             receiver: statistics.median(
@@ -233,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             for receiver in RECEIVERS
         }
         for receiver, rate in rates.items():
-            print(f"{count:<13} {receiver:<12} {rate:8.1f} {rate / rates['orthanc']:9.2f}x")
+            print(f"{count:<13} {receiver:<14} {rate:8.1f} {rate / rates['orthanc']:9.2f}x")
     print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     incomplete = [r for r in runs if r.received < r.files]
     if incomplete:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Rows and Columns above this are refused at ingest (PET matrices are 128-1024).
     max_image_dimension: int = Field(default=4096, ge=16, le=65535)
     dicom_max_associations: int = Field(default=32, ge=1, le=1024)
+    # Store SCP processes sharing the DICOM port (SO_REUSEPORT; issue 13): the kernel spreads
+    # associations over them, so simultaneous senders use every core. Together they accept
+    # dicom_max_associations at most.
+    dicom_processes: int = Field(default=2, ge=1, le=16)
     # Memory the Store SCP may hold in received instances at once; start-up refuses
     # dicom_max_associations x max_instance_bytes above it.
     dicom_memory_budget_mb: int = Field(default=4096, ge=64)

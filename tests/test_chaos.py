@@ -34,7 +34,7 @@ from petray.tasks import TaskSummary, cancel, delete_task, list_tasks, unfinishe
 from serve.reference.config import Switches
 from serve.reference.main import RunningServer, running_reference
 from tests.support.gateway_site import prepare_site, site_settings
-from tests.support.peers import StoreSCP, free_port, run_storescu, start_storescp
+from tests.support.peers import StoreSCP, free_port, run_echoscu, run_storescu, start_storescp
 
 pytestmark = [pytest.mark.ray, pytest.mark.peers]
 
@@ -268,7 +268,20 @@ def test_stage_actor_killed_while_it_holds_the_task_takes_it_up_again(
 
 def test_store_scp_killed_listens_again_by_itself(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory()
-    rig.kill(names.STORE_SCP)
+    assert rig.settings.dicom_processes == 2  # the default: two SCP processes share the port
+
+    def sibling_serves() -> None:
+        # While the killed process restarts, the other one takes the associations (those the
+        # kernel had already queued for the dying process are reset with it).
+        deadline = time.monotonic() + 5
+        while run_echoscu(host="127.0.0.1", port=rig.port, called_ae="PETRAY").returncode:
+            assert time.monotonic() < deadline, "nobody serves the port after the kill"
+            time.sleep(0.1)
+        for _ in range(4):
+            echo = run_echoscu(host="127.0.0.1", port=rig.port, called_ae="PETRAY")
+            assert echo.returncode == 0, echo.stderr
+
+    rig.kill(names.STORE_SCP, then=sibling_serves)
     deadline = time.monotonic() + 30
     while not ray.get(rig.pipeline.handles[names.STORE_SCP].status.remote(), timeout=10)[
         "listening"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from actors.store_scu import StoreScuActor
 from petray.db.engine import unit_of_work
-from petray.db.models import SentInstance, TaskDestination
+from petray.db.models import AssociationLog, SentInstance, TaskDestination
 from petray.domain import Stage, State
 from petray.imaging.filters import FilterSpec
 from petray.imaging.quant import QuantThresholds
@@ -32,8 +32,11 @@ from tests.support.peers import StoreSCP, write_pet_series
 
 
 class _Counter:
-    def inc(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    """As strict as Ray's counters: an increment must be positive."""
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        if value <= 0:
+            raise ValueError(f"value must be >0, got {value}")
 
 
 def _store_scu(settings: Settings, sessions: sessionmaker[Session]) -> Any:
@@ -128,6 +131,26 @@ def test_the_stage_waits_for_early_deliveries_still_queued(
     dcmtk_storescp.wait_received(15)
     assert dcmtk_storescp.store_request_count() == 15
     assert actor._early == {}
+
+
+def test_when_everything_went_early_the_stage_opens_no_association(
+    settings: Settings,
+    sqlite_sessions: sessionmaker[Session],
+    dcmtk_storescp: StoreSCP,
+    tmp_path: Path,
+) -> None:
+    actor = _store_scu(settings, sqlite_sessions)
+    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    built = [_series(tmp_path, 801 + i, 2) for i in range(2)]
+    for series in built:
+        actor._deliver_early(task_id, series.directory)
+    _finish_unpacking(sqlite_sessions, task_id, built)
+    actor.handle(task_id)
+    assert _destination(sqlite_sessions, pk) == ("done", 4, 4)
+    assert dcmtk_storescp.association_count() == 2  # one per early series, none for the stage
+    with sqlite_sessions() as session:
+        logged = session.scalars(select(AssociationLog.instances).order_by(AssociationLog.id))
+        assert list(logged) == [2, 2]
 
 
 def test_a_task_no_longer_unpacking_is_not_sent_early(

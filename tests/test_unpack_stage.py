@@ -14,13 +14,19 @@ import pytest
 from pydicom import dcmread
 
 from petray.demo.synth import make_pet_series, write_series
-from petray.imaging.derive import EncodedSeries
+from petray.imaging.derive import EncodedSeries, prepare_templates
 from petray.imaging.filters import FilterSpec
 from petray.imaging.quant import QuantThresholds
 from petray.service.archive import DENOISED_NAME, METADATA_NAME, ArchiveRejected
 from petray.stages.outputs import series_job
 from petray.stages.records import Packed, Quant
-from petray.stages.unpack import filter_series, judged, open_result, written
+from petray.stages.unpack import (
+    PreparedTemplates,
+    filter_series,
+    judged,
+    open_result,
+    written,
+)
 from tests.support.stages import validate_and_pack
 
 TASK_ID = "0123456789abcdef0123456789abcdef"
@@ -120,3 +126,41 @@ def test_derived_series_keep_the_patient_and_study(tmp_path: Path) -> None:
         source.StudyInstanceUID,
     )
     assert derived.SeriesInstanceUID != source.SeriesInstanceUID
+
+
+def test_templates_prepared_while_the_service_works_are_the_ones_made_at_unpacking(
+    tmp_path: Path,
+) -> None:
+    packed, _quant, received = packed_task(tmp_path)
+    prepared = PreparedTemplates(limit=2)
+    prepared.prepare(TASK_ID, packed.slice_paths)
+    prepared.prepare(TASK_ID, packed.slice_paths)  # a repeated hand-over is one job
+    ahead = prepared.take(TASK_ID, packed.slice_paths)
+    assert ahead is not None and ahead == prepare_templates([Path(p) for p in packed.slice_paths])
+    assert prepared.take(TASK_ID, packed.slice_paths) is None  # taken once
+
+    archive = result_archive(tmp_path / "result.zip", received)
+    _result, templates = open_result(
+        archive,
+        packed,
+        task_id=TASK_ID,
+        max_uncompressed_bytes=2**26,
+        max_factor=100.0,
+        templates=ahead,
+    )
+    assert templates is ahead
+
+
+def test_prepared_templates_are_keyed_by_the_packed_slices_and_bounded(tmp_path: Path) -> None:
+    packed, _quant, _received = packed_task(tmp_path)
+    prepared = PreparedTemplates(limit=2)
+    prepared.prepare(TASK_ID, packed.slice_paths)
+    # Packed again (another set of slices): the earlier templates are not handed out.
+    assert prepared.take(TASK_ID, packed.slice_paths[:-1]) is None
+    for task_id in ("a" * 32, "b" * 32, "c" * 32):
+        prepared.prepare(task_id, packed.slice_paths)
+    assert prepared.take(TASK_ID, packed.slice_paths) is None  # the oldest went first
+    assert prepared.take("c" * 32, packed.slice_paths) is not None
+    # Unreadable sources: nothing is handed out, and making them anew reports the reason.
+    prepared.prepare("d" * 32, [str(tmp_path / "missing.dcm")])
+    assert prepared.take("d" * 32, [str(tmp_path / "missing.dcm")]) is None

@@ -82,7 +82,10 @@ class InstanceStore:
         *,
         min_free_bytes: int,
         fsync: bool = True,
+        incoming: str = INCOMING_DIR,
     ) -> None:
+        """``incoming``: where this process's partial files go; processes sharing ``root``
+        each have their own, so one that starts cleans only its own leftovers."""
         self._root = root
         self._sessions = sessions
         self._min_free_bytes = min_free_bytes
@@ -92,7 +95,7 @@ class InstanceStore:
         self._known_dirs: set[Path] = set()
         self._writers: ThreadPoolExecutor | None = None
         # Temporary files start here, before their UIDs are validated: names are random.
-        self._incoming = root / INCOMING_DIR
+        self._incoming = root / incoming
         self._incoming_ready = False
         # Unique file names without a getrandom() call per file: one random prefix per store
         # (processes sharing a root never collide) and a counter.

@@ -157,15 +157,26 @@ class IngestLimits:
     check_called_ae: bool = True
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IngestLimits:
+    def from_settings(cls, settings: Settings, *, processes: int = 1) -> IngestLimits:
+        """One process's share when ``processes`` listeners share the port."""
         return cls(
             max_instance_bytes=settings.max_instance_bytes,
             max_image_dimension=settings.max_image_dimension,
-            max_associations=settings.dicom_max_associations,
+            max_associations=max(1, -(-settings.dicom_max_associations // processes)),
             acse_timeout_s=settings.dicom_acse_timeout_s,
             network_timeout_s=settings.dicom_network_timeout_s,
             check_called_ae=settings.dicom_check_called_ae,
         )
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """A listener that shares its port with the other Store SCP processes: the kernel hands
+    each new connection to one of them (Linux SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 @dataclass
@@ -556,9 +567,14 @@ class StoreService:
         return ae
 
     def start(
-        self, listener: Listener, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        listener: Listener,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> ThreadedAssociationServer:
-        """Listen on ``listener``; over TLS (PS3.15 B.1) when ``ssl_context`` is given."""
+        """Listen on ``listener``; over TLS (PS3.15 B.1) when ``ssl_context`` is given; beside
+        other processes listening on the same port when ``reuse_port`` (SO_REUSEPORT)."""
         ae = self.make_ae(listener.ae_title)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -570,15 +586,20 @@ class StoreService:
             (evt.EVT_RELEASED, self._on_closed, ["released"]),
             (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
         ]
-        server = ae.start_server(
+        # ae.start_server(block=False), with a server class that may share the port.
+        server = ae.make_server(
             (listener.bind, listener.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=cast(ssl.SSLContext, _HandshakeInAssociation(ssl_context))
             if ssl_context is not None
             else None,
+            server_class=_SharedPortServer if reuse_port else ThreadedAssociationServer,
         )
-        assert server is not None  # non-blocking start always returns the server
+        acceptor = threading.Thread(
+            target=server.serve_forever, name=f"petray-acceptor-{listener.port}", daemon=True
+        )
+        acceptor.start()
+        ae._servers.append(server)
         # socketserver listens with a backlog of 5: a burst of connections (senders starting
         # together, or a port scan) would have its SYNs dropped and retried a second later.
         if server.socket is not None:

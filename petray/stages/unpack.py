@@ -7,8 +7,9 @@ rest runs on the gateway. No database and no Ray here.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,41 @@ class FilteredSeries:
     metrics: ActivityMetrics | None = None
 
 
+class PreparedTemplates:
+    """Derived slices' templates made ahead of the result, while the service works (issue 13).
+
+    ``prepare`` parses a task's source headers in a background thread; ``take`` hands them
+    over when the result comes (waiting if the work is still under way). Keyed by the task and
+    its packed slices, so a task packed again never gets stale templates; at most ``limit``
+    tasks are kept (the oldest go first), a few MB each.
+    """
+
+    def __init__(self, limit: int = 32) -> None:
+        self._limit = limit
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-templates")
+        self._made: OrderedDict[tuple[str, tuple[str, ...]], Future[tuple[SliceTemplate, ...]]]
+        self._made = OrderedDict()
+
+    def prepare(self, task_id: str, slice_paths: Sequence[str]) -> None:
+        key = (task_id, tuple(slice_paths))
+        if key in self._made:
+            return
+        self._made[key] = self._pool.submit(prepare_templates, [Path(p) for p in slice_paths])
+        while len(self._made) > self._limit:
+            self._made.popitem(last=False)[1].cancel()
+
+    def take(self, task_id: str, slice_paths: Sequence[str]) -> tuple[SliceTemplate, ...] | None:
+        """The prepared templates, or None (never prepared, evicted or failed: make them anew,
+        and the failure is reported there)."""
+        made = self._made.pop((task_id, tuple(slice_paths)), None)
+        if made is None or made.cancelled():
+            return None
+        try:
+            return made.result()
+        except Exception:
+            return None
+
+
 def open_result(
     result_archive: Path,
     packed: Packed,
@@ -45,14 +81,20 @@ def open_result(
     task_id: str,
     max_uncompressed_bytes: int,
     max_factor: float,
+    templates: tuple[SliceTemplate, ...] | None = None,
 ) -> tuple[ResultArrays, tuple[SliceTemplate, ...]]:
-    """The service's result, checked against what was packed, and the derived slices' templates.
+    """The service's result, checked against what was packed, and the derived slices' templates
+    (``templates`` when they were prepared ahead).
 
-    The source headers are parsed (pure Python) while the archive is unzipped and hashed (C code
-    that releases the GIL): the two overlap in this process.
+    Otherwise the source headers are parsed (pure Python) while the archive is unzipped and
+    hashed (C code that releases the GIL): the two overlap in this process.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
-        templates = pool.submit(prepare_templates, [Path(p) for p in packed.slice_paths])
+        made = (
+            None
+            if templates is not None
+            else pool.submit(prepare_templates, [Path(p) for p in packed.slice_paths])
+        )
         result = read_result_archive(
             result_archive,
             expected_shape=packed.shape,
@@ -61,7 +103,10 @@ def open_result(
             input_peak=packed.input_peak,
             max_factor=max_factor,
         )
-        return result, templates.result()
+        if made is not None:
+            templates = made.result()
+        assert templates is not None
+        return result, templates
 
 
 def filter_series(
