@@ -16,8 +16,6 @@ lint:
 
 bench:
 	scripts/setup.sh test
-	.venv/bin/python -m bench.ingest
-	.venv/bin/python -m bench.concurrency
-	.venv/bin/python -m bench.pipeline
+	.venv/bin/python -m bench.summary
 	.venv/bin/python -m bench.stow
 	.venv/bin/python -m bench.start

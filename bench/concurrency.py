@@ -15,6 +15,7 @@ printed beside them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--associations", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the medians here (bench.summary)")
     args = parser.parse_args(argv)
     copies = series_copies(max(args.associations))
     runs: list[Run] = []
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print()
     print(f"{'associations':<13} {'receiver':<14} {'inst/s':>8} {'vs Orthanc':>10}")
+    table: dict[int, dict[str, float]] = {}
     for count in args.associations:
         rates = {
             receiver: statistics.median(
@@ -254,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             for receiver in RECEIVERS
         }
+        table[count] = rates
         for receiver, rate in rates.items():
             print(f"{count:<13} {receiver:<14} {rate:8.1f} {rate / rates['orthanc']:9.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"inst_per_s": table, "runs": args.runs}, indent=2))
     print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     incomplete = [r for r in runs if r.received < r.files]
     if incomplete:

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import json
 import logging
 import os
 import pstats
@@ -464,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run petray's StoreScpActor + CompilatorActor in a private local Ray",
     )
+    parser.add_argument("--json", type=Path, help="also write the medians here (bench.summary)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # As in actors/store_scp.py: pydicom's validation warnings would quote header values.
@@ -474,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     with local_ray() if args.ray else contextlib.nullcontext():
         results, delays, ray_runs = _run_all(args, names)
     _report(args, names, results, delays, ray_runs)
+    if args.json:
+        receivers = sorted({r.receiver for r in results})
+        medians = {
+            name: {receiver: _median_rate(results, name, receiver) for receiver in receivers}
+            for name in names
+        }
+        args.json.write_text(json.dumps({"inst_per_s": medians, "runs": args.runs}, indent=2))
     return 0
 
 

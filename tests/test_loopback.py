@@ -104,7 +104,8 @@ def test_every_listener_of_a_single_node_gateway_is_on_loopback(tmp_path: Path) 
             if not is_loopback(ip) and port != dicom_port and name not in KNOWN_EXCEPTIONS
         ]
         assert exposed == [], f"listening beyond loopback: {exposed}"
-        assert [ip for _n, ip, port in sockets if port == dicom_port] == ["0.0.0.0"]
+        # Every Store SCP process (PETRAY_DICOM_PROCESSES, 2 by default) listens there.
+        assert [ip for _n, ip, port in sockets if port == dicom_port] == ["0.0.0.0", "0.0.0.0"]
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
