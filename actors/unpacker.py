@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 
@@ -27,6 +28,7 @@ from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.errors import PetrayError, TransientError
 from petray.imaging.quant import ActivityMetrics
+from petray.service.archive import DENOISED_NAME, NOISE_NAME
 from petray.settings import Settings
 from petray.site import audit
 from petray.stages.outputs import (
@@ -120,6 +122,16 @@ class UnpackerActor(StageWorker):
         # A task the quantitative check cannot hold has each series sent as soon as it is
         # written, while the others are still being filtered (issue 13).
         send_early = not can_hold(quant, thresholds)
+        # Each volume goes into the object store as soon as it is checked, before the next is
+        # read (issue 13: one private 0.5 GB copy at a time); every job reads the same shared
+        # copy, and so does this actor, through the read-only view kept in the result.
+        refs: dict[str, Any] = {}
+
+        def keep(name: str, array: np.ndarray) -> np.ndarray:
+            refs[name] = ray.put(array)
+            view: np.ndarray = ray.get(refs[name])
+            return view
+
         result, templates = open_result(
             TaskFiles.of(self.settings, task_id).result_archive,
             packed,
@@ -127,10 +139,10 @@ class UnpackerActor(StageWorker):
             max_uncompressed_bytes=self.settings.max_result_bytes,
             max_factor=self.settings.result_max_factor,
             templates=self._templates.take(task_id, packed.slice_paths),
+            keep=keep,
         )
-        # Each volume and the templates are put once; every job reads the same shared copy.
-        denoised_ref = ray.put(result.denoised)
-        noise_ref = ray.put(result.noise) if result.noise is not None else None
+        denoised_ref = refs[DENOISED_NAME]
+        noise_ref = refs.get(NOISE_NAME)
         templates_ref = ray.put(templates)
         algorithm = result.algorithm
         del result, templates

@@ -160,6 +160,35 @@ def test_result_archive_denoised_only(tmp_path: Path) -> None:
     assert result.algorithm == ""  # type: ignore[attr-defined]
 
 
+def test_result_arrays_are_handed_over_one_by_one_once_checked(tmp_path: Path) -> None:
+    denoised, noise = _volume(1), _volume(2) - 600
+    path = _zip(
+        tmp_path / "r.zip", {DENOISED_NAME: _npy_bytes(denoised), NOISE_NAME: _npy_bytes(noise)}
+    )
+    kept: list[str] = []
+
+    def keep(name: str, array: np.ndarray) -> np.ndarray:
+        kept.append(name)
+        shared = array.copy()  # stands for the object store's copy
+        shared.flags.writeable = False
+        return shared
+
+    result = read_result_archive(
+        path, expected_shape=SHAPE, max_uncompressed_bytes=10**8, keep=keep
+    )
+    assert kept == [DENOISED_NAME, NOISE_NAME]
+    assert not result.denoised.flags.writeable and result.noise is not None
+    np.testing.assert_array_equal(result.noise, noise)
+    # An array that fails its checks is never handed over.
+    kept.clear()
+    bad = _zip(tmp_path / "bad.zip", {DENOISED_NAME: _npy_bytes(denoised * 1e9)})
+    with pytest.raises(ArchiveRejected, match="implausible"):
+        read_result_archive(
+            bad, expected_shape=SHAPE, max_uncompressed_bytes=10**8, input_peak=1.0, keep=keep
+        )
+    assert kept == []
+
+
 # --- result archive: rejections --------------------------------------------------------------
 
 

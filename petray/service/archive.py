@@ -18,7 +18,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from tokenize import TokenError
@@ -326,8 +326,13 @@ def read_result_archive(
     expected_task_id: str | None = None,
     input_peak: float | None = None,
     max_factor: float = DEFAULT_MAX_FACTOR,
+    keep: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> ResultArrays:
     """Read and check the service's result archive; raise ArchiveRejected with the reason.
+
+    ``keep(name, array)`` receives each array once it passed every check and returns what the
+    result holds instead (the Unpacker puts it into the object store and keeps the shared,
+    read-only view): the private copy is then dropped before the next array is read.
 
     With ``expected_task_id``, a ``metadata.json`` naming another task is refused: it is the
     only sign that the service swapped two same-sized results (issue 9). With ``input_peak``
@@ -387,6 +392,8 @@ def read_result_archive(
                     raise ArchiveRejected(f"{name}: sha256 does not match metadata.json")
                 if input_peak is not None:
                     check_plausible(arrays[name], name, input_peak=input_peak, factor=max_factor)
+                if keep is not None:
+                    arrays[name] = keep(name, arrays[name])
     except zipfile.BadZipFile as exc:
         # zipfile verifies each entry's CRC-32 when it is read to the end.
         raise ArchiveRejected(f"{path.name} is corrupt ({exc})") from None

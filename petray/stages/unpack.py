@@ -8,7 +8,7 @@ rest runs on the gateway. No database and no Ray here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +82,10 @@ def open_result(
     max_uncompressed_bytes: int,
     max_factor: float,
     templates: tuple[SliceTemplate, ...] | None = None,
+    keep: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[ResultArrays, tuple[SliceTemplate, ...]]:
     """The service's result, checked against what was packed, and the derived slices' templates
-    (``templates`` when they were prepared ahead).
+    (``templates`` when they were prepared ahead). ``keep``: as ``read_result_archive``'s.
 
     Otherwise the source headers are parsed (pure Python) while the archive is unzipped and
     hashed (C code that releases the GIL): the two overlap in this process.
@@ -102,6 +103,7 @@ def open_result(
             expected_task_id=task_id,
             input_peak=packed.input_peak,
             max_factor=max_factor,
+            keep=keep,
         )
         if made is not None:
             templates = made.result()
