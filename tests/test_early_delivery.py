@@ -9,9 +9,11 @@ task that is no longer unpacking is left to the stage.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +61,23 @@ def _unpacking_task(sessions: sessionmaker[Session], peer: StoreSCP) -> tuple[st
         return task_id, row.id
 
 
+@dataclass
+class Case:
+    """The StoreSCU without Ray, a task still unpacking and its destination: storescp."""
+
+    actor: Any
+    task_id: str
+    pk: int
+
+
+@pytest.fixture
+def case(
+    settings: Settings, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP
+) -> Case:
+    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    return Case(_store_scu(settings, sqlite_sessions), task_id, pk)
+
+
 def _series(tmp_path: Path, number: int, count: int) -> BuiltSeries:
     directory = tmp_path / "out" / f"series-{number}"
     write_pet_series(directory, count=count)
@@ -86,13 +105,9 @@ def _destination(sessions: sessionmaker[Session], pk: int) -> tuple[str, int, in
 
 
 def test_a_series_written_during_unpacking_is_sent_once_and_the_stage_sends_the_rest(
-    settings: Settings,
-    sqlite_sessions: sessionmaker[Session],
-    dcmtk_storescp: StoreSCP,
-    tmp_path: Path,
+    case: Case, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
 ) -> None:
-    actor = _store_scu(settings, sqlite_sessions)
-    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    actor, task_id, pk = case.actor, case.task_id, case.pk
     first, second = _series(tmp_path, 801, 4), _series(tmp_path, 802, 3)
 
     actor._deliver_early(task_id, first.directory)
@@ -110,13 +125,9 @@ def test_a_series_written_during_unpacking_is_sent_once_and_the_stage_sends_the_
 
 
 def test_the_stage_waits_for_early_deliveries_still_queued(
-    settings: Settings,
-    sqlite_sessions: sessionmaker[Session],
-    dcmtk_storescp: StoreSCP,
-    tmp_path: Path,
+    case: Case, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
 ) -> None:
-    actor = _store_scu(settings, sqlite_sessions)
-    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    actor, task_id, pk = case.actor, case.task_id, case.pk
     built = [_series(tmp_path, 801 + i, 5) for i in range(3)]
 
     async def hand_over() -> None:
@@ -134,13 +145,9 @@ def test_the_stage_waits_for_early_deliveries_still_queued(
 
 
 def test_when_everything_went_early_the_stage_opens_no_association(
-    settings: Settings,
-    sqlite_sessions: sessionmaker[Session],
-    dcmtk_storescp: StoreSCP,
-    tmp_path: Path,
+    case: Case, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
 ) -> None:
-    actor = _store_scu(settings, sqlite_sessions)
-    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    actor, task_id, pk = case.actor, case.task_id, case.pk
     built = [_series(tmp_path, 801 + i, 2) for i in range(2)]
     for series in built:
         actor._deliver_early(task_id, series.directory)
@@ -154,13 +161,9 @@ def test_when_everything_went_early_the_stage_opens_no_association(
 
 
 def test_a_task_no_longer_unpacking_is_not_sent_early(
-    settings: Settings,
-    sqlite_sessions: sessionmaker[Session],
-    dcmtk_storescp: StoreSCP,
-    tmp_path: Path,
+    case: Case, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
 ) -> None:
-    actor = _store_scu(settings, sqlite_sessions)
-    task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
+    actor, task_id, pk = case.actor, case.task_id, case.pk
     series = _series(tmp_path, 801, 2)
     with unit_of_work(sqlite_sessions) as session:
         task = get_task(task_id, session=session, lock=True)
