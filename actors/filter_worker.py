@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import ray
 
+from actors.plasma import release_pages
 from petray.imaging.derive import SeriesJob, SliceTemplate
 from petray.imaging.filters import FilterSpec
 from petray.stages.unpack import FilteredSeries, filter_series
@@ -56,6 +57,9 @@ class FilterWorker:
             job,
             write=ray.get_runtime_context().get_node_id() == writer_node,
             body_threshold_bqml=body_threshold_bqml,
+            # Read slab by slab, the shared volumes leave this process's memory as they are
+            # consumed: it then holds only its filter's own copy (issue 13).
+            done_with=release_pages,
         )
 
     def describe(self, volume: np.ndarray) -> dict[str, object]:

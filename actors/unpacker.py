@@ -23,6 +23,7 @@ from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 from actors.filter_pool import PoolWorker, sync_pool
 from actors.names import STAGE_ACTORS
 from actors.placement import gateway_node_id
+from actors.plasma import release_pages
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
@@ -130,6 +131,7 @@ class UnpackerActor(StageWorker):
         def keep(name: str, array: np.ndarray) -> np.ndarray:
             refs[name] = ray.put(array)
             view: np.ndarray = ray.get(refs[name])
+            release_pages(view)  # written by the put, never read here again
             return view
 
         result, templates = open_result(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,8 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # ~2.3548 for a Gaussian
 # "nearest" repeats the edge voxel: the volume edge is not followed by zeros (that would dim the
 # outer slices of the field of view) nor by a mirror (which invents structure at the edge).
 GAUSSIAN_MODE = "nearest"
+# Slices of the inputs read at a time (about 12 MB of a 440x440 volume).
+SLAB_SLICES = 16
 
 
 def _check_lo(value: str, what: str) -> None:
@@ -91,29 +93,40 @@ def apply_post_filter(
     noise: np.ndarray | None,
     spec: FilterSpec,
     spacing_zyx: Sequence[float],
+    *,
+    done_with: Callable[[np.ndarray], object] | None = None,
 ) -> np.ndarray:
     """Return a new float32 volume: ``denoised + noise_pct/100 * noise``, then the Gaussian.
 
     Blending comes first so that the Gaussian smooths the re-added noise as well: the output is
     what the site would get by filtering an image with that much noise left in. The inputs are
-    never written to; they may be read-only views from the Ray object store.
+    never written to; they may be read-only views from the Ray object store. They are read a
+    slab of slices at a time, and ``done_with`` gets each input slab once it is consumed (a
+    FilterWorker lets go of those object-store pages: issue 13).
     """
     if denoised.ndim != 3:
         raise ValueError(f"expected a 3-D (z, y, x) volume, got {denoised.ndim} dimensions")
     sigma = fwhm_to_sigma_voxels(spec.fwhm_mm, spacing_zyx)
-    if noise is not None and spec.noise_pct > 0:
-        if noise.shape != denoised.shape:
-            raise ValueError(f"noise shape {noise.shape} differs from volume {denoised.shape}")
-        # One new float32 array; in-place ops afterwards touch only it, never the inputs.
-        blended: np.ndarray = np.multiply(
-            noise, np.float32(spec.noise_pct / 100.0), dtype=np.float32
-        )
-        blended += denoised
-    else:
-        if spec.noise_pct > 0:
-            # The service's noise.npy is optional; the series is still useful without the blend.
-            log.warning("filter %s asks for noise blending but the result has no noise", spec.id)
-        blended = np.array(denoised, dtype=np.float32, copy=True)
+    blend = noise is not None and spec.noise_pct > 0
+    if noise is not None and blend and noise.shape != denoised.shape:
+        raise ValueError(f"noise shape {noise.shape} differs from volume {denoised.shape}")
+    if spec.noise_pct > 0 and noise is None:
+        # The service's noise.npy is optional; the series is still useful without the blend.
+        log.warning("filter %s asks for noise blending but the result has no noise", spec.id)
+    # One new float32 array; the ops afterwards touch only it, never the inputs.
+    blended = np.empty(denoised.shape, dtype=np.float32)
+    weight = np.float32(spec.noise_pct / 100.0)
+    for start in range(0, denoised.shape[0], SLAB_SLICES):
+        z = slice(start, start + SLAB_SLICES)
+        if noise is not None and blend:
+            np.multiply(noise[z], weight, out=blended[z], dtype=np.float32)
+            blended[z] += denoised[z]
+            if done_with is not None:
+                done_with(noise[z])
+        else:
+            blended[z] = denoised[z]
+        if done_with is not None:
+            done_with(denoised[z])
     if not spec.smooths:
         return blended
     # Imported here: only FilterWorkers filter, and scipy.ndimage costs every other process

@@ -121,12 +121,14 @@ def filter_series(
     *,
     write: bool,
     body_threshold_bqml: float | None = None,
+    done_with: Callable[[np.ndarray], object] | None = None,
 ) -> FilteredSeries:
     """Filter the volume with ``spec`` and make ``job``'s series: written (``write``; returns
     the file count) or encoded for the gateway to write. With ``body_threshold_bqml``, also the
-    filtered volume's quantitative metrics (issue 15), measured where the volume is."""
+    filtered volume's quantitative metrics (issue 15), measured where the volume is.
+    ``done_with``: as ``apply_post_filter``'s."""
     # ``denoised`` may be a read-only view of the object store's copy: never written to.
-    filtered = apply_post_filter(denoised, noise, spec, spacing_zyx)
+    filtered = apply_post_filter(denoised, noise, spec, spacing_zyx, done_with=done_with)
     metrics = None
     if body_threshold_bqml is not None:
         metrics = measure(filtered, spacing_zyx, body_threshold_bqml=body_threshold_bqml)
