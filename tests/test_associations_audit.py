@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.store_scu import StoreScuActor
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, AuditEvent, TaskDestination
 from petray.dicom.scp import IngestLimits
 from petray.dicom.scu import DicomNode
 from petray.domain import Stage, State
+from petray.settings import Settings
 from petray.stages.delivery import PendingDestination
 from tests.support.app import make_task
 from tests.support.peers import (
@@ -26,6 +25,7 @@ from tests.support.peers import (
     run_storescu,
     write_pet_series,
 )
+from tests.support.store_scu import store_scu
 from tests.test_hostile_dicom import (
     AE_TITLE,
     Scp,
@@ -76,20 +76,6 @@ def test_associations_in_are_audited_accepted_and_rejected(scp: Scp, tmp_path: P
     assert "no source device" in events[-1].detail["result"]
 
 
-class _Counter:
-    def inc(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-def _store_scu(sessions: sessionmaker[Session]) -> Any:
-    """The actor's class without Ray: ``_deliver`` is plain Python over the database."""
-    cls = StoreScuActor.__ray_metadata__.modified_class
-    actor = cls.__new__(cls)
-    actor.sessions = sessions
-    actor._m_sent = actor._m_bytes = actor._m_outcomes = _Counter()
-    return actor
-
-
 def _destination(sessions: sessionmaker[Session], node: DicomNode) -> PendingDestination:
     task_id = make_task(sessions, stage=Stage.SENDING, state=State.ACTIVE)
     with unit_of_work(sessions) as session:
@@ -102,9 +88,12 @@ def _destination(sessions: sessionmaker[Session], node: DicomNode) -> PendingDes
 
 
 def test_associations_out_are_audited_delivered_and_failed(
-    sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
+    settings: Settings,
+    sqlite_sessions: sessionmaker[Session],
+    dcmtk_storescp: StoreSCP,
+    tmp_path: Path,
 ) -> None:
-    actor = _store_scu(sqlite_sessions)
+    actor = store_scu(sqlite_sessions, settings)
     files = write_pet_series(tmp_path / "out", count=3)
     node = DicomNode(dcmtk_storescp.aet, LOOPBACK, dcmtk_storescp.port)
     name, failure = actor._deliver(_destination(sqlite_sessions, node), files, "PETRAY")

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from actors.store_scu import StoreScuActor
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog, SentInstance, TaskDestination
 from petray.domain import Stage, State
@@ -31,22 +30,7 @@ from petray.stages.review import can_hold
 from petray.tasks import get_task, move_to
 from tests.support.app import make_task
 from tests.support.peers import StoreSCP, write_pet_series
-
-
-class _Counter:
-    """As strict as Ray's counters: an increment must be positive."""
-
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        if value <= 0:
-            raise ValueError(f"value must be >0, got {value}")
-
-
-def _store_scu(settings: Settings, sessions: sessionmaker[Session]) -> Any:
-    cls = StoreScuActor.__ray_metadata__.modified_class
-    actor = cls.__new__(cls)
-    actor.settings, actor.sessions, actor._early = settings, sessions, {}
-    actor._m_sent = actor._m_bytes = actor._m_outcomes = _Counter()
-    return actor
+from tests.support.store_scu import store_scu
 
 
 def _unpacking_task(sessions: sessionmaker[Session], peer: StoreSCP) -> tuple[str, int]:
@@ -75,7 +59,7 @@ def case(
     settings: Settings, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP
 ) -> Case:
     task_id, pk = _unpacking_task(sqlite_sessions, dcmtk_storescp)
-    return Case(_store_scu(settings, sqlite_sessions), task_id, pk)
+    return Case(store_scu(sqlite_sessions, settings), task_id, pk)
 
 
 def _series(tmp_path: Path, number: int, count: int) -> BuiltSeries:
@@ -187,7 +171,7 @@ def test_a_destination_that_is_down_leaves_the_early_delivery_to_the_stage(
         session.add(row)
         session.flush()
         pk = row.id
-    actor = _store_scu(settings, sqlite_sessions)
+    actor = store_scu(sqlite_sessions, settings)
     actor._deliver_early(task_id, _series(tmp_path, 801, 2).directory)  # does not raise
     assert _destination(sqlite_sessions, pk) == ("waiting", 0, 0)
 
