@@ -10,7 +10,7 @@ the destination's state. A task whose quantitative check could hold it is never 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,16 +66,20 @@ class StoreScuActor(StageWorker):
             "Delivery attempts to a destination by outcome (done, waiting, failed)",
             tag_keys=("destination", "outcome"),
         )
-        # Early deliveries, one queue (a thread) per task: its series go one after another.
-        self._early: dict[str, ThreadPoolExecutor] = {}
+        # Early deliveries: two threads for every task, and each task's unfinished jobs (a
+        # task that never reaches sending, failed or cancelled, leaves no thread behind).
+        self._early_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="petray-early")
+        self._early: dict[str, list[Future[None]]] = {}
 
     async def deliver_ready(self, task_id: str, directory: str) -> None:
         """Start sending one written series of a task that is still unpacking (fire and forget)."""
-        queue = self._early.get(task_id)
-        if queue is None:
-            queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-early")
-            self._early[task_id] = queue
-        queue.submit(self._deliver_early, task_id, Path(directory))
+        # Only unfinished jobs matter to the stage's wait: forget tasks whose jobs all ended.
+        # (A snapshot: the stage's thread pops entries meanwhile.)
+        for task, jobs in list(self._early.items()):
+            if all(job.done() for job in jobs):
+                self._early.pop(task, None)
+        job = self._early_pool.submit(self._deliver_early, task_id, Path(directory))
+        self._early.setdefault(task_id, []).append(job)
 
     def _deliver_early(self, task_id: str, directory: Path) -> None:
         try:
@@ -101,9 +105,7 @@ class StoreScuActor(StageWorker):
 
     def _wait_for_early(self, task_id: str) -> None:
         """Let the task's early deliveries end before the stage reads what was sent."""
-        queue = self._early.pop(task_id, None)
-        if queue is not None:
-            queue.shutdown(wait=True)
+        wait(self._early.pop(task_id, []))
 
     def _destinations(self, task_id: str, *, session: Session) -> list[PendingDestination]:
         return with_stow_credentials(

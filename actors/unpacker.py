@@ -125,7 +125,7 @@ class UnpackerActor(StageWorker):
         send_early = not can_hold(quant, thresholds)
         # Each volume goes into the object store as soon as it is checked, before the next is
         # read (issue 13: one private 0.5 GB copy at a time); every job reads the same shared
-        # copy, and so does this actor, through the read-only view kept in the result.
+        # copy. This actor keeps only the ref and lets go of the pages its put wrote.
         refs: dict[str, Any] = {}
 
         def keep(name: str, array: np.ndarray) -> np.ndarray:

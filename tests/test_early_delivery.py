@@ -9,6 +9,7 @@ task that is no longer unpacking is left to the stage.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,21 @@ def test_when_everything_went_early_the_stage_opens_no_association(
     with sqlite_sessions() as session:
         logged = session.scalars(select(AssociationLog.instances).order_by(AssociationLog.id))
         assert list(logged) == [2, 2]
+
+
+def test_a_task_that_never_reaches_sending_leaves_nothing_queued(
+    case: Case, sqlite_sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    actor = case.actor
+    first, second = _series(tmp_path, 801, 2), _series(tmp_path, 802, 2)
+    asyncio.run(actor.deliver_ready(case.task_id, str(first.directory)))
+    wait(actor._early[case.task_id])
+    with unit_of_work(sqlite_sessions) as session:  # it fails before the Sending stage
+        task = get_task(case.task_id, session=session, lock=True)
+        move_to(task, Stage.UNPACKING, session=session, state=State.FAILED)
+    other = make_task(sqlite_sessions, stage=Stage.UNPACKING, state=State.ACTIVE)
+    asyncio.run(actor.deliver_ready(other, str(second.directory)))
+    assert list(actor._early) == [other]  # the failed task's finished jobs are forgotten
 
 
 def test_a_task_no_longer_unpacking_is_not_sent_early(

@@ -6,6 +6,7 @@ a new attribute of the actor is set here once.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,4 +38,5 @@ def store_scu(sessions: sessionmaker[Session], settings: Settings) -> Any:
     actor._m_tasks = actor._m_retries = actor._m_duration = StrictMetric()
     actor._processed = actor._failed = 0
     actor._early = {}
+    actor._early_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-early")
     return actor
