@@ -40,6 +40,30 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+def _weight(item: pytest.Item) -> int:
+    if item.get_closest_marker("ray"):
+        return 0
+    if item.get_closest_marker("peers") or item.get_closest_marker("browser"):
+        return 1
+    return 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slowest modules first (Ray, then real peers and Chromium), each module kept together.
+
+    The suite runs on two xdist workers, one module at a time each (``--dist loadfile``, see
+    scripts/test.sh), handed out in this order: the minutes-long gateway modules start at once
+    and the second-long unit modules fill the workers' last minutes instead of one worker
+    finishing a gateway module alone. Every worker sorts the same collection the same way.
+    """
+    modules: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        modules[module] = min(modules.get(module, 2), _weight(item))
+    order = {id(item): index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (modules[item.nodeid.split("::", 1)[0]], order[id(item)]))
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     home = tmp_path / "home"
