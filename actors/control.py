@@ -9,14 +9,15 @@ from typing import Any
 
 import ray
 
-from actors.filter_pool import pool_names
 from actors.names import (
     DOWNLOADER,
     NAMESPACE,
     PIPELINE_ACTORS,
     STORE_SCP,
+    filter_workers_in,
+    store_scp_siblings_in,
 )
-from actors.runtime import Dispatcher
+from actors.runtime import Dispatcher, actor_names
 from actors.store_scp import store_scp_siblings
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
@@ -155,12 +156,10 @@ class RayPipelineControl:
         # Filter workers have no status method (and may be busy filtering for seconds): their
         # liveness and restarts come from the GCS alone.
         try:
-            filter_workers, scp_siblings = await asyncio.wait_for(
-                asyncio.to_thread(lambda: (pool_names(), store_scp_siblings())),
-                timeout=STATUS_TIMEOUT_S,
-            )
+            names = await asyncio.wait_for(asyncio.to_thread(actor_names), timeout=STATUS_TIMEOUT_S)
         except TimeoutError:
-            filter_workers, scp_siblings = [], []
+            names = []
+        filter_workers, scp_siblings = filter_workers_in(names), store_scp_siblings_in(names)
         return list(
             await asyncio.gather(
                 *(actor_status(name, listens=name == STORE_SCP) for name in PIPELINE_ACTORS),

@@ -25,9 +25,9 @@ from typing import Any
 import ray
 
 from actors.filter_worker import FilterWorker
-from actors.names import FILTER_RESOURCE, FILTER_WORKER_PREFIX, NAMESPACE, filter_worker_name
+from actors.names import FILTER_RESOURCE, NAMESPACE, filter_worker_name, filter_workers_in
 from actors.placement import on_node
-from actors.runtime import actor_state
+from actors.runtime import actor_names, actor_state
 
 logger = logging.getLogger(__name__)
 ALIVE = "ALIVE"
@@ -72,13 +72,7 @@ def filter_capacity() -> dict[str, int]:
 
 def pool_names() -> list[str]:
     """Names of the FilterWorkers that exist (alive, starting or restarting), sorted."""
-    named = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(
-        entry["name"]
-        for entry in named
-        if entry.get("namespace") == NAMESPACE
-        and str(entry.get("name", "")).startswith(FILTER_WORKER_PREFIX)
-    )
+    return filter_workers_in(actor_names())
 
 
 def _remove(name: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 # The pipeline's actors are named in its table (petray/stages/pipeline.py).
 from petray.stages.pipeline import (
     COMPILATOR,
@@ -49,6 +51,16 @@ def store_scp_name(index: int) -> str:
 
 def is_store_scp(name: str) -> bool:
     return name == STORE_SCP or name.startswith(f"{STORE_SCP}.")
+
+
+def store_scp_siblings_in(names: Iterable[str]) -> list[str]:
+    """The Store SCP processes besides the first among ``names``, sorted."""
+    return sorted(n for n in names if is_store_scp(n) and n != STORE_SCP)
+
+
+def filter_workers_in(names: Iterable[str]) -> list[str]:
+    """The FilterWorkers among ``names``, sorted."""
+    return sorted(n for n in names if n.startswith(FILTER_WORKER_PREFIX))
 
 
 # Node ids are random: a prefix this long tells a cluster's nodes apart in a readable name.

@@ -16,8 +16,8 @@ import ray
 from pynetdicom.transport import ThreadedAssociationServer
 from ray.util import metrics
 
-from actors.names import COMPILATOR, NAMESPACE, STORE_SCP, is_store_scp
-from actors.runtime import current_actor_restarts, init_actor_process
+from actors.names import COMPILATOR, NAMESPACE, store_scp_siblings_in
+from actors.runtime import actor_names, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
 from petray.dicom.ingest import INCOMING_DIR, InstanceStore, ReceivedInstance
 from petray.dicom.scp import IngestLimits, StoreService
@@ -73,14 +73,7 @@ def check_port_free(listener: Listener) -> None:
 
 def store_scp_siblings() -> list[str]:
     """Names of the Store SCP processes besides the first that exist (issue 13), sorted."""
-    named = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(
-        str(entry["name"])
-        for entry in named
-        if entry.get("namespace") == NAMESPACE
-        and is_store_scp(str(entry.get("name", "")))
-        and entry.get("name") != STORE_SCP
-    )
+    return store_scp_siblings_in(actor_names())
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)

@@ -14,6 +14,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from actors.names import (
+    STORE_SCP,
+    filter_worker_name,
+    filter_workers_in,
+    store_scp_name,
+    store_scp_siblings_in,
+)
 from actors.store_scp import check_port_free, incoming_dir
 from petray.db.models import Instance
 from petray.dicom.ingest import InstanceStore
@@ -85,3 +92,22 @@ def test_the_association_limit_is_shared_between_the_processes(tmp_path: Path) -
     assert IngestLimits.from_settings(settings).max_associations == 9
     assert IngestLimits.from_settings(settings, processes=2).max_associations == 5
     assert IngestLimits.from_settings(settings, processes=16).max_associations == 1
+
+
+def test_the_named_actors_tell_siblings_and_filter_workers_apart() -> None:
+    # The health page lists the Ray namespace's actors once and sorts them out from that list.
+    names = [
+        "petray.store_scu",
+        store_scp_name(2),
+        STORE_SCP,
+        filter_worker_name("abcdef0123456789", 1),
+        store_scp_name(1),
+        filter_worker_name("abcdef0123456789", 0),
+        f"{STORE_SCP}u",
+    ]
+    assert store_scp_siblings_in(names) == [store_scp_name(1), store_scp_name(2)]
+    assert store_scp_name(1) == f"{STORE_SCP}.2"
+    assert filter_workers_in(names) == [
+        filter_worker_name("abcdef0123456789", 0),
+        filter_worker_name("abcdef0123456789", 1),
+    ]
