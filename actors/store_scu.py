@@ -10,6 +10,7 @@ the destination's state. A task whose quantitative check could hold it is never 
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +71,10 @@ class StoreScuActor(StageWorker):
         # task that never reaches sending, failed or cancelled, leaves no thread behind).
         self._early_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="petray-early")
         self._early: dict[str, list[Future[None]]] = {}
+        # One early job at a time per series: an Unpacker restarted mid-task rebuilds a series
+        # (same UIDs) and hands it over again, maybe while the first job still sends it; the
+        # second job then starts from what the first recorded instead of sending alongside it.
+        self._series_locks: dict[str, dict[str, threading.Lock]] = {}
 
     async def deliver_ready(self, task_id: str, directory: str) -> None:
         """Start sending one written series of a task that is still unpacking (fire and forget)."""
@@ -78,10 +83,16 @@ class StoreScuActor(StageWorker):
         for task, jobs in list(self._early.items()):
             if all(job.done() for job in jobs):
                 self._early.pop(task, None)
+                self._series_locks.pop(task, None)
         job = self._early_pool.submit(self._deliver_early, task_id, Path(directory))
         self._early.setdefault(task_id, []).append(job)
 
     def _deliver_early(self, task_id: str, directory: Path) -> None:
+        locks = self._series_locks.setdefault(task_id, {})
+        with locks.setdefault(directory.name, threading.Lock()):
+            self._deliver_series_early(task_id, directory)
+
+    def _deliver_series_early(self, task_id: str, directory: Path) -> None:
         try:
             with unit_of_work(self.sessions) as session:
                 task = get_task(task_id, session=session)
@@ -106,6 +117,7 @@ class StoreScuActor(StageWorker):
     def _wait_for_early(self, task_id: str) -> None:
         """Let the task's early deliveries end before the stage reads what was sent."""
         wait(self._early.pop(task_id, []))
+        self._series_locks.pop(task_id, None)
 
     def _destinations(self, task_id: str, *, session: Session) -> list[PendingDestination]:
         return with_stow_credentials(

@@ -20,15 +20,18 @@ import httpx
 import pydicom
 import pytest
 import ray
+from sqlalchemy import delete
 
 from actors import names
 from actors.pipeline import Pipeline, build_pipeline
 from actors.runtime import actor_state
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
+from petray.db.models import PostFilter
 from petray.demo.synth import make_pet_series, write_series
 from petray.imaging.filters import FilterSpec
 from petray.settings import Settings
 from petray.site.activity import remove_files
+from petray.site.siteconfig import add_filter
 from petray.task_files import TaskFiles
 from petray.tasks import TaskSummary, cancel, delete_task, list_tasks, unfinished_tasks
 from serve.reference.config import Switches
@@ -331,6 +334,42 @@ def test_more_slices_than_number_of_slices_says_make_one_volume(
     assert tasks[0].images == 24
     assert "NumberOfSlices" in tasks[0].notes
     _assert_delivered_once(rig, tasks[0], 24)
+
+
+def test_unpacker_killed_after_an_early_delivery_began_sends_nothing_twice(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    """Issue 13's streaming delivery: the first series written is already being sent when the
+    Unpacker dies. Five filters on two workers keep the task unpacking for two more rounds.
+    The restarted Unpacker rebuilds every series with the same UIDs and hands them over again,
+    maybe while the first early job still sends: what was acknowledged goes once."""
+    rig = rig_factory()
+    extra = [
+        FilterSpec(id=None, description=f"Gauss {mm}mm", series_number=901 + i, fwhm_mm=mm)
+        for i, mm in enumerate((5.0, 6.0, 7.0, 8.0), start=1)
+    ]
+    with unit_of_work(rig.sessions) as session:
+        added = [add_filter(spec, session=session).id for spec in extra]
+    try:
+        slices, series = 160, 1 + len(extra)
+        rig.send(rig.files("a", slices=slices, rows=128, cols=128, seed=27))
+        rig.wait_for(lambda ts: ts[0].stage == "unpacking", "unpacking", timeout_s=60)
+        rig.wait_for(
+            lambda ts: (
+                ts[0].stage != "unpacking"
+                or (bool(ts[0].destinations) and ts[0].destinations[0]["sent"] > 0)
+            ),
+            "an early delivery while unpacking",
+            timeout_s=60,
+        )
+        seen: list[str] = []
+        rig.kill(names.UNPACKER, then=lambda: seen.append(rig.tasks()[0].stage))
+        assert seen == ["unpacking"], "the task left unpacking before its first early instance"
+        tasks = rig.finished()
+        _assert_delivered_once(rig, tasks[0], slices * series)
+    finally:
+        with unit_of_work(rig.sessions) as session:
+            session.execute(delete(PostFilter).where(PostFilter.id.in_(added)))
 
 
 def test_store_scu_killed_mid_send_resumes_without_duplicates(

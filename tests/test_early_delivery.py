@@ -145,6 +145,25 @@ def test_when_everything_went_early_the_stage_opens_no_association(
         assert list(logged) == [2, 2]
 
 
+def test_a_series_handed_over_again_while_it_is_sent_goes_once(
+    case: Case, sqlite_sessions: sessionmaker[Session], dcmtk_storescp: StoreSCP, tmp_path: Path
+) -> None:
+    # An Unpacker restarted mid-task rebuilds a series (same UIDs) and hands it over again,
+    # maybe while the first early job still sends it: the second starts from what it recorded.
+    actor, task_id = case.actor, case.task_id
+    series = _series(tmp_path, 801, 30)
+
+    async def twice() -> None:
+        for _ in range(2):
+            await actor.deliver_ready(task_id, str(series.directory))
+
+    asyncio.run(twice())
+    wait(actor._early[task_id])
+    dcmtk_storescp.wait_received(30)
+    assert dcmtk_storescp.store_request_count() == 30
+    assert _acknowledged(sqlite_sessions) == 30
+
+
 def test_a_task_that_never_reaches_sending_leaves_nothing_queued(
     case: Case, sqlite_sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:

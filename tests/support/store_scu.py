@@ -37,6 +37,6 @@ def store_scu(sessions: sessionmaker[Session], settings: Settings) -> Any:
     actor._m_sent = actor._m_bytes = actor._m_outcomes = StrictMetric()
     actor._m_tasks = actor._m_retries = actor._m_duration = StrictMetric()
     actor._processed = actor._failed = 0
-    actor._early = {}
+    actor._early, actor._series_locks = {}, {}
     actor._early_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-early")
     return actor
