@@ -210,37 +210,44 @@ def petray_actors(processes: int) -> Iterator[tuple[int, str, Callable[[], int]]
             engine.dispose()
 
 
-RECEIVERS: dict[str, Callable[[], AbstractContextManager[tuple[int, str, Callable[[], int]]]]] = {
-    "orthanc": orthanc,
-    "storescp": storescp,
-    # One Store SCP process (before issue 13) and the gateway's default of two sharing the port.
-    "petray(ray)x1": lambda: petray_actors(1),
-    "petray(ray)x2": lambda: petray_actors(2),
-}
+Receiver = Callable[[], AbstractContextManager[tuple[int, str, Callable[[], int]]]]
 
 
-def measure(receiver: str, copies: Sequence[Series]) -> Run:
-    with RECEIVERS[receiver]() as (port, called_ae, received):
+def receivers(processes: Sequence[int]) -> dict[str, Receiver]:
+    """The peers, then petray with each number of Store SCP processes sharing the port."""
+    chosen: dict[str, Receiver] = {"orthanc": orthanc, "storescp": storescp}
+    for count in processes:
+        chosen[f"petray(ray)x{count}"] = lambda count=count: petray_actors(count)  # type: ignore[misc]
+    return chosen
+
+
+def measure(receiver: Receiver, name: str, copies: Sequence[Series]) -> Run:
+    with receiver() as (port, called_ae, received):
         seconds = send_all(copies, port, called_ae)
         total = sum(series.files for series in copies)
         deadline = time.monotonic() + 10  # storescp writes each file after it answers
         while (count := received()) < total and time.monotonic() < deadline:
             time.sleep(0.05)
-    return Run(receiver, len(copies), seconds, total, count)
+    return Run(name, len(copies), seconds, total, count)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--associations", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--runs", type=int, default=3)
+    # One Store SCP process (before issue 13) and the gateway's default of two sharing the port.
+    parser.add_argument(
+        "--processes", type=int, nargs="+", default=[1, 2], help="Store SCP processes to compare"
+    )
     parser.add_argument("--json", type=Path, help="also write the medians here (bench.summary)")
     args = parser.parse_args(argv)
     copies = series_copies(max(args.associations))
     runs: list[Run] = []
+    chosen = receivers(args.processes)
     for count in args.associations:
         for run in range(1, args.runs + 1):
-            for receiver in RECEIVERS:
-                result = measure(receiver, copies[:count])
+            for receiver, start in chosen.items():
+                result = measure(start, receiver, copies[:count])
                 runs.append(result)
                 print(
                     f"{count} associations, run {run}, {receiver:<14} {result.seconds:6.2f} s "
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             receiver: statistics.median(
                 r.per_second for r in runs if r.receiver == receiver and r.associations == count
             )
-            for receiver in RECEIVERS
+            for receiver in chosen
         }
         table[count] = rates
         for receiver, rate in rates.items():
