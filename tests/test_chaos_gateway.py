@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.peers]
 def test_power_cuts_in_three_stages_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
     # storescp sleeps after each store, so the cut while sending lands between acknowledgements.
     with site(tmp_path, storescp_args=("--sleep-after", "1")) as s:
-        files = write_series(make_pet_series(slices=12, rows=64, cols=64, seed=5), tmp_path / "in")
+        files = write_series(make_pet_series(slices=6, rows=64, cols=64, seed=5), tmp_path / "in")
         s.gateway.start()
         s.control(delay=4.0)  # check_model answers late: the task sits in validating
         s.send(files)
