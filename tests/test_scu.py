@@ -201,6 +201,25 @@ def test_unknown_calling_ae_is_refused_with_the_reason(tmp_path: Path) -> None:
         server.shutdown()
 
 
+def test_a_peer_rejecting_and_closing_at_once_is_always_a_refusal(tmp_path: Path) -> None:
+    # DCMTK storescp --refuse sends A-ASSOCIATE-RJ and closes at once. pynetdicom then aborts
+    # without reading the rejection about one association in twelve (it checks the connection
+    # after the exchange is over); a "transient" abort would make a refusing PACS wait a retry.
+    # Sixty associations would all pass by luck without the fix less than once in a hundred.
+    with start_storescp(tmp_path / "storescp", extra_args=["--refuse"]) as peer:
+        node = _node(peer)
+        contexts = [build_context(PositronEmissionTomographyImageStorage)]
+        outcomes = []
+        for _ in range(60):
+            with (
+                pytest.raises(PermanentError) as caught,
+                open_association(node, calling_ae=CALLING_AE, contexts=contexts, timeout_s=5),
+            ):
+                pass
+            outcomes.append(str(caught.value))
+    assert set(outcomes) == {f"{node} rejected the association permanently: No reason given"}
+
+
 def test_transiently_rejected_association_is_retried(tmp_path: Path) -> None:
     # pynetdicom answers "rejected-transient, local limit exceeded" when it is busy.
     paths = write_pet_series(tmp_path / "series", 2)

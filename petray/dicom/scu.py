@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import (
@@ -56,6 +57,7 @@ MIN_INSTANCES_PER_ASSOCIATION = 32
 MAX_ASSOCIATIONS = 8
 # A-ASSOCIATE-RJ Result field (PS3.8 9.3.4): 1 rejected-permanent, 2 rejected-transient.
 REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,27 @@ def _on_connection_open(event: evt.Event) -> None:
     _keep_responses_for_the_caller(event.assoc)
 
 
+def _unread_response(assoc: Association) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE response still queued for a requestor that never read it.
+
+    pynetdicom's requestor checks that the connection is up only after sending its request; a
+    peer that rejects at once and closes (DCMTK's storescp does) can have its A-ASSOCIATE-RJ
+    read and its connection closed by then, and pynetdicom aborts without reading the
+    rejection (about one association in twelve on loopback). The rejection is still in the
+    DUL's queue to the user: read it rather than report an abort.
+    """
+    for item in list(assoc.dul.to_user_queue.queue):
+        if isinstance(item, A_ASSOCIATE) and item.result is not None:
+            return item
+    return None
+
+
 def _association_failure(node: DicomNode, assoc: Association) -> Exception:
+    if not assoc.is_rejected and assoc.acceptor.primitive is None:
+        late = _unread_response(assoc)
+        if late is not None and late.result in (REJECTED_PERMANENT, REJECTED_TRANSIENT):
+            assoc.acceptor.primitive = late
+            assoc.is_rejected = True
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
         reason = primitive.reason_str if primitive is not None else "no reason given"
