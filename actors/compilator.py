@@ -9,6 +9,12 @@ one: they are collected for at most BATCH_WINDOW_S and routed, assigned and (whe
 moved on in one transaction. A complete series is still dispatched within that window of its
 last slice. The site's compilator thresholds are re-read every CONFIG_TTL_S, not per instance.
 
+It also builds each series' volume while the slices arrive (issue 13, petray/stages/prebuild.py),
+on one thread of its own so that its mailbox never waits on a file. When the series is ready
+the volume goes into the object store, and the Packer takes it from there zero-copy
+(``take_volume``). A head start only: whatever is lost with a restart, the Packer reads from
+the files.
+
 Acknowledged means owned (issue 8): whenever the actor (re)starts it rebuilds the open
 assemblies and the unclaimed instances from the database before it routes anything, and a
 sweep every ``sweep_interval_s`` takes up any instance left unclaimed (a message lost with a
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +35,7 @@ import ray
 from ray.util import metrics
 from sqlalchemy.orm import Session
 
+from actors.plasma import release_pages
 from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
 from petray.db.engine import unit_of_work
 from petray.dicom.ingest import ReceivedInstance
@@ -36,6 +44,7 @@ from petray.settings import Settings
 from petray.stages.assemblies import compiling, load_config, restore, unassigned
 from petray.stages.compilator import CompilatorConfig, SeriesAssembly
 from petray.stages.compile import BatchOutcome, Compiler
+from petray.stages.prebuild import PreparedVolume, VolumeAssembler
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,9 @@ RETRY_DELAY_S = 1.0
 MIN_RECHECK_S = 0.05
 # The sweep leaves alone instances younger than this: their message is normally on its way.
 SWEEP_GRACE_S = 5.0
+# A volume built on arrival that no Packer took by then is dropped (its task failed validation,
+# was deleted, or the Packer read the files).
+PREPARED_TTL_S = 600.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -74,6 +86,10 @@ class CompilatorActor:
         self._broken = False
         self._config: CompilatorConfig | None = None
         self._config_read_at = 0.0
+        # Builders are only touched on this one thread, in the order the batches committed.
+        self._volumes = VolumeAssembler(settings.prebuild_memory_mb * 2**20)
+        self._volume_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-volume")
+        self._prepared: dict[str, tuple[float, Future[PreparedVolume | None]]] = {}
         self._m_outcome = metrics.Counter(
             "petray_compilations", "Series assemblies by outcome", ("outcome",)
         )
@@ -110,6 +126,20 @@ class CompilatorActor:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(BATCH_WINDOW_S, self._flush)
 
+    async def take_volume(self, task_id: str) -> PreparedVolume | None:
+        """The ready task's volume, once (None when it was not built on arrival).
+
+        Its ref goes with it: the Packer borrows the object and it lives as long as the Packer
+        holds it."""
+        entry = self._prepared.pop(task_id, None)
+        if entry is None:
+            return None
+        try:
+            return await asyncio.wrap_future(entry[1])
+        except Exception:
+            logger.exception("task %s: the volume built on arrival is lost", task_id)
+            return None
+
     async def status(self) -> dict[str, Any]:
         return {
             "open": len(self._compiler),
@@ -137,7 +167,13 @@ class CompilatorActor:
         with unit_of_work(self._sessions) as session:
             live = compiling(self._compiler.open_task_ids(), session=session)
             orphans = unassigned(session=session, received_before=before)
-        self._cancel_timers(self._compiler.forget_gone(live))
+        gone = self._compiler.forget_gone(live)
+        self._cancel_timers(gone)
+        for task_id in gone:
+            self._volume_thread.submit(self._volumes.drop, task_id)
+        stale = time.monotonic() - PREPARED_TTL_S
+        for task_id in [t for t, (at, _) in self._prepared.items() if at < stale]:
+            self._prepared.pop(task_id)
         if orphans:
             logger.warning("sweep found %d unclaimed instances; assigning them", len(orphans))
             self._pending.extend(orphans)
@@ -165,6 +201,7 @@ class CompilatorActor:
         with unit_of_work(self._sessions) as session:
             assemblies, pending = restore(session=session)
         self._compiler.restore(assemblies)
+        self._volume_thread.submit(self._volumes.clear)
         self._pending.extend(pending)
         self._broken = False
         self._restored = True
@@ -203,6 +240,16 @@ class CompilatorActor:
         self._after(outcome)
 
     def _after(self, outcome: BatchOutcome) -> None:
+        for task_id, instances in outcome.joined.items():
+            self._volume_thread.submit(
+                self._volumes.feed,
+                task_id,
+                [instance.path for instance in instances],
+                expected=instances[0].number_of_slices,
+                first=task_id in outcome.opened,
+            )
+        for task_id in outcome.gone:
+            self._volume_thread.submit(self._volumes.drop, task_id)
         self._cancel_timers(outcome.settled)
         loop = asyncio.get_running_loop()
         for task_id, delay in outcome.recheck.items():
@@ -245,6 +292,7 @@ class CompilatorActor:
     def _closed(self, assembly: SeriesAssembly, failure: str) -> None:
         """After the commit: count it and tell the next stage."""
         if failure:
+            self._volume_thread.submit(self._volumes.drop, assembly.task_id)
             self._aborted += 1
             self._m_outcome.inc(tags={"outcome": "aborted"})
             logger.warning("task %s aborted: %s", assembly.task_id, failure)
@@ -252,4 +300,16 @@ class CompilatorActor:
         self._dispatched += 1
         self._m_outcome.inc(tags={"outcome": "dispatched"})
         self._compiler.dispatched(assembly, time.time())
+        prepared = self._volume_thread.submit(self._prepare, assembly.task_id)
+        self._prepared[assembly.task_id] = (time.monotonic(), prepared)
         self._dispatcher.submit(Stage.VALIDATING, assembly.task_id)
+
+    def _prepare(self, task_id: str) -> PreparedVolume | None:
+        """On the volume thread, after every slice the task claimed: the volume into the object
+        store (its one copy there); this process lets go of its own copy and the put's pages."""
+        volume = self._volumes.finish(task_id)
+        if volume is None:
+            return None
+        ref = ray.put(volume.data)
+        release_pages(ray.get(ref))  # written by the put, never read here
+        return PreparedVolume.of(volume, ref)

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import ray
 from pydicom import dcmread
 
+from actors.names import COMPILATOR, NAMESPACE
+from actors.plasma import release_pages
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
 from petray.imaging.volume import load_series_volume
+from petray.settings import Settings
 from petray.site.siteconfig import effective_client_id
 from petray.stages.pack import pack
+from petray.stages.prebuild import PreparedVolume
 from petray.stages.records import Validated
 from petray.task_files import TaskFiles
 from petray.tasks import get_task, instance_paths
+
+logger = logging.getLogger(__name__)
+
+# Asking the Compilator for the volume it built; past this the files are read instead.
+TAKE_VOLUME_TIMEOUT_S = 60.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -23,30 +36,69 @@ class PackerActor(StageWorker):
     stage = Stage.PACKING
     concurrency = 1  # one 645x440x440 volume (0.5 GB) in memory at a time
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._volumes = {"on_arrival": 0, "from_files": 0}
+
+    async def status(self) -> dict[str, Any]:
+        """The stage's status, and how many volumes came from the Compilator or the files."""
+        return {**await super().status(), "volumes": dict(self._volumes)}
+
     def handle(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
-            paths = [Path(p) for p in instance_paths(task_id, session=session)]
+            paths = instance_paths(task_id, session=session)
             validated = Validated.of(get_task(task_id, session=session))
             client_id = effective_client_id(self.settings, session=session)
-        volume = load_series_volume(paths)
-        # The volume goes into the object store once; what is packed is the read-only,
-        # zero-copy view of it, and the private copy is dropped straight away.
-        volume_ref = ray.put(volume.data)
-        spacing, slice_paths = volume.spacing_zyx, volume.slice_paths
-        del volume
-        packed, quant = pack(
-            ray.get(volume_ref),
-            spacing_zyx=spacing,
-            slice_paths=slice_paths,
-            first_header=dcmread(slice_paths[0], stop_before_pixels=True),
-            validated=validated,
-            task_id=task_id,
-            client_id=client_id,
-            archive=TaskFiles.of(self.settings, task_id).archive,
-            compresslevel=self.settings.zip_compression_level,
-        )
-        del volume_ref
+        prepared = _volume_built_on_arrival(task_id, paths)
+        self._volumes["on_arrival" if prepared is not None else "from_files"] += 1
+        if prepared is not None:
+            # Zero-copy: a read-only view of the object the Compilator put (issue 13).
+            volume: np.ndarray = ray.get(prepared.ref)
+            spacing = prepared.spacing_zyx
+            slice_paths = tuple(Path(p) for p in prepared.slice_paths)
+        else:
+            read = load_series_volume([Path(p) for p in paths])
+            volume, spacing, slice_paths = read.data, read.spacing_zyx, read.slice_paths
+            del read
+        try:
+            packed, quant = pack(
+                volume,
+                spacing_zyx=spacing,
+                slice_paths=slice_paths,
+                first_header=dcmread(slice_paths[0], stop_before_pixels=True),
+                validated=validated,
+                task_id=task_id,
+                client_id=client_id,
+                archive=TaskFiles.of(self.settings, task_id).archive,
+                compresslevel=self.settings.zip_compression_level,
+            )
+        finally:
+            release_pages(volume)  # the object store's pages this process read (0 if private)
+            del volume, prepared
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             packed.put(task)
             quant.put(task)
+
+
+def _volume_built_on_arrival(task_id: str, paths: Sequence[str]) -> PreparedVolume | None:
+    """The Compilator's volume of exactly these files, or None (the files are read instead)."""
+    try:
+        compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
+        prepared = cast(
+            PreparedVolume | None,
+            ray.get(compilator.take_volume.remote(task_id), timeout=TAKE_VOLUME_TIMEOUT_S),
+        )
+    except Exception as exc:  # restarting, gone, slow: a head start lost, nothing more
+        logger.warning(
+            "task %s: no volume from the Compilator (%s); reading the files", task_id, exc
+        )
+        return None
+    if prepared is None:
+        return None
+    if not prepared.is_of(paths):
+        logger.info(
+            "task %s: the volume built on arrival is not the task's; reading the files", task_id
+        )
+        return None
+    return prepared

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # Memory the Store SCP may hold in received instances at once; start-up refuses
     # dicom_max_associations x max_instance_bytes above it.
     dicom_memory_budget_mb: int = Field(default=4096, ge=64)
+    # Memory the Compilator may hold in series volumes it builds while their slices arrive
+    # (issue 13; a 645x440x440 series takes 500 MiB). A series beyond it is read from its
+    # files by the Packer instead; 0 turns building on arrival off. The handover copies one
+    # volume into the object store, so the Compilator peaks at this plus one volume.
+    prebuild_memory_mb: int = Field(default=768, ge=0)
     # A connection that sends no A-ASSOCIATE-RQ within this is dropped (a probe must not hold
     # an association slot); an established association silent for the network timeout too.
     dicom_acse_timeout_s: float = Field(default=5.0, gt=0, le=300)

@@ -9,7 +9,9 @@ settings share one pipeline, so its actors are killed again and again, case afte
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pydicom
 import pytest
 import ray
@@ -29,11 +32,19 @@ from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import PostFilter
 from petray.demo.synth import make_pet_series, write_series
 from petray.imaging.filters import FilterSpec
+from petray.imaging.volume import load_series_volume
 from petray.settings import Settings
 from petray.site.activity import remove_files
 from petray.site.siteconfig import add_filter
 from petray.task_files import TaskFiles
-from petray.tasks import TaskSummary, cancel, delete_task, list_tasks, unfinished_tasks
+from petray.tasks import (
+    TaskSummary,
+    cancel,
+    delete_task,
+    instance_paths,
+    list_tasks,
+    unfinished_tasks,
+)
 from serve.reference.config import Switches
 from serve.reference.main import RunningServer, running_reference
 from tests.support.gateway_site import prepare_site, site_settings
@@ -135,6 +146,12 @@ class Rig:
             assert time.monotonic() < deadline, f"{name} did not come back"
             time.sleep(0.05)
 
+    def packer_volumes(self) -> dict[str, int]:
+        """How many volumes the Packer took from the Compilator or read from the files."""
+        packer = ray.get_actor(names.PACKER, namespace=names.NAMESPACE)
+        volumes: dict[str, int] = ray.get(packer.status.remote(), timeout=30)["volumes"]
+        return volumes
+
     def delivered_sop_uids(self, expected: int) -> list[str]:
         files = self.destination.wait_received(expected, timeout_s=20)
         return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
@@ -220,17 +237,40 @@ def _assert_delivered_once(rig: Rig, task: TaskSummary, images: int) -> None:
     assert len(set(uids)) == images, "an instance was delivered twice"
 
 
+def test_the_packer_packs_the_volume_built_while_the_slices_arrived(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory()
+    before = rig.packer_volumes()
+    files = rig.files("a", slices=12, rows=32, cols=32, seed=11)
+    rig.send(files[::-1])  # arrival order is not slice order
+    [task] = rig.finished()
+    assert (task.stage, task.state) == ("done", "done"), task.reason
+    after = rig.packer_volumes()
+    assert after["on_arrival"] == before["on_arrival"] + 1
+    assert after["from_files"] == before["from_files"]
+    # What went to the service is the volume read from the stored files, voxel for voxel.
+    with unit_of_work(rig.sessions) as session:
+        stored = [Path(p) for p in instance_paths(task.id, session=session)]
+    with zipfile.ZipFile(TaskFiles.of(rig.settings, task.id).archive) as archive:
+        uploaded = np.load(io.BytesIO(archive.read(f"{task.id}.npy")))
+    np.testing.assert_array_equal(uploaded, load_series_volume(stored).data)
+
+
 def test_compilator_killed_mid_series_keeps_one_task(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory()
     files = rig.files("a", slices=12, rows=32, cols=32, seed=1)
     rig.send(files[:6])
     rig.wait_for(lambda ts: ts[0].images == 6, "the first half to be assigned")
     rig.kill(names.COMPILATOR)
+    before = rig.packer_volumes()
     rig.send(files[6:])
     tasks = rig.finished()
     assert len(tasks) == 1, [t.as_dict() for t in tasks]
     assert tasks[0].images == 12
     _assert_delivered_once(rig, tasks[0], 12)
+    # The restarted Compilator saw only the second half: the Packer read the files.
+    assert rig.packer_volumes()["from_files"] == before["from_files"] + 1
 
 
 @pytest.mark.parametrize(

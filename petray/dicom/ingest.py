@@ -58,6 +58,8 @@ class ReceivedInstance:
     peer_host: str
     # Only for the bytes-received metric; not part of what identifies the message.
     size_bytes: int = field(default=0, compare=False)
+    # The stored file, for the volume the Compilator builds on arrival (issue 13).
+    path: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class InstanceStore:
             calling_ae=calling_ae,
             peer_host=peer_host,
             size_bytes=final.stat().st_size,
+            path=str(final),
         )
 
     def _final_path(self, header: InstanceHeader) -> Path:

@@ -228,44 +228,88 @@ def load_series_volume(paths: Sequence[Path]) -> PetVolume:
     Raises PermanentError naming the file and the inconsistency (size, orientation, spacing,
     duplicate or irregular positions, undecodable pixels).
     """
-    if not paths:
-        raise PermanentError("no slices to build a volume from")
     # Each file is read once (issue 13: the Packer's read was two passes): header and pixels
     # go into the volume in file order, and the planes are put in slice order in place.
-    headers: list[_SliceHeader] = []
-    data: np.ndarray | None = None
-    for z, path in enumerate(Path(p) for p in paths):
+    builder = VolumeBuilder(expected=len(paths))
+    for path in paths:
+        builder.add(Path(path))
+    return builder.finish()
+
+
+class VolumeBuilder:
+    """A series' volume built one slice at a time, in any order, as the slices arrive.
+
+    ``add`` reads one file (header and pixels) into the next plane; ``finish`` checks the
+    series as a whole and puts the planes in slice order, in place. ``expected`` (the declared
+    NumberOfSlices, when there is one) sizes the buffer once; without it, or past it, the buffer
+    doubles. Errors are ``PermanentError`` naming the file, as ``load_series_volume``'s.
+    """
+
+    def __init__(self, expected: int | None = None) -> None:
+        self._expected = expected if expected and expected > 0 else None
+        self._headers: list[_SliceHeader] = []
+        self._data: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._headers)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the buffer holds (its capacity, not only the planes filled)."""
+        return 0 if self._data is None else int(self._data.nbytes)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(h.path for h in self._headers)
+
+    def add(self, path: Path) -> None:
         ds = _read(path)
         header = _header_of(ds, path)
-        headers.append(header)
-        if data is None:
-            data = np.empty((len(paths), header.rows, header.columns), dtype=np.float32)
-        elif (header.rows, header.columns) != (headers[0].rows, headers[0].columns):
-            _check_consistent(headers)  # names both sizes
-        _rescale_into(data[z], ds, path)
-    assert data is not None
-    _check_consistent(headers)
-    normal = slice_normal(headers[0].orientation)
-    distances = np.array([float(h.position @ normal) for h in headers])
-    order = np.argsort(distances, kind="stable")
-    headers = [headers[i] for i in order]
-    distances = distances[order]
-    step = _slice_step(distances, headers[0])
-    _reorder_planes(data, order)
-    first = headers[0]
-    orientation = tuple(float(v) for v in first.orientation)
-    log.debug("loaded volume %s with z step %.3f mm", data.shape, step)
-    return PetVolume(
-        data=data,
-        spacing_zyx=(step, first.pixel_spacing[0], first.pixel_spacing[1]),
-        slice_paths=tuple(h.path for h in headers),
-        orientation=(
-            orientation[0],
-            orientation[1],
-            orientation[2],
-            orientation[3],
-            orientation[4],
-            orientation[5],
-        ),
-        positions=np.stack([h.position for h in headers]),
-    )
+        if self._data is None:
+            capacity = self._expected or 16
+            self._data = np.empty((capacity, header.rows, header.columns), dtype=np.float32)
+        elif (header.rows, header.columns) != self._data.shape[1:]:
+            _check_consistent([self._headers[0], header])  # names both sizes
+        z = len(self._headers)
+        if z == len(self._data):
+            self._grow()
+        _rescale_into(self._data[z], ds, path)
+        self._headers.append(header)
+
+    def _grow(self) -> None:
+        assert self._data is not None
+        bigger = np.empty((2 * len(self._data), *self._data.shape[1:]), dtype=np.float32)
+        bigger[: len(self._data)] = self._data
+        self._data = bigger
+
+    def finish(self) -> PetVolume:
+        if self._data is None:
+            raise PermanentError("no slices to build a volume from")
+        headers = self._headers
+        data = self._data[: len(headers)]
+        _check_consistent(headers)
+        normal = slice_normal(headers[0].orientation)
+        distances = np.array([float(h.position @ normal) for h in headers])
+        order = np.argsort(distances, kind="stable")
+        headers = [headers[i] for i in order]
+        distances = distances[order]
+        step = _slice_step(distances, headers[0])
+        _reorder_planes(data, order)
+        first = headers[0]
+        orientation = tuple(float(v) for v in first.orientation)
+        log.debug("loaded volume %s with z step %.3f mm", data.shape, step)
+        return PetVolume(
+            data=data,
+            spacing_zyx=(step, first.pixel_spacing[0], first.pixel_spacing[1]),
+            slice_paths=tuple(h.path for h in headers),
+            orientation=(
+                orientation[0],
+                orientation[1],
+                orientation[2],
+                orientation[3],
+                orientation[4],
+                orientation[5],
+            ),
+            positions=np.stack([h.position for h in headers]),
+        )

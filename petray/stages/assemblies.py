@@ -115,6 +115,7 @@ def unassigned(
             number_of_slices=row.number_of_slices,
             calling_ae=row.calling_ae,
             peer_host=row.peer_host,
+            path=row.path,
         )
         for row in session.scalars(stmt)
     ]

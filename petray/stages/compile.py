@@ -53,6 +53,12 @@ class BatchOutcome:
     settled: list[str] = field(default_factory=list)
     # Still open: decide them again after this many seconds without a new instance.
     recheck: dict[str, float] = field(default_factory=dict)
+    # The instances each task claimed in this batch, in the order they came.
+    joined: dict[str, list[ReceivedInstance]] = field(default_factory=dict)
+    # The tasks opened by this batch (their first instances are all in ``joined``).
+    opened: set[str] = field(default_factory=set)
+    # Forgotten: their task was deleted or cancelled while open.
+    gone: list[str] = field(default_factory=list)
 
 
 class Compiler:
@@ -97,9 +103,9 @@ class Compiler:
         if batch:
             # Deleted or cancelled while open: its instances must not join it.
             live = compiling(self.open_task_ids(), session=session)
-            outcome.settled.extend(self.forget_gone(live))
+            outcome.gone = self.forget_gone(live)
+            outcome.settled.extend(outcome.gone)
         touched: dict[str, SeriesAssembly] = {}
-        members: dict[str, list[int]] = {}
         for instance in batch:
             assembly = self.compilation.route(instance)
             if assembly is None:
@@ -107,11 +113,12 @@ class Compiler:
             if assembly is None:
                 assembly = open_task(instance, session=session, now=now)
                 self.compilation.open(assembly)
+                outcome.opened.add(assembly.task_id)
             assembly.add(instance, now)
-            members.setdefault(assembly.task_id, []).append(instance.instance_pk)
+            outcome.joined.setdefault(assembly.task_id, []).append(instance)
             touched[assembly.task_id] = assembly
-        for task_id, instance_pks in members.items():
-            assign(instance_pks, touched[task_id], session=session)
+        for task_id, instances in outcome.joined.items():
+            assign([i.instance_pk for i in instances], touched[task_id], session=session)
         # Assemblies restored from the database get their first decision here too.
         for task_id in self._undecided:
             restored = self.compilation.get(task_id)
