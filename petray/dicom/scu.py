@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -39,6 +40,7 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from petray.dicom import direct_store
 from petray.dicom.tls import TlsFiles, client_context
 from petray.errors import ConfigurationError, DeliveryRefused, PermanentError, TransientError
 
@@ -532,6 +534,17 @@ def send_instances(
     )
 
 
+def _own_syntax_context(assoc: Association, item: OutgoingInstance) -> int | None:
+    """The accepted context in exactly the file's SOP class and transfer syntax, if any."""
+    for context in assoc.accepted_contexts:
+        if (
+            context.abstract_syntax == item.sop_class_uid
+            and UID(context.transfer_syntax[0]) == item.transfer_syntax_uid
+        ):
+            return context.context_id
+    return None
+
+
 def _payload(assoc: Association, item: OutgoingInstance) -> Path | Dataset:
     """The file itself when the accepted transfer syntax is the file's own, else a dataset.
 
@@ -540,12 +553,8 @@ def _payload(assoc: Association, item: OutgoingInstance) -> Path | Dataset:
     transfer syntax; a destination that chose the other uncompressed syntax gets the dataset
     decoded and re-encoded by pynetdicom, as before.
     """
-    for context in assoc.accepted_contexts:
-        if (
-            context.abstract_syntax == item.sop_class_uid
-            and UID(context.transfer_syntax[0]) == item.transfer_syntax_uid
-        ):
-            return item.path
+    if _own_syntax_context(assoc, item) is not None:
+        return item.path
     try:
         return pydicom.dcmread(item.path)
     except (OSError, InvalidDicomError) as exc:
@@ -564,11 +573,16 @@ def _store(
     def lost(what: str) -> TransientError:
         return TransientError(f"association with {node} {what} after {done} of {total} instances")
 
-    payload = _payload(assoc, item)
+    context_id = _own_syntax_context(assoc, item)
     started = time.monotonic()
     try:
         # Message ID is a US, unique among the requests of one association (PS3.7 9.3.1.1).
-        status = assoc.send_c_store(payload, msg_id=msg_id)
+        if context_id is not None and direct_store.usable(assoc):
+            status = _send_direct(assoc, item, context_id=context_id, msg_id=msg_id)
+        else:
+            status = assoc.send_c_store(_payload(assoc, item), msg_id=msg_id)
+    except ConnectionError as exc:
+        raise lost("was lost while sending") from exc
     except RuntimeError as exc:
         # pynetdicom raises when the peer has already dropped the association, e.g. Orthanc
         # refusing a store by aborting (ARCHITECTURE.md) between two requests.
@@ -585,6 +599,24 @@ def _store(
             raise lost(f"got no C-STORE response within {timeout} s")
         raise lost("was aborted")
     return status
+
+
+def _send_direct(
+    assoc: Association, item: OutgoingInstance, *, context_id: int, msg_id: int
+) -> Dataset:
+    """The file's data set as it is on disk, written straight to the socket (direct_store)."""
+    if not assoc.is_established:
+        raise RuntimeError("the association is no longer established")
+    _meta, offset = split_dataset(item.path)
+    return direct_store.send_c_store(
+        assoc,
+        item.path,
+        offset,
+        context_id=context_id,
+        msg_id=msg_id,
+        sop_class_uid=item.sop_class_uid,
+        sop_instance_uid=item.sop_instance_uid,
+    )
 
 
 def echo(node: DicomNode, *, calling_ae: str, timeout_s: float = 10) -> EchoResult:
