@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -66,6 +68,19 @@ SWEEP_GRACE_S = 5.0
 PREPARED_TTL_S = 600.0
 
 
+# The volume thread's niceness: building ahead must not slow the Store SCP processes down.
+VOLUME_THREAD_NICE = 10
+
+
+def _yield_to_ingest() -> None:
+    """Lower this thread's CPU priority (Linux schedules threads on their own): the slices are
+    read when the Store SCP leaves a core idle, and the backlog is caught up after the last."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), VOLUME_THREAD_NICE)
+    except OSError:
+        logger.info("the volume thread runs at the actor's priority")
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class CompilatorActor:
     def __init__(self, settings: Settings) -> None:
@@ -88,7 +103,9 @@ class CompilatorActor:
         self._config_read_at = 0.0
         # Builders are only touched on this one thread, in the order the batches committed.
         self._volumes = VolumeAssembler(settings.prebuild_memory_mb * 2**20)
-        self._volume_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petray-volume")
+        self._volume_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="petray-volume", initializer=_yield_to_ingest
+        )
         self._prepared: dict[str, tuple[float, Future[PreparedVolume | None]]] = {}
         self._m_outcome = metrics.Counter(
             "petray_compilations", "Series assemblies by outcome", ("outcome",)
