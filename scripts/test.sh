@@ -8,4 +8,6 @@ export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONDONTWRITEBYTECODE=
 .venv/bin/mypy
 # Two workers, a module each at a time (module fixtures such as a gateway stay in one process);
 # tests/conftest.py hands out the slowest modules first. PETRAY_TEST_WORKERS=0 runs serially.
-exec .venv/bin/python -m pytest -p no:cacheprovider -n "${PETRAY_TEST_WORKERS:-2}" --dist loadfile "$@"
+# The 25 slowest steps are listed at the end: where the suite's time goes (issue 13).
+exec .venv/bin/python -m pytest -p no:cacheprovider -n "${PETRAY_TEST_WORKERS:-2}" --dist loadfile \
+    --durations=25 "$@"
