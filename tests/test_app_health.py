@@ -86,10 +86,21 @@ def delivered(h: AppHarness, state: str, reason: str = "") -> str:
     return task_id
 
 
+def settled(h: AppHarness) -> tuple[int, dict[str, Any]]:
+    """The report once every fact came in within the probe's budget: on a machine busy with the
+    other tests one may not, and the verdict is then honestly "degraded" (probe again)."""
+    deadline = time.monotonic() + 15
+    status, report = body(h)
+    while report["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, report = body(h)
+    return status, report
+
+
 def test_ok_when_everything_answers(healthy: AppHarness) -> None:
     add_destination(healthy)
     delivered(healthy, "done")
-    status, report = body(healthy)
+    status, report = settled(healthy)
     assert (status, report["status"]) == (200, "ok"), checks(report, "warn")
     assert report["database"] is True and report["dicom_listener"] is True
     assert {a["name"]: a["restarts"] for a in report["actors"]} == {
@@ -244,7 +255,16 @@ def test_dashboard_shows_the_same_verdict_and_reasons(healthy: AppHarness) -> No
     add_destination(healthy)
     delivered(healthy, "done")
     healthy.login("viewer")
-    page = healthy.client.get("/").text
+    # Each fact has under a second to come in (the probe's budget); on a machine busy with the
+    # other tests one may not, and the verdict is then honestly "degraded": reload, as staff
+    # would, until every check answered in time.
+    deadline = time.monotonic() + 15
+    while True:
+        page = healthy.client.get("/").text
+        calm = 'class="badge bad"' not in page and 'class="badge warn"' not in page
+        if calm or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert 'id="health-status">ok<' in page
     assert 'class="badge bad"' not in page and 'class="badge warn"' not in page
 
