@@ -49,11 +49,10 @@ class PackerActor(StageWorker):
             paths = instance_paths(task_id, session=session)
             validated = Validated.of(get_task(task_id, session=session))
             client_id = effective_client_id(self.settings, session=session)
-        prepared = _volume_built_on_arrival(task_id, paths)
-        self._volumes["on_arrival" if prepared is not None else "from_files"] += 1
-        if prepared is not None:
-            # Zero-copy: a read-only view of the object the Compilator put (issue 13).
-            volume: np.ndarray = ray.get(prepared.ref)
+        built = _volume_built_on_arrival(task_id, paths)
+        self._volumes["on_arrival" if built is not None else "from_files"] += 1
+        if built is not None:
+            prepared, volume = built
             spacing = prepared.spacing_zyx
             slice_paths = tuple(Path(p) for p in prepared.slice_paths)
         else:
@@ -74,31 +73,34 @@ class PackerActor(StageWorker):
             )
         finally:
             release_pages(volume)  # the object store's pages this process read (0 if private)
-            del volume, prepared
+            del volume, built
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             packed.put(task)
             quant.put(task)
 
 
-def _volume_built_on_arrival(task_id: str, paths: Sequence[str]) -> PreparedVolume | None:
-    """The Compilator's volume of exactly these files, or None (the files are read instead)."""
+def _volume_built_on_arrival(
+    task_id: str, paths: Sequence[str]
+) -> tuple[PreparedVolume, np.ndarray] | None:
+    """The Compilator's volume of exactly these files and its voxels, a read-only view of the
+    object it put (zero-copy, issue 13); None when the files must be read instead."""
     try:
         compilator = ray.get_actor(COMPILATOR, namespace=NAMESPACE)
         prepared = cast(
             PreparedVolume | None,
             ray.get(compilator.take_volume.remote(task_id), timeout=TAKE_VOLUME_TIMEOUT_S),
         )
-    except Exception as exc:  # restarting, gone, slow: a head start lost, nothing more
+        if prepared is None:
+            return None
+        if not prepared.is_of(paths):
+            logger.info("task %s: the volume built on arrival is not the task's", task_id)
+            return None
+        # Here too: the object dies with its owner, a Compilator that restarted meanwhile.
+        volume = cast(np.ndarray, ray.get(prepared.ref, timeout=TAKE_VOLUME_TIMEOUT_S))
+    except Exception as exc:  # restarting, gone, slow, lost: a head start lost, nothing more
         logger.warning(
             "task %s: no volume from the Compilator (%s); reading the files", task_id, exc
         )
         return None
-    if prepared is None:
-        return None
-    if not prepared.is_of(paths):
-        logger.info(
-            "task %s: the volume built on arrival is not the task's; reading the files", task_id
-        )
-        return None
-    return prepared
+    return prepared, volume
