@@ -75,4 +75,9 @@ class DownloaderActor(StageWorker):
             raise TransientError("the result archive is not in the shared folder yet")
         copy_atomically(files.processed, files.result_archive)
         verify_zip(files.result_archive, max_uncompressed_bytes=self.settings.max_result_bytes)
-        remove_task_files(files.shared_dir, task_id)
+
+    def committed(self, task_id: str) -> None:
+        """The shared folder's copy goes only once the task has left downloading: removed
+        before that commit, a Downloader killed in between restarted on a task whose result
+        was nowhere it looks, and waited for it until its retry budget ran out."""
+        remove_task_files(TaskFiles.of(self.settings, task_id).shared_dir, task_id)

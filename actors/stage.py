@@ -194,10 +194,15 @@ class StageWorker:
             self._failed += 1
             self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "failed"})
         elif outcome.advance_to is not None:
+            self.committed(task_id)
             self._processed += 1
             self._m_tasks.inc(tags={"stage": self.stage.value, "outcome": "ok"})
             self._m_duration.observe(time.monotonic() - started)
         return outcome
+
+    def committed(self, task_id: str) -> None:
+        """After the move to the next stage is committed: let go of what the stage's work
+        kept until then (nothing by default)."""
 
     def on_advance(self, task: Any, target: Stage, *, session: Any) -> None:
         """Commit the move to ``target`` (subclasses may record more in the same transaction)."""
