@@ -15,7 +15,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage  # type: ignore[attr-defined]
 
-from petray.dicom import direct_store
+from petray.dicom import wire
 from petray.dicom.scu import DicomNode, send_instances
 from tests.support.peers import LOOPBACK, free_port, write_pet_series
 
@@ -29,7 +29,7 @@ def _pynetdicom_request(
     _meta, offset = split_dataset(path)
     req = C_STORE()
     req.MessageID = msg_id
-    req.Priority = direct_store.PRIORITY
+    req.Priority = wire.PRIORITY
     req.AffectedSOPClassUID = SOP_CLASS
     req.AffectedSOPInstanceUID = sop_instance_uid
     req._dataset_path = (path, offset)  # type: ignore[attr-defined]
@@ -47,16 +47,14 @@ def _ours(
     path: Path, *, msg_id: int, sop_instance_uid: str, context_id: int, max_pdu: int
 ) -> bytes:
     _meta, offset = split_dataset(path)
-    command = direct_store.c_store_command(
+    command = wire.c_store_command(
         msg_id=msg_id, sop_class_uid=SOP_CLASS, sop_instance_uid=sop_instance_uid
     )
     data = path.read_bytes()[offset:]
     return b"".join(
         [
-            *direct_store.pdus(
-                command, context_id=context_id, max_pdu_length=max_pdu, command=True
-            ),
-            *direct_store.pdus(data, context_id=context_id, max_pdu_length=max_pdu),
+            *wire.pdus(command, context_id=context_id, max_pdu_length=max_pdu, command=True),
+            *wire.pdus(data, context_id=context_id, max_pdu_length=max_pdu),
         ]
     )
 
@@ -72,7 +70,7 @@ def test_the_request_is_the_one_pynetdicom_would_send(
 
 
 def test_an_empty_data_set_is_one_last_fragment() -> None:
-    [header, fragment] = list(direct_store.pdus(b"", context_id=1, max_pdu_length=16384))
+    [header, fragment] = list(wire.pdus(b"", context_id=1, max_pdu_length=16384))
     assert header == bytes.fromhex("04 00 00000006 00000002 01 02".replace(" ", ""))
     assert bytes(fragment) == b""
 

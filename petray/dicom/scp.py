@@ -56,6 +56,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from petray.db.engine import unit_of_work
 from petray.db.models import AssociationLog
+from petray.dicom.direct_receive import StoreRequest, install_direct_receive
 from petray.dicom.header import (
     ACCEPTED_SOP_CLASSES,
     DEFAULT_MAX_DIMENSION,
@@ -198,7 +199,7 @@ class _OpenAssociation:
     problems: list[str] = field(default_factory=list)
 
 
-def _failure(status: StoreStatus, comment: str) -> Dataset:
+def _failure(status: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = int(status)
     # ErrorComment is LO: 64 characters at most (PS3.7 C.4.2.1.4).
@@ -207,7 +208,7 @@ def _failure(status: StoreStatus, comment: str) -> Dataset:
 
 
 def check_pixel_data_complete(
-    encoded: bytes, offset: int, syntax: UID, header: InstanceHeader | None = None
+    encoded: bytes | memoryview, offset: int, syntax: UID, header: InstanceHeader | None = None
 ) -> None:
     """Raise EOFError when the PixelData element at ``offset`` is cut short.
 
@@ -277,7 +278,7 @@ def _check_native_length(length: int, header: InstanceHeader, syntax: UID) -> No
         )
 
 
-def inflate(deflated: bytes, max_bytes: int) -> bytes:
+def inflate(deflated: bytes | memoryview, max_bytes: int) -> bytes:
     """The inflated dataset of Deflated Explicit VR Little Endian (PS3.5 A.5), at most
     ``max_bytes``: a deflate stream expands up to ~1000:1, so an unbounded inflate lets 1.6 MB
     on the wire take 1.6 GB of memory (issue 9). Raises OversizedInstance beyond the bound and
@@ -338,7 +339,7 @@ def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def read_header(
-    dataset: bytes, syntax: UID, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
+    dataset: bytes | memoryview, syntax: UID, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
 ) -> tuple[Dataset, int]:
     """The dataset's elements before its pixel data, and the offset where the pixel data start.
 
@@ -618,6 +619,10 @@ class StoreService:
     def _on_conn_open(self, event: evt.Event) -> None:
         if not install_immediate_dispatch(event.assoc):
             logger.warning("pynetdicom internals changed: ingest falls back to its polling")
+        if not install_direct_receive(
+            event.assoc, self.store_request, max_bytes=self._limits.max_instance_bytes
+        ):
+            logger.warning("pynetdicom internals changed: requests are read by its reactor")
         if not install_size_guard(event.assoc, self._limits.max_instance_bytes):
             logger.warning("pynetdicom internals changed: received instances are not bounded")
 
@@ -732,25 +737,39 @@ class StoreService:
         return int(StoreStatus.SUCCESS)
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        record = self._open.get(id(event.assoc))
-        requestor = event.assoc.requestor
+        """The C-STORE handler of an association on pynetdicom's path (TLS, or handed back)."""
         request = cast(C_STORE, event.request)
-        syntax = UID(event.context.transfer_syntax)
+        status, comment = self.store_request(
+            event.assoc,
+            StoreRequest(
+                abstract_syntax=str(event.context.abstract_syntax),
+                transfer_syntax=str(event.context.transfer_syntax),
+                sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                data_set=memoryview(cast(BytesIO, request.DataSet).getvalue()),
+            ),
+        )
+        return _failure(status, comment) if comment else int(status)
+
+    def store_request(self, assoc: Association, request: StoreRequest) -> tuple[int, str]:
+        """Store one C-STORE request durably: its status, and an error comment on failure."""
+        record = self._open.get(id(assoc))
+        requestor = assoc.requestor
         try:
-            received = self._receive(event, request, syntax, record)
+            received = self._receive(assoc, request, record)
         except DiskFull as exc:
             logger.error("refusing an instance: %s", exc)
             self._count(record, refused=True, problem="disk below floor")
-            return _failure(StoreStatus.OUT_OF_RESOURCES, "petray: free disk below floor")
+            return StoreStatus.OUT_OF_RESOURCES, "petray: free disk below floor"
         except OversizedInstance as exc:
             # Not "out of resources" (A700): a sender would retry the same bomb for ever.
             logger.warning("refused an oversized instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem=str(exc))
-            return _failure(StoreStatus.CANNOT_UNDERSTAND, str(exc))
+            return StoreStatus.CANNOT_UNDERSTAND, str(exc)
         except InvalidInstance as exc:
             logger.warning("refused an invalid instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem=str(exc))
-            return _failure(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, str(exc)
         except (
             UnreadableInstance,
             InvalidDicomError,
@@ -762,30 +781,26 @@ class StoreService:
             # pydicom decodes lazily, so a corrupt element surfaces only when it is touched.
             logger.warning("could not parse an instance from %s: %s", requestor.ae_title, exc)
             self._count(record, refused=True, problem="unparseable dataset")
-            return _failure(StoreStatus.CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}")
+            return StoreStatus.CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}"
         except Exception:
             logger.exception("failed to store an instance")
             self._count(record, refused=True, problem="processing failure")
-            return _failure(StoreStatus.PROCESSING_FAILURE, "petray could not store the instance")
+            return StoreStatus.PROCESSING_FAILURE, "petray could not store the instance"
         if received is None:
-            return int(StoreStatus.SUCCESS)
+            return StoreStatus.SUCCESS, ""
         self._count(record)
         self._on_instance(received)
-        return int(StoreStatus.SUCCESS)
+        return StoreStatus.SUCCESS, ""
 
     def _receive(
-        self,
-        event: evt.Event,
-        request: C_STORE,
-        syntax: UID,
-        record: _OpenAssociation | None,
+        self, assoc: Association, request: StoreRequest, record: _OpenAssociation | None
     ) -> ReceivedInstance | None:
         """Store one instance durably; None when it is not PET and was ignored."""
-        sop_class = str(request.AffectedSOPClassUID or "")
-        sop_instance = str(request.AffectedSOPInstanceUID or "")
-        if sop_class != str(event.context.abstract_syntax):
+        sop_class, sop_instance = request.sop_class_uid, request.sop_instance_uid
+        syntax = UID(request.transfer_syntax)
+        if sop_class != request.abstract_syntax:
             raise InvalidInstance("Affected SOP Class UID differs from the presentation context")
-        dataset = cast(BytesIO, request.DataSet).getvalue()
+        dataset = request.data_set
         limits = self._limits
         if len(dataset) > limits.max_instance_bytes:  # when pynetdicom's guard is not installed
             raise OversizedInstance(
@@ -799,7 +814,8 @@ class StoreService:
         try:
             # Only the header is parsed: pixel data stay encoded as the sender sent them. A
             # deflated dataset is inflated (bounded) once, for the header and the pixel check.
-            plain, plain_syntax = dataset, syntax
+            plain: bytes | memoryview = dataset
+            plain_syntax = syntax
             if syntax == DeflatedExplicitVRLittleEndian:
                 plain = inflate(dataset, limits.max_instance_bytes)
                 plain_syntax = ExplicitVRLittleEndian
@@ -813,8 +829,8 @@ class StoreService:
                 self._count(record, ignored=True)
                 logger.info(
                     "ignored a non-PET instance (SOP class %s) from %s",
-                    event.context.abstract_syntax,
-                    event.assoc.requestor.ae_title,
+                    request.abstract_syntax,
+                    assoc.requestor.ae_title,
                 )
                 if pending is not None:
                     self._store.discard(pending)
@@ -831,7 +847,7 @@ class StoreService:
             if pending is not None:
                 self._store.discard(pending)
             raise
-        requestor = event.assoc.requestor
+        requestor = assoc.requestor
         return self._store.store(
             pending if pending is not None else parts,
             header,

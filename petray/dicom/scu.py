@@ -437,6 +437,12 @@ class _Delivery:
             )
 
     def _send_pending(self, assoc: Association) -> None:
+        try:
+            self._send_each(assoc)
+        finally:
+            direct_store.resume_reactor(assoc)  # paused by the direct requests
+
+    def _send_each(self, assoc: Association) -> None:
         msg_id = 0
         while (item := self._next()) is not None:
             msg_id = msg_id % MAX_MESSAGE_ID + 1
