@@ -30,10 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import petray.dicom.scp
 from petray.db.models import Instance
-from petray.dicom import direct_store, wire
+from petray.dicom import wire
 from petray.dicom.direct_receive import DirectReceiver
 from petray.dicom.ingest import InstanceStore
 from petray.dicom.scp import IngestLimits, StoreService
+from petray.dicom.scu import keep_responses_for_the_caller
 from petray.site.siteconfig import Listener
 from tests.support.peers import LOOPBACK, free_port, run_storescu, write_pet_series
 
@@ -223,6 +224,7 @@ def _associate(port: int) -> Association:
     contexts = [build_context(PET), build_context(Verification)]
     assoc = ae.associate(LOOPBACK, port, contexts=contexts, ae_title=AE_TITLE)
     assert assoc.is_established
+    keep_responses_for_the_caller(assoc)  # or the requestor's reactor may take the answers
     return assoc
 
 
@@ -250,7 +252,6 @@ def _echo_rq(message_id: int) -> Any:
 def _send_raw(assoc: Association, *pdvs: bytes) -> None:
     """One P-DATA-TF PDU holding ``pdvs``, written to the association's socket."""
     body = b"".join(pdvs)
-    direct_store.pause_reactor(assoc)  # or the requestor's reactor may take the answers
     sock = assoc.dul.socket.socket  # type: ignore[union-attr]
     assert sock is not None
     sock.sendall(struct.pack(">BBL", wire.P_DATA_TF, 0, len(body)) + body)
@@ -262,7 +263,6 @@ def _answers(assoc: Association, count: int) -> list[int]:
         _context, message = assoc.dimse.get_msg(block=True)
         assert message is not None, "no answer"
         statuses.append(int(message.Status))
-    direct_store.resume_reactor(assoc)
     return statuses
 
 
@@ -302,7 +302,6 @@ def test_what_the_direct_path_does_not_serve_goes_to_pynetdicom_which_serves_the
         try:
             _store_on_the_verification_context(assoc)
             assoc.dimse.get_msg(block=True)  # pynetdicom answers it as it always has
-            direct_store.resume_reactor(assoc)
             status = assoc.send_c_store(path)  # type: ignore[attr-defined]
             assert status.Status == 0x0000
         finally:
@@ -322,7 +321,6 @@ def test_a_pdu_whose_fragment_overruns_it_aborts_the_association_not_the_service
         assoc = _associate(scp.port)
         context_id = _context_id(assoc, str(Verification))
         _send_raw(assoc, struct.pack(">LBB", 500, context_id, wire.COMMAND_LAST) + b"\0" * 20)
-        direct_store.resume_reactor(assoc)
         deadline = time.monotonic() + 10
         while assoc.is_established and time.monotonic() < deadline:
             time.sleep(0.05)

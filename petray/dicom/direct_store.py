@@ -7,7 +7,7 @@ cost several milliseconds of CPU per instance: the sender, not the network, boun
 delivery. Here the command set is encoded without a pydicom dataset (one PDU), the data set
 is read from the file once and cut into PDUs, and the whole request goes out with one
 ``sendall`` from the caller's thread. The response is read through pynetdicom's DIMSE queue,
-as before, with the association's reactor paused as pynetdicom's own requests pause it.
+as before (petray.dicom.scu keeps the association's reactor from taking it).
 
 Only on a plain TCP association that is established and sends nothing else meanwhile: the
 reactor thread writes to the socket only for primitives queued to it, and none is queued
@@ -18,7 +18,6 @@ must not be read and written by two threads at once (``usable`` says so).
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -32,23 +31,6 @@ def usable(assoc: Association) -> bool:
     transport = assoc.dul.socket
     sock = transport.socket if transport is not None else None
     return type(sock) is socket.socket
-
-
-def pause_reactor(assoc: Association) -> None:
-    """Keep the association's reactor thread from taking DIMSE messages, as pynetdicom's own
-    ``send_*`` methods do: otherwise it may take a response off the queue before the caller
-    does and drop it as unexpected, and the caller waits out its DIMSE timeout. Left paused
-    across requests (each pause waits up to one turn of the reactor, about 1 ms) until
-    ``resume_reactor``; pynetdicom's own requests resume it when they end."""
-    checkpoint = assoc._reactor_checkpoint
-    if checkpoint.is_set():
-        checkpoint.clear()
-    while not assoc._is_paused and assoc.is_alive():
-        time.sleep(0.0001)
-
-
-def resume_reactor(assoc: Association) -> None:
-    assoc._reactor_checkpoint.set()
 
 
 def send_c_store(
@@ -82,7 +64,6 @@ def send_c_store(
     sock = transport.socket if transport is not None else None
     if sock is None:
         raise ConnectionError("the association's socket is closed")
-    pause_reactor(assoc)
     try:
         sock.sendall(request)
     except OSError as exc:

@@ -41,6 +41,7 @@ from pynetdicom.status import (
 )
 
 from petray.dicom import direct_store
+from petray.dicom.scp import DUL_IDLE_SLEEP_S
 from petray.dicom.tls import TlsFiles, client_context
 from petray.errors import ConfigurationError, DeliveryRefused, PermanentError, TransientError
 
@@ -160,7 +161,7 @@ def _disable_nagle(event: evt.Event) -> None:
         transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _keep_responses_for_the_caller(assoc: Association) -> None:
+def keep_responses_for_the_caller(assoc: Association) -> None:
     """Stop the association's reactor thread from taking our C-STORE/C-ECHO responses.
 
     pynetdicom's requestor reactor polls the DIMSE queue to serve requests *from* the peer and
@@ -184,7 +185,11 @@ def _keep_responses_for_the_caller(assoc: Association) -> None:
 
 def _on_connection_open(event: evt.Event) -> None:
     _disable_nagle(event)
-    _keep_responses_for_the_caller(event.assoc)
+    keep_responses_for_the_caller(event.assoc)
+    # Each response waits for the reactor's next look at the socket: after 1 ms of sleep by
+    # default, half of it on average per instance (as the Store SCP's reactor, petray.dicom.scp).
+    if hasattr(event.assoc.dul, "_run_loop_delay"):
+        event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
 
 
 def _unread_response(assoc: Association) -> A_ASSOCIATE | None:
@@ -437,12 +442,6 @@ class _Delivery:
             )
 
     def _send_pending(self, assoc: Association) -> None:
-        try:
-            self._send_each(assoc)
-        finally:
-            direct_store.resume_reactor(assoc)  # paused by the direct requests
-
-    def _send_each(self, assoc: Association) -> None:
         msg_id = 0
         while (item := self._next()) is not None:
             msg_id = msg_id % MAX_MESSAGE_ID + 1
