@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -90,6 +90,7 @@ class InstanceStore:
         each have their own, so one that starts cleans only its own leftovers."""
         self._root = root
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
         self._min_free_bytes = min_free_bytes
         self._fsync = fsync
         self._series_pks: dict[str, int] = {}
@@ -163,30 +164,28 @@ class InstanceStore:
         try:
             final = self._final_path(header)
             series_pk = self._series_pk(header)
-            with self._sessions() as session:
-                # One prebuilt Core statement: building it per instance cost more than the insert.
-                instance_pk = (
-                    session.connection()
-                    .execute(
-                        self._insert,
-                        {
-                            "series_pk": series_pk,
-                            "sop_instance_uid": header.sop_instance_uid,
-                            "path": str(final),
-                            "calling_ae": calling_ae,
-                            "peer_host": peer_host,
-                            "instance_number": header.instance_number,
-                            "slice_position": header.slice_position,
-                            "slice_thickness": header.slice_thickness,
-                            "number_of_slices": header.number_of_slices,
-                        },
-                    )
-                    .scalar_one()
-                )
+            # One prebuilt Core statement on a bare connection: building the statement or an ORM
+            # session per instance cost more than the insert. Closing the connection without
+            # its commit rolls the insert back.
+            with self._engine.connect() as connection:
+                instance_pk = connection.execute(
+                    self._insert,
+                    {
+                        "series_pk": series_pk,
+                        "sop_instance_uid": header.sop_instance_uid,
+                        "path": str(final),
+                        "calling_ae": calling_ae,
+                        "peer_host": peer_host,
+                        "instance_number": header.instance_number,
+                        "slice_position": header.slice_position,
+                        "slice_thickness": header.slice_thickness,
+                        "number_of_slices": header.number_of_slices,
+                    },
+                ).scalar_one()
                 # The row must never be visible without its file: commit once the file is durable.
                 pending.written.result()
                 os.replace(pending.temporary, final)
-                session.commit()
+                connection.commit()
         except BaseException:
             self.discard(pending)
             if final is not None:
