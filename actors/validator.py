@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ray
 from pydicom import dcmread
 
 from actors.stage import StageWorker
 from petray.db.engine import unit_of_work
 from petray.domain import Stage
-from petray.imaging.decay import read_slice_decays
+from petray.imaging.decay import recorded_slice_decays
 from petray.service.remote import RemoteClient
 from petray.site.radiopharm import load_table
 from petray.site.siteconfig import effective_client_id, effective_remote_url, get_site_config
-from petray.stages.assemblies import slice_spacing_mm
+from petray.stages.assemblies import instance_decays, slice_spacing_mm
 from petray.stages.destinations import assign_destinations
 from petray.stages.validate import validate
-from petray.tasks import get_task, instance_paths
+from petray.tasks import get_task
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -27,9 +25,11 @@ class ValidatorActor(StageWorker):
 
     def handle(self, task_id: str) -> None:
         with unit_of_work(self.sessions) as session:
-            paths = [Path(p) for p in instance_paths(task_id, session=session)]
-        # Every slice's DecayFactor (a few ms a file), read before the task row is locked.
-        slice_decays = read_slice_decays(paths)
+            slices = instance_decays(task_id, session=session)
+        paths = [s.path for s in slices]
+        # Every slice's DecayFactor, as ingest recorded it (older rows: read from the files, a
+        # few ms a file, before the task row is locked).
+        slice_decays = recorded_slice_decays(slices)
         with unit_of_work(self.sessions) as session:
             task = get_task(task_id, session=session, lock=True)
             assign_destinations(task, session=session)

@@ -15,7 +15,7 @@ from petray.db.engine import migrate, unit_of_work
 from petray.db.models import Base, Device, Patient, Series, Study, Task
 from petray.domain import Stage, State
 
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 def add_series(session: Session, *, series_uid: str = "1.2.3.4.5") -> Series:

@@ -8,6 +8,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pydicom.config
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
@@ -19,6 +20,12 @@ from petray.demo.synth import make_pet_series
 from petray.dicom.header import InstanceHeader, extract_instance_header
 from petray.dicom.ingest import DiskFull, InstanceStore, ReceivedInstance, upsert_hierarchy
 from petray.errors import InvalidInstance
+from petray.imaging.decay import (
+    RecordedDecay,
+    SliceDecay,
+    read_slice_decays,
+    recorded_slice_decays,
+)
 
 THREADS = 8
 
@@ -290,3 +297,46 @@ def test_leftover_partial_files_of_a_crash_are_removed(
     (incoming / "keep.txt").write_bytes(b"not ours")
     assert store.remove_leftovers() == 1
     assert sorted(p.name for p in incoming.iterdir()) == ["keep.txt"]
+
+
+def test_the_decay_values_are_recorded_with_the_row_as_a_file_read_would_give_them(
+    tmp_path: Path, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 13: the Validator takes them from the row instead of reading every file again.
+    good, bad, none = make_pet_series(slices=3, rows=8, cols=8)
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    bad.DecayFactor = "1e999"  # not finite: judged by the Validator, never a reason to refuse
+    del none.DecayFactor, none.FrameReferenceTime
+    store = _store(tmp_path / "instances", sessions)
+    received = [
+        store.store(_encode(ds), extract_instance_header(ds), calling_ae="S", peer_host="h")
+        for ds in (good, bad, none)
+    ]
+    with sessions() as session:
+        rows = [session.get(Instance, r.instance_pk) for r in received]
+    from_files = read_slice_decays([Path(row.path) for row in rows if row is not None])
+    recorded = [
+        SliceDecay(row.decay_factor, row.frame_reference_time) for row in rows if row is not None
+    ]
+    assert all(row is not None and row.decay_recorded for row in rows)
+    assert recorded == from_files
+    assert recorded[0].decay_factor is not None and recorded[0].frame_reference_ms is not None
+    assert recorded[1].decay_factor is None and recorded[2] == SliceDecay(None, None)
+
+
+def test_slices_stored_before_the_values_were_recorded_are_read_from_their_files(
+    tmp_path: Path,
+) -> None:
+    [ds] = make_pet_series(slices=1, rows=8, cols=8)
+    path = tmp_path / "old.dcm"
+    path.write_bytes(_encode(ds))
+    missing = tmp_path / "never-read.dcm"  # a recorded slice's file is not opened
+    slices = [
+        RecordedDecay(missing, True, 1.5, 2000.0),
+        RecordedDecay(path, False, None, None),
+    ]
+    assert recorded_slice_decays(slices) == [
+        SliceDecay(1.5, 2000.0),
+        *read_slice_decays([path]),
+    ]
+    assert recorded_slice_decays(slices)[1].decay_factor is not None

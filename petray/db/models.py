@@ -113,6 +113,11 @@ class Instance(Base):
     slice_position: Mapped[float] = mapped_column(Float)
     slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)
     number_of_slices: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # DecayFactor and FrameReferenceTime as the SCP read them (issue 13); rows stored before
+    # they were recorded have decay_recorded false, and their files are read instead.
+    decay_recorded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    decay_factor: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frame_reference_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     received: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -22,6 +22,7 @@ from pydicom.uid import PositronEmissionTomographyImageStorage
 
 from petray.dicom.geometry import orientation_problem, slice_normal
 from petray.dicom.uids import validate_uid
+from petray.dicom.values import finite_float
 from petray.errors import InvalidInstance
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,9 @@ class InstanceHeader:
     rescale_intercept: float = 0.0
     bits_allocated: int = 16
     number_of_frames: int = 1
+    # For the Validator's decay check (petray.imaging.decay): None when absent or not a number.
+    decay_factor: float | None = None
+    frame_reference_time: float | None = None
 
     @property
     def pixel_data_bytes(self) -> int:
@@ -378,4 +382,14 @@ def extract_instance_header(
         rescale_intercept=intercept if intercept is not None else 0.0,
         bits_allocated=bits_allocated,
         number_of_frames=number_of_frames,
+        decay_factor=_lenient_float(ds, "DecayFactor"),
+        frame_reference_time=_lenient_float(ds, "FrameReferenceTime"),
     )
+
+
+def _lenient_float(ds: Dataset, keyword: str) -> float | None:
+    """A number the Validator judges, not ingest: never a reason to refuse the instance."""
+    try:
+        return finite_float(ds.get(keyword))
+    except Exception:  # pydicom converts lazily: a malformed value raises only here
+        return None

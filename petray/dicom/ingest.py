@@ -180,6 +180,9 @@ class InstanceStore:
                         "slice_position": header.slice_position,
                         "slice_thickness": header.slice_thickness,
                         "number_of_slices": header.number_of_slices,
+                        "decay_recorded": True,
+                        "decay_factor": header.decay_factor,
+                        "frame_reference_time": header.frame_reference_time,
                     },
                 ).scalar_one()
                 # The row must never be visible without its file: commit once the file is durable.

@@ -87,6 +87,27 @@ def read_slice_decays(paths: Iterable[Path]) -> list[SliceDecay]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedDecay:
+    """What the database holds of one slice: its file, and its values when ingest read them."""
+
+    path: Path
+    recorded: bool
+    decay_factor: float | None
+    frame_reference_ms: float | None
+
+
+def recorded_slice_decays(slices: Sequence[RecordedDecay]) -> list[SliceDecay]:
+    """Every slice's values, in order: as recorded at ingest, else read from its file (rows
+    stored before ingest recorded them)."""
+    unrecorded = [s.path for s in slices if not s.recorded]
+    read = iter(read_slice_decays(unrecorded))
+    return [
+        SliceDecay(s.decay_factor, s.frame_reference_ms) if s.recorded else next(read)
+        for s in slices
+    ]
+
+
 def decay_correction_problem(value: str) -> str | None:
     if value and value not in DECAY_REFERENCES:
         return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from itertools import pairwise
+from pathlib import Path
 from statistics import median
 
 from sqlalchemy import select, update
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from petray.db.models import Instance, Task
 from petray.dicom.ingest import ReceivedInstance
 from petray.domain import FINAL_STATES, Stage, State
+from petray.imaging.decay import RecordedDecay
 from petray.site.siteconfig import get_site_config
 from petray.stages.compilator import CompilatorConfig, SeriesAssembly
 from petray.tasks import add_note, create_task, fail, move_to
@@ -186,3 +188,20 @@ def slice_spacing_mm(task_id: str, *, session: Session) -> float:
     )
     steps = [b - a for a, b in pairwise(positions)]
     return float(median(steps)) if steps else 0.0
+
+
+def instance_decays(task_id: str, *, session: Session) -> list[RecordedDecay]:
+    """The task's slices' decay values as ingest recorded them, in ``instance_paths`` order."""
+    rows = session.execute(
+        select(
+            Instance.path,
+            Instance.decay_recorded,
+            Instance.decay_factor,
+            Instance.frame_reference_time,
+        )
+        .where(Instance.task_id == task_id)
+        .order_by(Instance.id)
+    )
+    return [
+        RecordedDecay(Path(path), bool(recorded), factor, ms) for path, recorded, factor, ms in rows
+    ]
