@@ -6,8 +6,10 @@ patient/study/series rows are resolved once per series and cached.
 Durability: the file is fsynced and the row committed before ``store`` returns, and the row is
 committed only once the file is durable, so a crash never leaves a row without its file. The
 fsync is the slowest step of ingest, so the SCP writes the file under a temporary name as soon
-as the bytes arrive (``begin``) and hands its fsync to a writer thread, while it checks the
-header and inserts the row; the file is renamed into its series directory once both are done.
+as the bytes arrive (``begin``) and hands its fsync to a writer thread while it checks the
+header; once the file is durable its row is inserted, the file renamed into its series directory
+and the row committed, a transaction short enough for concurrent associations to share
+SQLite's one write lock.
 The rename itself is not followed by a directory fsync: like the SQLite WAL with
 synchronous=NORMAL it survives a process crash, and a power loss may lose the last renames along
 with the last commits.
@@ -164,6 +166,10 @@ class InstanceStore:
         try:
             final = self._final_path(header)
             series_pk = self._series_pk(header)
+            # The row must never be visible without its file, and SQLite has one write lock for
+            # the whole database that an insert holds until its commit: the file is made durable
+            # first, so that no other association (nor the Compilator) waits out this fsync.
+            pending.written.result()
             # One prebuilt Core statement on a bare connection: building the statement or an ORM
             # session per instance cost more than the insert. Closing the connection without
             # its commit rolls the insert back.
@@ -185,8 +191,6 @@ class InstanceStore:
                         "frame_reference_time": header.frame_reference_time,
                     },
                 ).scalar_one()
-                # The row must never be visible without its file: commit once the file is durable.
-                pending.written.result()
                 os.replace(pending.temporary, final)
                 connection.commit()
         except BaseException:

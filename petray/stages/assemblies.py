@@ -57,8 +57,13 @@ def assign(instance_pks: Sequence[int], assembly: SeriesAssembly, *, session: Se
     The Compilator commits a batch at a time while holding SQLite's one write lock, which the
     Store SCP needs for every instance: two statements per task keep that hold short.
     """
+    # Not synchronised with the session: the batch's rows were inserted by the Store SCP and
+    # never loaded here, and evaluating the identity map per batch cost more than the update.
     session.execute(
-        update(Instance).where(Instance.id.in_(list(instance_pks))).values(task_id=assembly.task_id)
+        update(Instance)
+        .where(Instance.id.in_(list(instance_pks)))
+        .values(task_id=assembly.task_id),
+        execution_options={"synchronize_session": False},
     )
     session.execute(
         update(Task)
