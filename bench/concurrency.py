@@ -40,6 +40,7 @@ from bench.ingest import (
     STORESCP,
     STORESCU,
     local_ray,
+    settle,
 )
 from petray.db.engine import make_engine, make_sessionmaker, migrate
 from petray.db.models import Instance, Task
@@ -87,7 +88,9 @@ def series_copies(count: int) -> list[Series]:
 
 
 def send_all(copies: Sequence[Series], port: int, called_ae: str) -> float:
-    """One storescu per series, all started at once; seconds until the last one exits."""
+    """One storescu per series, all started at once once the machine is quiet (``settle``);
+    seconds until the last one exits."""
+    settle()
     started = time.perf_counter()
     command = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, "-R", "+sd", "-nh", LOOPBACK]
     senders = [

@@ -133,8 +133,37 @@ def cached_series(name: str) -> Cached:
     return Cached(name, directory, len(files), sum(f.stat().st_size for f in files))
 
 
+# Before each send, at most this long, wait for the CPUs to be this idle: a receiver just
+# started (Ray starting its idle workers, Orthanc indexing) would otherwise take CPU from the
+# first seconds of the series; a gateway a scanner sends to has long been up.
+SETTLE_MAX_S = 5.0
+SETTLE_IDLE = 0.75
+SETTLE_WINDOW_S = 0.2
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait
+
+
+def settle() -> float:
+    """Wait until the machine is quiet (or SETTLE_MAX_S passed); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < SETTLE_MAX_S:
+        idle_before, total_before = _cpu_times()
+        time.sleep(SETTLE_WINDOW_S)
+        idle_after, total_after = _cpu_times()
+        if (idle_after - idle_before) >= SETTLE_IDLE * max(total_after - total_before, 1):
+            break
+    return time.monotonic() - started
+
+
 def send(cached: Cached, port: int, called_ae: str) -> float:
-    """storescu wall time for the whole series over one association."""
+    """storescu wall time for the whole series over one association, once the machine is
+    quiet (``settle``)."""
+    settle()
     args = [STORESCU, "-aet", SENDER_AE, "-aec", called_ae, "-R", "+sd", "-nh"]
     args += [LOOPBACK, str(port), str(cached.directory)]
     started = time.perf_counter()
@@ -287,15 +316,16 @@ def run_petray(
 
 
 def _profile_handler(service: StoreService, profiler: cProfile.Profile) -> None:
-    """Profile the C-STORE handler in its association thread (cProfile is per thread)."""
-    original = service._on_store
+    """Profile the storing of each C-STORE in its association thread (cProfile is per thread);
+    the direct path and pynetdicom's both call ``store_request``."""
+    original = service.store_request
     lock = threading.Lock()
 
-    def profiled(event: Any) -> Any:
+    def profiled(assoc: Any, request: Any) -> Any:
         with lock:
-            return profiler.runcall(original, event)
+            return profiler.runcall(original, assoc, request)
 
-    service._on_store = profiled  # type: ignore[method-assign]
+    service.store_request = profiled  # type: ignore[method-assign]
 
 
 def run_orthanc(cached: Cached) -> tuple[float, int]:
