@@ -20,7 +20,6 @@ from pynetdicom import AE, build_context
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PositronEmissionTomographyImageStorage,
     Verification,
@@ -36,6 +35,7 @@ from petray.dicom.ingest import InstanceStore
 from petray.dicom.scp import IngestLimits, StoreService
 from petray.dicom.scu import keep_responses_for_the_caller
 from petray.site.siteconfig import Listener
+from tests.support.dimse import pynetdicom_pdus
 from tests.support.peers import LOOPBACK, free_port, run_storescu, write_pet_series
 
 AE_TITLE = "PETRAY"
@@ -45,15 +45,6 @@ PET = str(PositronEmissionTomographyImageStorage)
 @pytest.fixture(autouse=True)
 def production_pydicom_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)
-
-
-def _pynetdicom_pdus(message: Any, context_id: int, max_pdu: int) -> bytes:
-    encoded = []
-    for pdata in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(pdata)
-        encoded.append(pdu.encode())
-    return b"".join(encoded)
 
 
 def _ours(response: bytes, context_id: int, max_pdu: int) -> bytes:
@@ -94,7 +85,7 @@ def test_a_store_answer_is_the_one_pynetdicom_would_send(
     message = C_STORE_RSP()
     message.primitive_to_message(primitive)
     ours = wire.response_command(request, status=status, error_comment=comment)
-    assert _ours(ours, 3, max_pdu) == _pynetdicom_pdus(message, 3, max_pdu)
+    assert _ours(ours, 3, max_pdu) == pynetdicom_pdus(message, 3, max_pdu)
 
 
 def test_an_echo_answer_is_the_one_pynetdicom_would_send() -> None:
@@ -106,7 +97,7 @@ def test_an_echo_answer_is_the_one_pynetdicom_would_send() -> None:
     message = C_ECHO_RSP()
     message.primitive_to_message(primitive)
     ours = wire.response_command(request, status=0, sop_class_uid=str(Verification))
-    assert _ours(ours, 1, 16384) == _pynetdicom_pdus(message, 1, 16384)
+    assert _ours(ours, 1, 16384) == pynetdicom_pdus(message, 1, 16384)
 
 
 def test_requests_pynetdicom_encodes_are_read_back() -> None:

@@ -12,11 +12,11 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage  # type: ignore[attr-defined]
 
 from petray.dicom import wire
 from petray.dicom.scu import DicomNode, send_instances
+from tests.support.dimse import pynetdicom_pdus
 from tests.support.peers import LOOPBACK, free_port, write_pet_series
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
@@ -35,12 +35,7 @@ def _pynetdicom_request(
     req._dataset_path = (path, offset)  # type: ignore[attr-defined]
     message = C_STORE_RQ()
     message.primitive_to_message(req)
-    encoded = []
-    for pdata in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(pdata)
-        encoded.append(pdu.encode())
-    return b"".join(encoded)
+    return pynetdicom_pdus(message, context_id, max_pdu)
 
 
 def _ours(
