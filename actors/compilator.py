@@ -38,7 +38,13 @@ from ray.util import metrics
 from sqlalchemy.orm import Session
 
 from actors.plasma import release_pages
-from actors.runtime import Background, Dispatcher, current_actor_restarts, init_actor_process
+from actors.runtime import (
+    Background,
+    Dispatcher,
+    current_actor_restarts,
+    init_actor_process,
+    restore_priority,
+)
 from petray.db.engine import unit_of_work
 from petray.dicom.ingest import ReceivedInstance
 from petray.domain import Stage
@@ -118,6 +124,10 @@ class CompilatorActor:
     async def start(self) -> int:
         """Rebuild the open assemblies from the database (once); returns how many are open."""
         if not self._restored:
+            # On the event loop's thread, where every batch runs: a batch holds SQLite's one
+            # write lock until its commit, and at Ray's niceness a busy gateway preempts it
+            # there while every Store SCP insert waits for the lock.
+            restore_priority("Compilator")
             try:
                 self._restore()
             except Exception:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -18,6 +20,20 @@ from petray.settings import Settings
 from petray.site.audit import configure_syslog
 
 logger = logging.getLogger(__name__)
+
+
+def restore_priority(who: str) -> None:
+    """Undo Ray's worker niceness (15) for the calling thread and the threads it starts later
+    (Linux keeps a niceness per thread). Raising priority needs CAP_SYS_NICE (or a RLIMIT_NICE
+    allowance); without it the thread keeps Ray's niceness."""
+    thread = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    if current <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, 0)
+    except PermissionError:
+        logger.info("%s keeps niceness %d (no permission to raise its priority)", who, current)
 
 
 def actor_names() -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import socket
 import threading
@@ -17,7 +16,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ray.util import metrics
 
 from actors.names import COMPILATOR, NAMESPACE, store_scp_siblings_in
-from actors.runtime import actor_names, current_actor_restarts, init_actor_process
+from actors.runtime import (
+    actor_names,
+    current_actor_restarts,
+    init_actor_process,
+    restore_priority,
+)
 from petray.db.engine import unit_of_work
 from petray.dicom.ingest import INCOMING_DIR, InstanceStore, ReceivedInstance
 from petray.dicom.scp import IngestLimits, StoreService
@@ -37,22 +41,6 @@ LISTEN_ATTEMPTS = 20
 LISTEN_RETRY_S = 0.5
 # Attempts of the listen call an SCP actor makes to itself as it (re)starts.
 SELF_CALL_RETRIES = 5
-
-
-def _restore_priority() -> None:
-    """Undo Ray's worker niceness (15) for this thread and the listener threads it starts.
-
-    A scanner waits for every C-STORE answer, so on a busy gateway a niced SCP is starved by the
-    filter workers and the senders slow down. Raising priority needs CAP_SYS_NICE (or a
-    RLIMIT_NICE allowance); without it the SCP keeps Ray's niceness.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except PermissionError:
-        logger.info("Store SCP keeps niceness %d (no permission to raise its priority)", current)
 
 
 def incoming_dir(index: int) -> str:
@@ -85,7 +73,9 @@ class StoreScpActor:
         self._settings = settings
         self._index, self._processes = index, processes
         self._sessions = init_actor_process(settings)
-        _restore_priority()
+        # A scanner waits for every C-STORE answer: on a busy gateway a niced SCP is starved by
+        # the filter workers and the senders slow down.
+        restore_priority("Store SCP")
         # pydicom's own validation warnings quote offending values (possibly patient data);
         # extract_instance_header reports the problems without them.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
