@@ -274,6 +274,7 @@ class CompilatorActor:
                 [instance.path for instance in instances],
                 expected=instances[0].number_of_slices,
                 first=task_id in outcome.opened,
+                stored=[instance.stored for instance in instances],
             )
         for task_id in outcome.gone:
             self._volume_thread.submit(self._volumes.drop, task_id)

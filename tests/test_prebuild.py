@@ -3,15 +3,22 @@ and given up, never wrong, whenever it cannot hold the whole series."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from petray.demo.synth import make_pet_series, write_series
+from petray.dicom.ingest import InstanceStore, ReceivedInstance
+from petray.dicom.scp import IngestLimits, StoreService
 from petray.errors import PermanentError
-from petray.imaging.volume import VolumeBuilder, load_series_volume
+from petray.imaging.volume import VolumeBuilder, load_series_volume, stored_slice
+from petray.site.siteconfig import Listener
 from petray.stages.prebuild import PreparedVolume, VolumeAssembler
+from tests.support.peers import LOOPBACK, free_port, run_storescu
 
 MiB = 2**20
 
@@ -115,3 +122,66 @@ def test_a_prepared_volume_is_used_only_for_exactly_its_files(
     assert not prepared.is_of(names[:-1])
     assert not prepared.is_of([*names[:-1], str(tmp_path / "other.dcm")])
     assert not prepared.is_of([*names, names[0]])
+
+
+@dataclass
+class _Collected:
+    received: list[ReceivedInstance] = field(default_factory=list)
+
+
+@pytest.mark.parametrize(
+    ("propose", "parsed_once"),
+    [([], True), (["--propose-implicit"], True), (["--propose-deflated"], False)],
+    ids=["explicit", "implicit", "deflated"],
+)
+def test_what_the_scp_learnt_of_each_slice_builds_the_volume_read_from_its_files(
+    tmp_path: Path,
+    sqlite_sessions: sessionmaker[Session],
+    propose: list[str],
+    parsed_once: bool,
+) -> None:
+    # Signed and unsigned pixels, with and without an intercept, Philips counts with their
+    # per-slice factor: the Compilator reads only the pixel values, where the SCP found them.
+    datasets = make_pet_series(slices=12, rows=20, cols=18, seed=9, vendor="philips")
+    for k, ds in enumerate(datasets):
+        if k % 3 == 1:
+            ds.RescaleIntercept = "-2.5"
+        if k % 2:
+            ds.PixelRepresentation = 0
+            ds.PixelData = np.abs(ds.pixel_array).astype("<u2").tobytes()
+    paths = write_series(datasets, tmp_path / "sent")
+    root = tmp_path / "instances"
+    root.mkdir()
+    store = InstanceStore(root, sqlite_sessions, min_free_bytes=0, fsync=False)
+    collected = _Collected()
+    service = StoreService(
+        store, sqlite_sessions, on_instance=collected.received.append, limits=IngestLimits()
+    )
+    port = free_port()
+    server = service.start(Listener(ae_title="PETRAY", port=port, bind=LOOPBACK))
+    try:
+        result = run_storescu(paths, port=port, called_ae="PETRAY", extra_args=propose)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.shutdown()
+    received = collected.received
+    assert len(received) == len(paths)
+    assert all((r.stored is not None) == parsed_once for r in received)
+    builder = VolumeBuilder(len(received))
+    for instance in received:
+        builder.add(Path(instance.path), instance.stored)
+    _assert_same(builder.finish(), load_series_volume([Path(r.path) for r in received]))
+
+
+def test_a_stored_slice_whose_file_is_cut_short_is_named(
+    series: list[Path], tmp_path: Path
+) -> None:
+    ds = pydicom.dcmread(series[0])
+    raw = series[0].read_bytes()
+    pixels = bytes(ds.PixelData)
+    stored = stored_slice(ds, ds.file_meta.TransferSyntaxUID, raw.rindex(pixels))
+    assert stored is not None
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[: -len(pixels) // 2])
+    with pytest.raises(PermanentError, match=r"cut\.dcm"):
+        VolumeBuilder(2).add(cut, stored)

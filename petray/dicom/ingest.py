@@ -37,6 +37,7 @@ from petray.db.models import Instance, Patient, Series, Study
 from petray.dicom.header import InstanceHeader
 from petray.dicom.uids import validate_uid
 from petray.errors import TransientError
+from petray.imaging.volume import StoredSlice
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class ReceivedInstance:
     size_bytes: int = field(default=0, compare=False)
     # The stored file, for the volume the Compilator builds on arrival (issue 13).
     path: str = field(default="", compare=False)
+    # Where its pixel values lie in that file, and their geometry: the volume is then built
+    # without parsing the file again (None: the builder reads it with pydicom).
+    stored: StoredSlice | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,10 @@ class InstanceStore:
         *,
         calling_ae: str,
         peer_host: str,
+        stored: StoredSlice | None = None,
     ) -> ReceivedInstance:
         """Name and record a file (bytes, parts, or started with ``begin``), durable on return.
+        ``stored`` (what the SCP learnt of its pixels) travels on to the Compilator.
 
         On any failure nothing is left behind: neither the file nor its row.
         """
@@ -208,6 +214,7 @@ class InstanceStore:
             peer_host=peer_host,
             size_bytes=final.stat().st_size,
             path=str(final),
+            stored=stored,
         )
 
     def _final_path(self, header: InstanceHeader) -> Path:

@@ -67,6 +67,7 @@ from petray.dicom.header import (
 from petray.dicom.ingest import DiskFull, InstanceStore, ReceivedInstance
 from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance, PermanentError
+from petray.imaging.volume import StoredSlice, stored_slice
 from petray.settings import Settings
 from petray.site.audit import record_association
 from petray.site.siteconfig import NO_SOURCE_DEVICE, Listener, get_site_config, list_devices
@@ -264,6 +265,24 @@ def check_pixel_data_complete(
         at += 8 + item_length
         if at > end:
             raise EOFError("encapsulated PixelData truncated inside a fragment")
+
+
+def _stored_slice(
+    ds: Dataset, dataset: bytes | memoryview, syntax: UID, pixel_offset: int, meta_length: int
+) -> StoredSlice | None:
+    """Where the file about to be written holds this slice's native pixel values, with what
+    the Compilator needs to put them in its volume without parsing the file (issue 13)."""
+    if syntax.is_implicit_VR:
+        value_at = pixel_offset + 8
+    elif syntax == ExplicitVRLittleEndian:
+        value_at = pixel_offset + 12
+    else:
+        return None  # deflated (the offset is into the inflated bytes), big endian, encapsulated
+    if pixel_offset + 8 > len(dataset):
+        return None
+    if struct.unpack_from("<HH", dataset, pixel_offset) != PIXEL_DATA_TAG:
+        return None
+    return stored_slice(ds, syntax, len(PREAMBLE_AND_PREFIX) + meta_length + value_at)
 
 
 def _check_native_length(length: int, header: InstanceHeader, syntax: UID) -> None:
@@ -853,6 +872,7 @@ class StoreService:
             header,
             calling_ae=requestor.ae_title,
             peer_host=str(requestor.address),
+            stored=_stored_slice(ds, dataset, syntax, pixel_offset, len(meta)),
         )
 
     def _count(

@@ -170,15 +170,8 @@ def _native_pixels(ds: Dataset, shape: tuple[int, ...]) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
-    try:
-        pixels = _native_pixels(ds, plane.shape)
-        if pixels is None:
-            pixels = ds.pixel_array
-    except Exception as exc:  # decoders raise many types; all mean "cannot use this slice"
-        raise PermanentError(f"{path.name}: pixel data cannot be decoded ({exc})") from None
-    if pixels.shape != plane.shape:
-        raise PermanentError(f"{path.name}: pixel data shape {pixels.shape} != {plane.shape}")
+def _rescale_params(ds: Dataset, path: Path) -> tuple[float, float, float]:
+    """RescaleSlope, RescaleIntercept and the vendor's Bq/ml per rescaled value."""
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     if not (math.isfinite(slope) and math.isfinite(intercept)):
@@ -188,16 +181,105 @@ def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
         factor = activity_factor(ds)
     except ValidationFailed as exc:
         raise PermanentError(f"{path.name}: {exc}") from None
-    # Written into the volume's own slice: no per-slice float64 copy is kept around.
-    plane[...] = pixels
+    return slope, intercept, factor
+
+
+def _rescale_into(plane: np.ndarray, ds: Dataset, path: Path) -> None:
+    try:
+        pixels = _native_pixels(ds, plane.shape)
+        if pixels is None:
+            pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot use this slice"
+        raise PermanentError(f"{path.name}: pixel data cannot be decoded ({exc})") from None
+    if pixels.shape != plane.shape:
+        raise PermanentError(f"{path.name}: pixel data shape {pixels.shape} != {plane.shape}")
+    _scale_into(plane, pixels, *_rescale_params(ds, path), path)
+
+
+# Beyond this bound a float32 product may overflow; under it, integer pixels cannot.
+_FLOAT32_SAFE = 1e37
+
+
+def _scale_into(
+    plane: np.ndarray,
+    pixels: np.ndarray,
+    slope: float,
+    intercept: float,
+    factor: float,
+    path: Path,
+) -> None:
+    """``plane = (pixels * slope + intercept) * factor`` in float32, written into the volume's
+    own slice (no per-slice float64 copy), one pass when there is no intercept."""
+    bounded = False
+    if pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2:
+        largest = float(max(-np.iinfo(pixels.dtype).min, np.iinfo(pixels.dtype).max))
+        # 16-bit values so rescaled are finite: no pass over the plane to check them.
+        bounded = (largest * abs(slope) + abs(intercept)) * abs(factor) < _FLOAT32_SAFE
+    source = pixels
     if intercept != 0.0:
-        plane *= np.float32(slope)
+        np.multiply(pixels, np.float32(slope), out=plane, dtype=np.float32)
         plane += np.float32(intercept)
-        slope = 1.0
-    if slope * factor != 1.0:
-        plane *= np.float32(slope * factor)
-    if not np.isfinite(plane).all():
+        source, slope = plane, 1.0
+    scale = slope * factor
+    if scale != 1.0:
+        np.multiply(source, np.float32(scale), out=plane, dtype=np.float32)
+    elif source is pixels:
+        plane[...] = pixels
+    if not bounded and not np.isfinite(plane).all():
         raise PermanentError(f"{path.name}: rescaled values are not finite")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSlice:
+    """What the Store SCP learnt of a slice while receiving it, for building the volume on
+    arrival (issue 13) without parsing the file again: its geometry, its rescale, and where its
+    native 16-bit little-endian stored values lie in the file it wrote.
+
+    Only for the common case (``stored_slice`` returns None otherwise); anything else is read
+    from the file with pydicom, as ``load_series_volume`` does.
+    """
+
+    rows: int
+    columns: int
+    orientation: tuple[float, ...]
+    position: tuple[float, float, float]
+    pixel_spacing: tuple[float, float]
+    slice_thickness: float | None
+    slope: float
+    intercept: float
+    factor: float
+    signed: bool
+    # Byte offset of the PixelData value in the file.
+    pixel_offset: int
+
+
+def stored_slice(ds: Dataset, syntax: str, pixel_offset: int) -> StoredSlice | None:
+    """The slice's ``StoredSlice`` from its header ``ds`` (parsed up to PixelData), or None
+    when it is not a native 16-bit little-endian single-frame slice with valid geometry."""
+    if syntax not in _NATIVE_LITTLE_ENDIAN or ds.get("BitsAllocated") != 16:
+        return None
+    if ds.get("BitsStored") != 16 or ds.get("PixelRepresentation") not in (0, 1):
+        return None
+    try:
+        header = _header_of(ds, Path("slice"))
+        slope, intercept, factor = _rescale_params(ds, Path("slice"))
+    except (PermanentError, TypeError, ValueError):
+        return None
+    x, y, z = (float(v) for v in header.position)
+    row, column = header.pixel_spacing
+    return StoredSlice(
+        rows=header.rows,
+        columns=header.columns,
+        orientation=tuple(float(v) for v in header.orientation),
+        position=(x, y, z),
+        pixel_spacing=(row, column),
+        slice_thickness=header.slice_thickness,
+        slope=slope,
+        intercept=intercept,
+        factor=factor,
+        signed=ds.PixelRepresentation == 1,
+        pixel_offset=pixel_offset,
+    )
 
 
 def _reorder_planes(data: np.ndarray, order: np.ndarray) -> None:
@@ -263,9 +345,51 @@ class VolumeBuilder:
     def paths(self) -> tuple[Path, ...]:
         return tuple(h.path for h in self._headers)
 
-    def add(self, path: Path) -> None:
+    def add(self, path: Path, stored: StoredSlice | None = None) -> None:
+        """Read one slice into the next plane: with ``stored`` (what the SCP learnt of it),
+        only its pixel values are read, from where it says; otherwise the file is parsed."""
+        if stored is not None:
+            self._add_stored(path, stored)
+            return
         ds = _read(path)
         header = _header_of(ds, path)
+        _rescale_into(self._next_plane(header), ds, path)
+        self._headers.append(header)
+
+    def _add_stored(self, path: Path, stored: StoredSlice) -> None:
+        header = _SliceHeader(
+            path=path,
+            rows=stored.rows,
+            columns=stored.columns,
+            orientation=np.array(stored.orientation, dtype=np.float64),
+            position=np.array(stored.position, dtype=np.float64),
+            pixel_spacing=stored.pixel_spacing,
+            slice_thickness=stored.slice_thickness,
+        )
+        count = stored.rows * stored.columns
+        try:
+            pixels = np.fromfile(
+                path,
+                dtype="<i2" if stored.signed else "<u2",
+                count=count,
+                offset=stored.pixel_offset,
+            )
+        except (OSError, ValueError) as exc:
+            raise PermanentError(f"{path.name}: not a readable file ({exc})") from None
+        if pixels.size != count:
+            raise PermanentError(f"{path.name}: pixel data end before {count} values")
+        plane = self._next_plane(header)
+        _scale_into(
+            plane,
+            pixels.reshape(plane.shape),
+            stored.slope,
+            stored.intercept,
+            stored.factor,
+            path,
+        )
+        self._headers.append(header)
+
+    def _next_plane(self, header: _SliceHeader) -> np.ndarray:
         if self._data is None:
             capacity = self._expected or 16
             self._data = np.empty((capacity, header.rows, header.columns), dtype=np.float32)
@@ -274,8 +398,8 @@ class VolumeBuilder:
         z = len(self._headers)
         if z == len(self._data):
             self._grow()
-        _rescale_into(self._data[z], ds, path)
-        self._headers.append(header)
+        plane: np.ndarray = self._data[z]
+        return plane
 
     def _grow(self) -> None:
         assert self._data is not None

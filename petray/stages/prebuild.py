@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from petray.errors import PermanentError
-from petray.imaging.volume import PetVolume, VolumeBuilder
+from petray.imaging.volume import PetVolume, StoredSlice, VolumeBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,18 @@ class VolumeAssembler:
         return list(self._builders)
 
     def feed(
-        self, task_id: str, paths: Sequence[str], *, expected: int | None, first: bool
+        self,
+        task_id: str,
+        paths: Sequence[str],
+        *,
+        expected: int | None,
+        first: bool,
+        stored: Sequence[StoredSlice | None] = (),
     ) -> None:
         """Add the files just claimed by ``task_id``; ``first``: its assembly opened with
-        them (a builder is only started then, so that it holds every slice)."""
+        them (a builder is only started then, so that it holds every slice). ``stored[k]``,
+        when given, is what the SCP learnt of ``paths[k]``: its pixels are then read without
+        parsing the file."""
         if task_id in self._given_up:
             return
         builder = self._builders.get(task_id)
@@ -71,12 +79,12 @@ class VolumeAssembler:
                 self._give_up(task_id, "not seen from its first slice")
                 return
             builder = self._builders[task_id] = VolumeBuilder(expected)
-        for path in paths:
+        for k, path in enumerate(paths):
             if not path:
                 self._give_up(task_id, "a slice without its file path")
                 return
             try:
-                builder.add(Path(path))
+                builder.add(Path(path), stored[k] if k < len(stored) else None)
             except PermanentError as exc:
                 # The Packer reads the files again and fails the task with this reason.
                 self._give_up(task_id, str(exc))
