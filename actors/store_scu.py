@@ -20,7 +20,7 @@ from ray.util import metrics
 from sqlalchemy.orm import Session
 
 from actors.stage import StageWorker
-from petray.db.engine import unit_of_work
+from petray.db.engine import core_transaction, unit_of_work
 from petray.db.models import AssociationLog
 from petray.domain import Stage, State
 from petray.errors import DeliveryRefused, TransientError
@@ -170,9 +170,9 @@ class StoreScuActor(StageWorker):
         def on_sent(sop_uid: str) -> None:
             # Committed before that association sends its next instance: a crash can resend
             # only instances acknowledged just before it (one per association), never a
-            # recorded one. One short transaction costs ~0.5-1 ms on SQLite WAL (bench/scu.py).
-            with unit_of_work(self.sessions) as session:
-                record_sent(destination.pk, sop_uid, session=session)
+            # recorded one. One short Core transaction: ~0.1 ms of CPU on SQLite WAL.
+            with core_transaction(self.sessions) as connection:
+                record_sent(destination.pk, sop_uid, session=connection)
             self._m_sent.inc(tags=tags)
             sent[0] += 1
 

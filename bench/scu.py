@@ -39,7 +39,13 @@ import pydicom
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.ingest import CACHE_DIR, cached_series
-from petray.db.engine import make_engine, make_sessionmaker, migrate, unit_of_work
+from petray.db.engine import (
+    core_transaction,
+    make_engine,
+    make_sessionmaker,
+    migrate,
+    unit_of_work,
+)
 from petray.db.models import Patient, Series, Study, Task, TaskDestination
 from petray.demo.orthanc import LOOPBACK, free_port, peer_env, port_open, start_orthanc
 from petray.dicom.scu import DicomNode, send_instances
@@ -69,6 +75,15 @@ class Result:
     seconds: float
     files: int
     received: int
+    # CPU seconds of this process (every thread) during the send: the petray senders' own cost;
+    # storescu runs in its own process, so for it this is only the waiting.
+    cpu_s: float = 0.0
+
+    @property
+    def cpu_note(self) -> str:
+        if self.sender == "storescu":
+            return ""
+        return f"  sender CPU {self.cpu_s / self.files * 1000:.2f} ms/instance"
 
     @property
     def per_second(self) -> float:
@@ -138,8 +153,8 @@ def progress_db() -> Iterator[tuple[sessionmaker[Session], int]]:
 def recorder(sessions: sessionmaker[Session], pk: int) -> Callable[[str], None]:
     def on_sent(sop_uid: str) -> None:
         # The StoreScuActor's on_sent: one short transaction per acknowledged instance.
-        with unit_of_work(sessions) as session:
-            record_sent(pk, sop_uid, session=session)
+        with core_transaction(sessions) as connection:
+            record_sent(pk, sop_uid, session=connection)
 
     return on_sent
 
@@ -268,14 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(1, args.runs + 1):
             for sender, send in senders.items():
                 with RECEIVERS[receiver]() as (node, received_count):
+                    cpu = time.process_time()
                     seconds = send(node)
+                    cpu = time.process_time() - cpu
                     received = _wait_received(received_count, count)
-                result = Result(receiver, sender, run, seconds, count, received)
+                result = Result(receiver, sender, run, seconds, count, received, cpu)
                 results.append(result)
                 print(
                     f"{receiver:9} {sender:12} run {run}: {seconds:6.2f} s "
                     f"{result.per_second:6.0f}/s {result.ms_per_instance:5.2f} ms/instance "
-                    f"received {received}",
+                    f"received {received}{result.cpu_note}",
                     flush=True,
                 )
     print("\nbest of runs (instances/s):")

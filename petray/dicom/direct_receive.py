@@ -25,6 +25,7 @@ import select
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom.association import Association
 
@@ -255,22 +256,43 @@ class DirectReceiver:
         self.active = False
         pending = [*self._pending, *more]
         self._reset()
-        dul = self._dul
         for raw in pending:
-            try:
-                pdu, event = dul._decode_pdu(raw)
-            except Exception:
+            if not hand_to_pynetdicom(self._dul, raw):
                 logger.warning("an undecodable PDU from %s", self._assoc.requestor.ae_title)
-                dul.event_queue.put(EVT_INVALID_PDU)
                 return
-            dul.event_queue.put(event)
-            dul._recv_pdu.put(pdu)
 
     def _abort(self, why: str) -> None:
         logger.warning("aborting an association from %s: %s", self._assoc.requestor.ae_title, why)
         self.active = False
         self._reset()
         self._dul.event_queue.put(EVT_INVALID_PDU)
+
+
+def hand_to_pynetdicom(dul: Any, raw: bytes | bytearray) -> bool:
+    """Give pynetdicom's reactor a PDU as if its own read step had read it; False (and an
+    invalid-PDU event: pynetdicom aborts) when it cannot be decoded."""
+    try:
+        pdu, event = dul._decode_pdu(raw)
+    except Exception:
+        dul.event_queue.put(EVT_INVALID_PDU)
+        return False
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+    return True
+
+
+def read_pdu(sock: socket.socket, *, max_length: int) -> tuple[int, bytearray]:
+    """One whole PDU from ``sock``: its type and its bytes (header included). OSError as
+    ``_read_into``; ValueError when the peer announces a PDU longer than ``max_length``."""
+    header = bytearray(PDU_HEADER.size)
+    _read_into(sock, memoryview(header))
+    pdu_type, _, length = PDU_HEADER.unpack(header)
+    if length > max_length:
+        raise ValueError(f"a PDU of {length} bytes")
+    pdu = bytearray(PDU_HEADER.size + length)
+    pdu[: PDU_HEADER.size] = header
+    _read_into(sock, memoryview(pdu)[PDU_HEADER.size :])
+    return pdu_type, pdu
 
 
 def _read_into(sock: socket.socket, view: memoryview) -> None:

@@ -190,6 +190,9 @@ def _on_connection_open(event: evt.Event) -> None:
     # default, half of it on average per instance (as the Store SCP's reactor, petray.dicom.scp).
     if hasattr(event.assoc.dul, "_run_loop_delay"):
         event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP_S
+    # Established, the reactor waits on its socket instead of waking every 0.1 ms, and reads
+    # C-STORE responses without pynetdicom's decoding.
+    direct_store.ResponseReader.install(event.assoc.dul)
 
 
 def _unread_response(assoc: Association) -> A_ASSOCIATE | None:

@@ -161,6 +161,51 @@ def parse_command(data: bytes | memoryview) -> Command:
     )
 
 
+@dataclass(frozen=True)
+class StoreResponse:
+    """A C-STORE-RSP command set as a sender needs it (PS3.7 9.3.1.2)."""
+
+    message_id_responded_to: int
+    status: int
+    error_comment: str = ""
+
+
+# The elements a plain C-STORE-RSP holds; one with any other (Offending Element, ...) is left to
+# pynetdicom, which decodes them all.
+_STORE_RESPONSE_ELEMENTS = frozenset(
+    {0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x0902, 0x1000}
+)
+
+
+def parse_store_response(data: bytes | memoryview) -> StoreResponse | None:
+    """The C-STORE-RSP in ``data``; None when it is anything else, is malformed, or holds
+    elements beyond the plain ones (the caller then lets pynetdicom decode it)."""
+    view = memoryview(data)
+    end, at = len(view), 0
+    values: dict[int, memoryview] = {}
+    while at < end:
+        if at + 8 > end:
+            return None
+        group, element, length = _ELEMENT_HEADER.unpack_from(view, at)
+        at += 8
+        if group != 0x0000 or length > end - at or element not in _STORE_RESPONSE_ELEMENTS:
+            return None
+        values[element] = view[at : at + length]
+        at += length
+    try:
+        (field,) = _US.unpack(values[0x0100])
+        (responded_to,) = _US.unpack(values[0x0120])
+        (status,) = _US.unpack(values[0x0900])
+        (data_set_type,) = _US.unpack(values.get(0x0800, _US.pack(NO_DATA_SET)))
+    except (KeyError, struct.error):
+        return None
+    if field != C_STORE_RSP or data_set_type != NO_DATA_SET:
+        return None
+    comment = values.get(0x0902)
+    text = bytes(comment).decode("ascii", "replace").strip(" \0") if comment is not None else ""
+    return StoreResponse(responded_to, status, text)
+
+
 def _decoded_uid(value: memoryview | None) -> str:
     if value is None:
         return ""
