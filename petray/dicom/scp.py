@@ -65,6 +65,7 @@ from petray.dicom.header import (
     is_pet,
 )
 from petray.dicom.ingest import DiskFull, InstanceStore, ReceivedInstance
+from petray.dicom.reactor import install_waiting_reactor
 from petray.dicom.status import StoreStatus
 from petray.errors import InvalidInstance, PermanentError
 from petray.imaging.volume import StoredSlice, stored_slice
@@ -644,6 +645,8 @@ class StoreService:
             logger.warning("pynetdicom internals changed: requests are read by its reactor")
         if not install_size_guard(event.assoc, self._limits.max_instance_bytes):
             logger.warning("pynetdicom internals changed: received instances are not bounded")
+        if not install_waiting_reactor(event.assoc):
+            logger.warning("pynetdicom changed: each association's reactor polls every 1 ms")
 
     def _on_conn_close(self, event: evt.Event) -> None:
         # A peer that closes before its A-ASSOCIATE-RQ (a port probe) leaves pynetdicom's

@@ -41,6 +41,7 @@ from pynetdicom.status import (
 )
 
 from petray.dicom import direct_store
+from petray.dicom.reactor import install_waiting_reactor
 from petray.dicom.scp import DUL_IDLE_SLEEP_S
 from petray.dicom.tls import TlsFiles, client_context
 from petray.errors import ConfigurationError, DeliveryRefused, PermanentError, TransientError
@@ -193,6 +194,7 @@ def _on_connection_open(event: evt.Event) -> None:
     # Established, the reactor waits on its socket instead of waking every 0.1 ms, and reads
     # C-STORE responses without pynetdicom's decoding.
     direct_store.ResponseReader.install(event.assoc.dul)
+    install_waiting_reactor(event.assoc)  # and its association's reactor waits too
 
 
 def _unread_response(assoc: Association) -> A_ASSOCIATE | None:
