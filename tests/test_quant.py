@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from petray.imaging import quant
 from petray.imaging.quant import (
     PEAK_RADIUS_MM,
     ActivityMetrics,
@@ -180,3 +181,20 @@ def test_refuses_what_is_not_a_volume() -> None:
         measure(np.zeros((4, 4), np.float32), SPACING, body_threshold_bqml=0)
     with pytest.raises(ValueError, match="spacing"):
         measure(np.zeros((2, 2, 2), np.float32), (0, 1, 1), body_threshold_bqml=0)
+
+
+def test_the_body_sums_in_slabs_are_the_masked_sums_of_the_whole_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(quant, "SUM_SLAB_VOXELS", 3 * 30 * 20)  # 15 slabs of 3 slices
+    rng = np.random.default_rng(5)
+    volume = rng.normal(100.0, 60.0, size=(45, 30, 20)).astype(np.float32)
+    volume[7, 3, 4] = np.nan  # below any threshold as far as the mask goes: left out
+    threshold = np.float32(120.0)
+    mask = volume > threshold
+    count, body, total = quant._sums(volume, threshold)
+    assert count == int(np.count_nonzero(mask))
+    assert body == pytest.approx(float(np.sum(volume, where=mask, dtype=np.float64)), rel=1e-12)
+    assert np.isnan(total)
+    volume[7, 3, 4] = 0.0
+    assert quant._sums(volume, threshold)[2] == pytest.approx(float(volume.sum(dtype=np.float64)))

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from petray.errors import ArchiveRejected
+from petray.service.deflate import ParallelDeflate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ ALLOWED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 # denoised activity concentration (one 3e38 voxel zeroed two slices through their rescale).
 DEFAULT_MAX_FACTOR = 100.0
 CHUNK_BYTES = 4 * 1024 * 1024
+# Threads compressing the upload's volume: packing runs after ingest, when the gateway's other
+# core is otherwise idle (the 2-core machine petray is sized for).
+DEFLATE_THREADS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,10 @@ def write_upload_archive(
                 # force_zip64: the entry size is unknown to zipfile while streaming and may
                 # exceed 4 GiB for large whole-body volumes.
                 with zf.open(f"{task_id}.npy", "w", force_zip64=True) as entry:
+                    if compresslevel > 0 and hasattr(entry, "_compressor"):
+                        # The volume compresses on two threads while this one hashes it and
+                        # zipfile takes its CRC (petray.service.deflate).
+                        entry._compressor = ParallelDeflate(compresslevel, threads=DEFLATE_THREADS)
                     writer = _HashingWriter(entry)
                     header = npy_format.header_data_from_array_1_0(volume)
                     header["fortran_order"] = False
