@@ -344,8 +344,8 @@ def test_reference_service_reads_our_upload(tmp_path: Path) -> None:
     np.testing.assert_array_equal(uploaded.volume, volume)
 
 
-@pytest.mark.parametrize("mode", [None, "traversal", "wrong_shape", "nan", "oversized", "symlink",
-                                  "wrong_dtype"])  # fmt: skip
+@pytest.mark.parametrize("mode", [None, "traversal", "wrong_shape", "nan", "noise_nan",
+                                  "oversized", "symlink", "wrong_dtype"])  # fmt: skip
 def test_reference_service_results(tmp_path: Path, mode: str | None) -> None:
     from serve.reference.archive import MaliciousMode, ResultSpec, write_result
 

@@ -513,6 +513,9 @@ def test_malicious_modes_write_the_advertised_bad_archive(
                 assert denoised.shape != volume.shape
             elif mode is MaliciousMode.NAN:
                 assert np.isnan(denoised).any()
+            elif mode is MaliciousMode.NOISE_NAN:
+                assert np.isfinite(denoised).all()
+                assert np.isnan(load_entry(archive, NOISE_NAME)).any()
             elif mode is MaliciousMode.WRONG_DTYPE:
                 assert denoised.dtype == np.float64
         if mode is not MaliciousMode.TRAVERSAL:

@@ -38,6 +38,7 @@ class MaliciousMode(StrEnum):
     TRAVERSAL = "traversal"  # an extra entry "../evil" outside the archive root
     WRONG_SHAPE = "wrong_shape"  # denoised/noise one slice short of the input
     NAN = "nan"  # a NaN in denoised.npy
+    NOISE_NAN = "noise_nan"  # a NaN in noise.npy, denoised.npy good
     OVERSIZED = "oversized"  # denoised.npy: zeros whose uncompressed size exceeds a limit
     SYMLINK = "symlink"  # an extra entry stored as a symbolic link to /etc/passwd
     WRONG_DTYPE = "wrong_dtype"  # float64 arrays instead of float32
@@ -186,6 +187,9 @@ def write_result(
     elif mode is MaliciousMode.NAN:
         denoised = denoised.copy()
         denoised[tuple(n // 2 for n in denoised.shape)] = np.nan
+    elif mode is MaliciousMode.NOISE_NAN:
+        noise = noise.copy()
+        noise[tuple(n // 2 for n in noise.shape)] = np.nan
     compression = zipfile.ZIP_DEFLATED if spec.compress_level > 0 else zipfile.ZIP_STORED
     if mode is MaliciousMode.OVERSIZED:
         compression = zipfile.ZIP_DEFLATED  # the point of a bomb is a small file
