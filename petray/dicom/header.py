@@ -95,6 +95,7 @@ class InstanceHeader:
     columns: int
     pixel_spacing: tuple[float, float] = (1.0, 1.0)
     image_orientation: tuple[float, float, float, float, float, float] = AXIAL
+    image_position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
     bits_allocated: int = 16
@@ -378,6 +379,7 @@ def extract_instance_header(
         columns=columns,
         pixel_spacing=spacing,
         image_orientation=orientation,
+        image_position=(position[0], position[1], position[2]),
         rescale_slope=slope,
         rescale_intercept=intercept if intercept is not None else 0.0,
         bits_allocated=bits_allocated,

@@ -269,7 +269,12 @@ def check_pixel_data_complete(
 
 
 def _stored_slice(
-    ds: Dataset, dataset: bytes | memoryview, syntax: UID, pixel_offset: int, meta_length: int
+    ds: Dataset,
+    header: InstanceHeader,
+    dataset: bytes | memoryview,
+    syntax: UID,
+    pixel_offset: int,
+    meta_length: int,
 ) -> StoredSlice | None:
     """Where the file about to be written holds this slice's native pixel values, with what
     the Compilator needs to put them in its volume without parsing the file (issue 13)."""
@@ -283,7 +288,7 @@ def _stored_slice(
         return None
     if struct.unpack_from("<HH", dataset, pixel_offset) != PIXEL_DATA_TAG:
         return None
-    return stored_slice(ds, syntax, len(PREAMBLE_AND_PREFIX) + meta_length + value_at)
+    return stored_slice(ds, syntax, len(PREAMBLE_AND_PREFIX) + meta_length + value_at, known=header)
 
 
 def _check_native_length(length: int, header: InstanceHeader, syntax: UID) -> None:
@@ -875,7 +880,7 @@ class StoreService:
             header,
             calling_ae=requestor.ae_title,
             peer_host=str(requestor.address),
-            stored=_stored_slice(ds, dataset, syntax, pixel_offset, len(meta)),
+            stored=_stored_slice(ds, header, dataset, syntax, pixel_offset, len(meta)),
         )
 
     def _count(
