@@ -17,6 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
+from petray.dicom.direct_store import ResponseReader
 from petray.dicom.ingest import InstanceStore
 from petray.dicom.scp import IngestLimits, StoreService
 from petray.dicom.scu import DicomNode, open_association
@@ -55,7 +56,11 @@ def test_an_idle_association_out_waits_and_still_releases_at_once(tmp_path: Path
     with start_storescp(tmp_path / "scp") as scp:
         node = DicomNode(scp.aet, scp.host, scp.port)
         with open_association(node, calling_ae="PETRAY", contexts=[PET], timeout_s=10) as assoc:
+            # Both of its threads: the DUL's reads wait too (petray.dicom.direct_store).
+            assert isinstance(assoc.dul._is_transport_event, ResponseReader)
+            dul_before = _thread_cpu_s(assoc.dul)
             assert _idle_cpu_s(assoc) < IDLE_CPU_S
+            assert _thread_cpu_s(assoc.dul) - dul_before < IDLE_CPU_S
             started = time.monotonic()
         assert assoc.is_released
         assert time.monotonic() - started < 0.5
