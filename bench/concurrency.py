@@ -15,8 +15,10 @@ printed beside them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,6 +44,7 @@ from bench.ingest import (
     local_ray,
     settle,
 )
+from bench.procs import cpu_seconds, descendants
 from petray.db.engine import make_engine, make_sessionmaker, migrate
 from petray.db.models import Instance, Task
 from petray.demo.orthanc import LOOPBACK, free_port, peer_env, port_open, start_orthanc
@@ -66,10 +69,22 @@ class Run:
     seconds: float
     files: int
     received: int
+    # CPU seconds used during the send: by the receiver's processes (for petray its whole
+    # private Ray: the Store SCPs, the Compilator, raylet, GCS...) and by the storescu senders.
+    receiver_cpu_s: float = 0.0
+    sender_cpu_s: float = 0.0
 
     @property
     def per_second(self) -> float:
         return self.files / self.seconds
+
+    @property
+    def receiver_ms_per_instance(self) -> float:
+        return self.receiver_cpu_s / self.files * 1000
+
+    @property
+    def sender_ms_per_instance(self) -> float:
+        return self.sender_cpu_s / self.files * 1000
 
 
 def series_copies(count: int) -> list[Series]:
@@ -224,14 +239,32 @@ def receivers(processes: Sequence[int]) -> dict[str, Receiver]:
     return chosen
 
 
+def _cpu_of(pids: Sequence[int]) -> float:
+    """CPU seconds of these processes and of the children they reaped (storescp --fork's)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            total += cpu_seconds(pid, reaped_children=True)
+    return total
+
+
 def measure(receiver: Receiver, name: str, copies: Sequence[Series]) -> Run:
     with receiver() as (port, called_ae, received):
+        # The receiver is every process below this one before the senders start.
+        pids = descendants(os.getpid())
+        receiver_cpu = _cpu_of(pids)
+        senders_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = send_all(copies, port, called_ae)
         total = sum(series.files for series in copies)
         deadline = time.monotonic() + 10  # storescp writes each file after it answers
         while (count := received()) < total and time.monotonic() < deadline:
             time.sleep(0.05)
-    return Run(name, len(copies), seconds, total, count)
+        receiver_cpu = _cpu_of(pids) - receiver_cpu
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sender_cpu = (after.ru_utime + after.ru_stime) - (
+            senders_cpu.ru_utime + senders_cpu.ru_stime
+        )
+    return Run(name, len(copies), seconds, total, count, receiver_cpu, sender_cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,24 +287,42 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(result)
                 print(
                     f"{count} associations, run {run}, {receiver:<14} {result.seconds:6.2f} s "
-                    f"{result.per_second:7.1f} inst/s  received {result.received}/{result.files}",
+                    f"{result.per_second:7.1f} inst/s  received {result.received}/{result.files}"
+                    f"  CPU per instance: receiver {result.receiver_ms_per_instance:.2f} ms, "
+                    f"senders {result.sender_ms_per_instance:.2f} ms",
                     flush=True,
                 )
     print()
-    print(f"{'associations':<13} {'receiver':<14} {'inst/s':>8} {'vs Orthanc':>10}")
+    print(
+        f"{'associations':<13} {'receiver':<14} {'inst/s':>8} {'vs Orthanc':>10} "
+        f"{'receiver CPU ms/inst':>21}"
+    )
     table: dict[int, dict[str, float]] = {}
+    cpu: dict[int, dict[str, float]] = {}
     for count in args.associations:
-        rates = {
-            receiver: statistics.median(
-                r.per_second for r in runs if r.receiver == receiver and r.associations == count
+
+        def median(receiver: str, value: Callable[[Run], float], count: int = count) -> float:
+            return statistics.median(
+                value(r) for r in runs if r.receiver == receiver and r.associations == count
             )
-            for receiver in chosen
+
+        rates = {receiver: median(receiver, lambda r: r.per_second) for receiver in chosen}
+        cpu[count] = {
+            receiver: median(receiver, lambda r: r.receiver_ms_per_instance) for receiver in chosen
         }
         table[count] = rates
         for receiver, rate in rates.items():
-            print(f"{count:<13} {receiver:<14} {rate:8.1f} {rate / rates['orthanc']:9.2f}x")
+            print(
+                f"{count:<13} {receiver:<14} {rate:8.1f} {rate / rates['orthanc']:9.2f}x "
+                f"{cpu[count][receiver]:21.2f}"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"inst_per_s": table, "runs": args.runs}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"inst_per_s": table, "receiver_cpu_ms_per_instance": cpu, "runs": args.runs},
+                indent=2,
+            )
+        )
     print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     incomplete = [r for r in runs if r.received < r.files]
     if incomplete:

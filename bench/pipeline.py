@@ -45,6 +45,8 @@ import numpy as np
 from sqlalchemy import select
 
 from bench.ingest import CACHE_DIR, SERIES, Cached, cached_series, send
+from bench.procs import cpu_seconds, descendants
+from bench.procs import label as process_label
 from petray.db.engine import make_engine, make_sessionmaker, unit_of_work
 from petray.db.models import TaskEvent
 from petray.demo.orthanc import free_port, start_orthanc
@@ -75,7 +77,6 @@ FILTER_TABLE = (
     FilterSpec(id=None, description="Gauss 10mm", series_number=904, fwhm_mm=10.0),
 )
 MIB = 1024 * 1024
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the series ---------------------------------------------------------------------------------
@@ -124,46 +125,6 @@ def _status_kb(pid: int) -> dict[str, int]:
     return values
 
 
-def _descendants(root: int) -> list[int]:
-    """Every process below ``root``, from /proc (ppid links), without psutil."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                # The name field may hold spaces and parentheses: split after its last ")".
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    pending = [root]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # After the name: state is field 3, so utime (14) and stime (15) sit at 11 and 12 here.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _label(pid: int) -> str:
-    """``ray::FilterWorker.filter_and_write`` -> ``FilterWorker``; other processes by name."""
-    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        first = cmdline.read().split(b"\0", 1)[0].decode(errors="replace")
-    if first.startswith("ray::"):
-        return first.removeprefix("ray::").split(".", 1)[0].strip()
-    with open(f"/proc/{pid}/comm") as comm:
-        return comm.read().strip()
-
-
 @dataclass
 class MemorySampler:
     """Samples every process descended from this one (this Ray session, Orthanc) in a thread."""
@@ -197,11 +158,11 @@ class MemorySampler:
 
     def sample_processes(self) -> None:
         self.samples += 1
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             try:
-                label = _label(pid)
+                label = process_label(pid)
                 kb = _status_kb(pid)
-                cpu_s = _cpu_seconds(pid)
+                cpu_s = cpu_seconds(pid)
             except OSError:
                 continue  # exited between listing and reading
             peak = self.peaks.setdefault(pid, ProcessPeak(pid, label))
