@@ -5,7 +5,10 @@ reactor that waits rather than polls."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode, split_dataset
@@ -21,7 +24,7 @@ from pynetdicom.sop_class import PositronEmissionTomographyImageStorage  # type:
 
 from petray.dicom import wire
 from petray.dicom.direct_store import ResponseReader
-from petray.dicom.scu import DicomNode, send_instances
+from petray.dicom.scu import DicomNode, open_association, send_instances
 from petray.errors import DeliveryRefused
 from tests.support.dimse import pynetdicom_pdus
 from tests.support.peers import LOOPBACK, free_port, start_storescp, write_pet_series
@@ -77,6 +80,24 @@ def test_an_empty_data_set_is_one_last_fragment() -> None:
     assert bytes(fragment) == b""
 
 
+@contextmanager
+def _pynetdicom_scp(
+    ae_title: str, on_store: Callable[[evt.Event], Any], *, max_pdu: int | None = None
+) -> Iterator[DicomNode]:
+    """A pynetdicom Store SCP for PET answering with ``on_store``, as a node to send to."""
+    ae = AE(ae_title=ae_title)
+    if max_pdu is not None:
+        ae.maximum_pdu_size = max_pdu
+    ae.add_supported_context(PositronEmissionTomographyImageStorage)
+    server = ae.start_server(
+        (LOOPBACK, free_port()), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield DicomNode(ae_title, LOOPBACK, server.server_address[1])
+    finally:
+        server.shutdown()
+
+
 def test_a_peer_with_a_small_maximum_pdu_stores_every_instance_whole(tmp_path: Path) -> None:
     # 4 KiB PDUs: a 32x32 slice takes a few data fragments and the command one of its own.
     paths = write_pet_series(tmp_path / "series", 5)
@@ -86,21 +107,8 @@ def test_a_peer_with_a_small_maximum_pdu_stores_every_instance_whole(tmp_path: P
         stored.append(event.dataset)
         return 0x0000
 
-    ae = AE(ae_title="SMALLPDU")
-    ae.maximum_pdu_size = 4096
-    ae.add_supported_context(PositronEmissionTomographyImageStorage)
-    server = ae.start_server(
-        (LOOPBACK, free_port()), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    try:
-        report = send_instances(
-            DicomNode("SMALLPDU", LOOPBACK, server.server_address[1]),
-            paths,
-            calling_ae="PETRAY",
-            timeout_s=10,
-        )
-    finally:
-        server.shutdown()
+    with _pynetdicom_scp("SMALLPDU", on_store, max_pdu=4096) as node:
+        report = send_instances(node, paths, calling_ae="PETRAY", timeout_s=10)
     assert report.sent == 5
     sent = {str(pydicom.dcmread(p).SOPInstanceUID): pydicom.dcmread(p) for p in paths}
     assert {str(ds.SOPInstanceUID) for ds in stored} == set(sent)
@@ -198,23 +206,34 @@ def test_a_response_with_an_offending_element_goes_to_pynetdicom(
         status.ErrorComment = "patient name"
         return status
 
-    ae = AE(ae_title="REFUSER")
-    ae.add_supported_context(PositronEmissionTomographyImageStorage)
-    server = ae.start_server(
-        (LOOPBACK, free_port()), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)]
-    )
-    try:
-        with (
-            _readers(monkeypatch) as readers,
-            pytest.raises(DeliveryRefused, match="0xA900"),
-        ):
-            send_instances(
-                DicomNode("REFUSER", LOOPBACK, server.server_address[1]),
-                paths,
-                calling_ae="PETRAY",
-                timeout_s=10,
-            )
-    finally:
-        server.shutdown()
+    with (
+        _pynetdicom_scp("REFUSER", refuse) as node,
+        _readers(monkeypatch) as readers,
+        pytest.raises(DeliveryRefused, match="0xA900"),
+    ):
+        send_instances(node, paths, calling_ae="PETRAY", timeout_s=10)
     [reader] = readers
     assert (reader.read, reader.direct) == (0, False)
+
+
+def test_each_association_lets_go_of_its_wake_up_sockets(tmp_path: Path) -> None:
+    # Without an explicit close they waited for the cyclic garbage collector: two descriptors
+    # per association, held for as long as a busy gateway did not collect.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with start_storescp(tmp_path / "scp") as scp:
+        node = DicomNode(scp.aet, scp.host, scp.port)
+        contexts = [build_context(PositronEmissionTomographyImageStorage)]
+        gc.disable()
+        try:
+            with open_association(node, calling_ae="PETRAY", contexts=contexts, timeout_s=10):
+                pass
+            before = open_fds()
+            for _ in range(10):
+                with open_association(node, calling_ae="PETRAY", contexts=contexts, timeout_s=10):
+                    pass
+            time.sleep(0.2)  # the last connections' own sockets closing
+            assert open_fds() - before < 4
+        finally:
+            gc.enable()

@@ -127,7 +127,8 @@ class ResponseReader:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        weakref.finalize(self, _close, self._wake_r, self._wake_w)
+        # Closed by ``close`` when the association ends, else when the reader is collected.
+        self._closed = weakref.finalize(self, _close, self._wake_r, self._wake_w)
         queue = dul.to_provider_queue
         put = queue.put
         wake = self._wake_w
@@ -154,6 +155,11 @@ class ResponseReader:
         reader = cls(dul)
         dul._is_transport_event = reader
         return reader
+
+    def close(self) -> None:
+        """Let go of the wake-up sockets (the association is over; a late read step falls back
+        to pynetdicom's own, and a late wake-up is ignored)."""
+        self._closed()
 
     def __call__(self) -> bool:
         """One read step: True when a PDU was read (the reactor restarts its idle timer).

@@ -280,6 +280,9 @@ def open_association(
         # what tells the peer that everything it acknowledged is final.
         if assoc.is_established:
             assoc.release()
+        reader = assoc.dul._is_transport_event
+        if isinstance(reader, direct_store.ResponseReader):
+            reader.close()
 
 
 def _accepts(assoc: Association, item: OutgoingInstance) -> bool:
